@@ -1,0 +1,51 @@
+"""The ``edgefleet`` command line.
+
+Each package contributes its own commands; the modules below import only typer and the
+standard library at import time, so ``edgefleet agent run`` works on a device that has no
+torch installed.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+
+import typer
+
+from edgefleet.agent.cli import app as agent_app
+from edgefleet.compress.cli import compress_command
+from edgefleet.controller.cli import app as controller_app
+from edgefleet.demo import demo_command
+
+
+class LogLevel(str, Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Compress a model per device profile, deploy it to edge devices and keep them in budget.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(agent_app, name="agent")
+app.add_typer(controller_app, name="controller")
+app.command("compress")(compress_command)
+app.command("demo")(demo_command)
+
+
+@app.callback()
+def configure(
+    log_level: LogLevel = typer.Option(LogLevel.INFO, help="Minimum level of log records printed."),
+) -> None:
+    logging.basicConfig(
+        level=log_level.value.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    app()
