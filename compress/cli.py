@@ -1,0 +1,134 @@
+"""``edgefleet compress``: plan and write the variants of one model for one profile.
+
+Only typer and the standard library are imported at module level. Torch, onnx and
+onnxruntime load inside the command, so the root CLI starts on devices without them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edgefleet.errors import EdgefleetError, InvalidInputError
+
+__all__ = ["compress_command"]
+
+# Exit codes: 2 for invalid input the user can fix (typer uses 2 for usage errors too),
+# 1 for a compression that failed on valid input.
+EXIT_INVALID_INPUT = 2
+EXIT_FAILED = 1
+
+
+def compress_command(
+    model: str = typer.Argument(
+        ..., help="An .onnx file, or 'path/to/file.py:factory' returning a torch.nn.Module."
+    ),
+    data: Path = typer.Option(
+        ..., "--data", help=".npz file with arrays x_train, y_train, x_val and y_val."
+    ),
+    profile: Path = typer.Option(..., "--profile", help="Device profile TOML file."),
+    out: Path = typer.Option(
+        ..., "--out", help="Directory for variant .onnx files and report.json."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON to stdout."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="State dict (torch.save) to load into the factory's model."
+    ),
+    latency_scale: float = typer.Option(
+        1.0,
+        "--latency-scale",
+        help="Device p95 latency per host millisecond (device p50 / host p50 of a reference).",
+    ),
+) -> None:
+    """Compress MODEL for one device profile and write every verified variant to OUT."""
+    try:
+        report = _run(model, data, profile, out, weights, latency_scale)
+    except InvalidInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_INVALID_INPUT) from None
+    except EdgefleetError as exc:
+        typer.echo(f"compression failed: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+
+    report_json = json.dumps(report, indent=2, sort_keys=True)
+    (out / "report.json").write_text(report_json + "\n", encoding="utf-8")
+    if json_output:
+        typer.echo(report_json)
+    else:
+        _print_table(report)
+
+
+def _run(
+    model: str,
+    data: Path,
+    profile_path: Path,
+    out: Path,
+    weights: Path | None,
+    latency_scale: float,
+) -> dict[str, Any]:
+    from edgefleet.profiles import load_profile
+
+    if not (latency_scale > 0 and latency_scale != float("inf")):
+        raise InvalidInputError(
+            f"invalid --latency-scale {latency_scale}; pass a positive number such as 1.0"
+        )
+    device_profile = load_profile(profile_path)
+
+    # Heavy imports only now, after the cheap checks.
+    from edgefleet.compress.dataset import load_dataset
+    from edgefleet.compress.modelio import load_onnx_model, load_torch_model
+    from edgefleet.compress.planner import plan
+
+    dataset = load_dataset(data)
+    if model.endswith(".onnx"):
+        if weights is not None:
+            raise InvalidInputError("--weights applies to torch factories, not to .onnx models")
+        source: Any = load_onnx_model(model)
+    else:
+        source = load_torch_model(model, weights=weights)
+    out.mkdir(parents=True, exist_ok=True)
+    result = plan(
+        source,
+        dataset,
+        device_profile,
+        out_dir=out,
+        latency_scale=latency_scale,
+        progress=lambda line: typer.echo(line, err=True),
+    )
+    return result.to_dict()
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    profile = report["profile"]
+    table = Table(
+        title=(
+            f"{profile['name']}: p95 <= {profile['latency_budget_ms']:g} ms, "
+            f"memory <= {profile['model_memory_budget_mb']} MB"
+        )
+    )
+    for column in ("variant", "recipe", "accuracy", "size KiB", "p95 ms", "memory MB", "fits"):
+        text_column = column in ("variant", "recipe")
+        table.add_column(column, justify="left" if text_column else "right", no_wrap=text_column)
+    for variant in [report["baseline"], *report["variants"]]:
+        marker = " *" if variant["variant_id"] == report["chosen"] else ""
+        table.add_row(
+            variant["variant_id"] + marker,
+            variant["name"],
+            f"{variant['accuracy']:.4f}",
+            f"{variant['size_bytes'] / 1024:.1f}",
+            f"{variant['latency_p95_ms']:.3f}",
+            f"{variant['peak_memory_mb']:.1f}",
+            "yes" if variant["meets_budget"] else "no",
+        )
+    console = Console(file=sys.stdout)
+    console.print(table)
+    console.print(report["reason"])
+    for note in report["notes"]:
+        console.print(f"note: {note}")

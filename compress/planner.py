@@ -1,0 +1,385 @@
+"""The budget-driven planner: compress a model with candidate recipes for one profile,
+measure every variant, and pick the most accurate one that fits the budget.
+
+Artifacts are cached by (model digest, dataset digest, recipe), so planning the same
+model for a second profile retrains nothing. Only latency and memory are measured again,
+at the new profile's thread count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgefleet.compress.cache import ArtifactCache
+from edgefleet.compress.configs import (
+    Recipe,
+    StaticQuantizationConfig,
+    StructuredPruningConfig,
+)
+from edgefleet.compress.dataset import Dataset
+from edgefleet.compress.errors import CompressError, DatasetError, ModelLoadError
+from edgefleet.compress.pipeline import apply_recipe
+from edgefleet.compress.runtime import create_session, run_batched
+from edgefleet.compress.variants import VariantReport, measure_variant
+from edgefleet.profiles import DeviceProfile
+
+__all__ = [
+    "DEFAULT_PRUNING_RATIOS",
+    "PlanReport",
+    "SourceFormat",
+    "build_ladder",
+    "choose_variant",
+    "default_recipes",
+    "plan",
+    "tighter_recipes",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRUNING_RATIOS = (0.25, 0.5, 0.7)
+# tighter_recipes never proposes pruning more than this fraction of channels.
+MAX_PRUNING_RATIO = 0.95
+
+
+class SourceFormat(StrEnum):
+    """Form of the model handed to the planner."""
+
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PlanReport:
+    """Every variant measured for one profile, the ladder and the chosen variant."""
+
+    profile: DeviceProfile
+    latency_scale: float
+    baseline: VariantReport
+    variants: tuple[VariantReport, ...]
+    chosen: str | None
+    ladder: tuple[str, ...]
+    reason: str
+    source_format: SourceFormat = SourceFormat.TORCH
+    notes: tuple[str, ...] = ()
+
+    def variant(self, variant_id: str) -> VariantReport:
+        """Return the baseline or variant with ``variant_id``; raises ``KeyError``."""
+        for report in (self.baseline, *self.variants):
+            if report.variant_id == variant_id:
+                return report
+        raise KeyError(variant_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return JSON-safe values (self-test arrays excluded)."""
+        return {
+            "profile": self.profile.to_dict(),
+            "latency_scale": self.latency_scale,
+            "source_format": self.source_format.value,
+            "baseline": self.baseline.to_dict(),
+            "variants": [variant.to_dict() for variant in self.variants],
+            "chosen": self.chosen,
+            "ladder": list(self.ladder),
+            "reason": self.reason,
+            "notes": list(self.notes),
+        }
+
+
+def default_recipes(source_format: SourceFormat = SourceFormat.TORCH) -> list[Recipe]:
+    """Return the candidate recipes ``plan`` tries when none are given.
+
+    Torch models get channel pruning at each of ``DEFAULT_PRUNING_RATIOS`` (fine-tuned with
+    distillation), static int8, and each pruning ratio followed by int8. ONNX models get
+    static int8 only.
+    """
+    int8 = StaticQuantizationConfig()
+    if source_format is SourceFormat.ONNX:
+        return [Recipe([int8])]
+    pruned = [StructuredPruningConfig(ratio=ratio) for ratio in DEFAULT_PRUNING_RATIOS]
+    return [
+        *(Recipe([step]) for step in pruned),
+        Recipe([int8]),
+        *(Recipe([step, int8]) for step in pruned),
+    ]
+
+
+def plan(
+    model: nn.Module | Path,
+    dataset: Dataset,
+    profile: DeviceProfile,
+    *,
+    out_dir: Path,
+    latency_scale: float = 1.0,
+    recipes: Sequence[Recipe] | None = None,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    latency_runs: int = 200,
+) -> PlanReport:
+    """Build and measure the fp32 baseline and every recipe's variant for ``profile``.
+
+    ``model`` is a torch module or the path of an ONNX file. Latency is measured on this
+    host at ``profile.inference_threads`` and multiplied by ``latency_scale`` (device p50
+    over host p50 of a reference model). Variant files go to ``out_dir`` as
+    ``<variant_id>.onnx``; the artifact cache defaults to ``out_dir / "cache"``. A recipe
+    whose variant fails verification is left out and named in ``notes``.
+    """
+    if not math.isfinite(latency_scale) or latency_scale <= 0:
+        raise ValueError(f"latency_scale must be a positive finite number, got {latency_scale!r}")
+    out_dir = Path(out_dir)
+    report = progress or (lambda _message: None)
+    source_format = SourceFormat.TORCH if isinstance(model, nn.Module) else SourceFormat.ONNX
+    check_dataset_fits(model, dataset)
+    candidates, notes = _applicable_recipes(
+        recipes if recipes is not None else default_recipes(source_format), source_format
+    )
+    cache = ArtifactCache(cache_dir if cache_dir is not None else out_dir / "cache")
+
+    def measure(
+        artifact_recipe: Recipe, reference_outputs: np.ndarray | None = None
+    ) -> VariantReport:
+        artifact = apply_recipe(model, artifact_recipe, dataset, cache=cache, progress=report)
+        variant = measure_variant(
+            artifact,
+            dataset=dataset,
+            profile=profile,
+            out_dir=out_dir,
+            latency_scale=latency_scale,
+            latency_runs=latency_runs,
+            reference_outputs=reference_outputs,
+        )
+        report(
+            f"{variant.name}: accuracy {variant.accuracy:.4f}, {variant.size_bytes:,} bytes, "
+            f"p95 {variant.latency_p95_ms:.3f} ms, peak memory {variant.peak_memory_mb:.1f} MB"
+        )
+        return variant
+
+    report(f"[1/{len(candidates) + 1}] fp32 baseline")
+    baseline = measure(Recipe())
+    variants = []
+    for index, recipe in enumerate(candidates, start=2):
+        report(f"[{index}/{len(candidates) + 1}] {recipe.name}")
+        try:
+            variants.append(measure(recipe, baseline.outputs_val))
+        except CompressError as exc:
+            logger.warning("recipe %s rejected: %s", recipe.name, exc)
+            notes.append(f"rejected {recipe.name}: {exc}")
+            report(f"{recipe.name}: rejected: {exc}")
+
+    ladder = build_ladder(baseline, variants, profile)
+    chosen, reason = choose_variant(baseline, variants, ladder, profile)
+    report(reason)
+    return PlanReport(
+        profile=profile,
+        latency_scale=latency_scale,
+        baseline=baseline,
+        variants=tuple(variants),
+        chosen=chosen,
+        ladder=ladder,
+        reason=reason,
+        source_format=source_format,
+        notes=tuple(notes),
+    )
+
+
+def build_ladder(
+    baseline: VariantReport, variants: Sequence[VariantReport], profile: DeviceProfile
+) -> tuple[str, ...]:
+    """Return variant ids, best first, that a device steps down through.
+
+    Only variants within the memory budget qualify. Variants are ranked by accuracy tier
+    (see ``accuracy_tiers``), then by how closely their outputs follow the fp32 baseline
+    (``output_error``), and a variant is dropped when a better-ranked one is at least as
+    fast (a Pareto front on quality and p95 latency). So among variants that are equally
+    accurate within the validation noise, a device gets the most faithful one it can
+    afford, and steps down to less faithful, faster ones only under pressure. When the
+    fp32 baseline fits in memory, a variant slower than the baseline is dropped too:
+    compression that costs latency gains nothing.
+    """
+    unique = {report.variant_id: report for report in (baseline, *variants)}
+    fitting = [
+        report
+        for report in unique.values()
+        if report.peak_memory_mb <= profile.model_memory_budget_mb
+    ]
+    if baseline in fitting:
+        fitting = [r for r in fitting if r.latency_p95_ms <= baseline.latency_p95_ms]
+    tiers = accuracy_tiers(list(unique.values()))
+    fitting.sort(
+        key=lambda report: (
+            tiers[report.variant_id],
+            report.output_error,
+            report.latency_p95_ms,
+        )
+    )
+    ladder: list[str] = []
+    fastest_so_far = math.inf
+    for report in fitting:
+        if report.latency_p95_ms < fastest_so_far:
+            ladder.append(report.variant_id)
+            fastest_so_far = report.latency_p95_ms
+    return tuple(ladder)
+
+
+def accuracy_tiers(reports: Sequence[VariantReport]) -> dict[str, int]:
+    """Group variants whose accuracy differs by less than the validation noise.
+
+    Tier 0 holds the variants within one standard error of the best accuracy, tier 1
+    those within two, and so on. The standard error of an accuracy ``p`` measured on
+    ``n`` samples is ``sqrt(p (1 - p) / n)``, floored at one sample (``1 / n``): on 360
+    digits at 99%, 0.5 points. A variant that is one sample more accurate than fp32 is
+    noise, not an improvement, so it does not outrank the more faithful fp32 model.
+    """
+    if not reports:
+        return {}
+    outputs = reports[0].outputs_val
+    samples = max(len(outputs) if outputs is not None else 0, 1)
+    best = max(report.accuracy for report in reports)
+    standard_error = max(math.sqrt(best * (1.0 - best) / samples), 1.0 / samples)
+    # The small epsilon keeps a difference of exactly one standard error in the upper tier
+    # despite floating-point rounding.
+    return {
+        report.variant_id: math.floor((best - report.accuracy) / standard_error + 1e-9)
+        for report in reports
+    }
+
+
+def choose_variant(
+    baseline: VariantReport,
+    variants: Sequence[VariantReport],
+    ladder: Sequence[str],
+    profile: DeviceProfile,
+) -> tuple[str | None, str]:
+    """Return ``(variant_id, reason)`` for the most accurate ladder entry within budget.
+
+    When nothing fits, the id is None and the reason names the variant closest to the
+    budget and by how much it misses.
+    """
+    reports = {report.variant_id: report for report in (baseline, *variants)}
+    budget = (
+        f"p95 <= {profile.latency_budget_ms:g} ms, memory <= {profile.model_memory_budget_mb} MB"
+    )
+    for variant_id in ladder:
+        chosen = reports[variant_id]
+        if chosen.meets_budget:
+            return variant_id, (
+                f"chose {chosen.name} ({variant_id}) for {profile.name} ({budget}): accuracy "
+                f"{chosen.accuracy:.4f} (fp32 {baseline.accuracy:.4f}), p95 "
+                f"{chosen.latency_p95_ms:.3f} ms, peak memory {chosen.peak_memory_mb:.1f} MB"
+            )
+
+    closest = min(reports.values(), key=lambda report: _budget_overshoot(report, profile))
+    misses = []
+    if closest.latency_p95_ms > profile.latency_budget_ms:
+        misses.append(
+            f"p95 {closest.latency_p95_ms:.3f} ms is "
+            f"{closest.latency_p95_ms - profile.latency_budget_ms:.3f} ms over"
+        )
+    if closest.peak_memory_mb > profile.model_memory_budget_mb:
+        misses.append(
+            f"peak memory {closest.peak_memory_mb:.1f} MB is "
+            f"{closest.peak_memory_mb - profile.model_memory_budget_mb:.1f} MB over"
+        )
+    if not misses:
+        misses.append("it fits, but is slower than the fp32 baseline, which does not fit")
+    return None, (
+        f"no variant meets the budget of {profile.name} ({budget}); the closest, "
+        f"{closest.name} ({closest.variant_id}), misses it: {'; '.join(misses)}. "
+        "Try tighter_recipes() or a smaller model"
+    )
+
+
+def tighter_recipes(report: PlanReport) -> list[Recipe]:
+    """Return more aggressive recipes than any in ``report``, for recompression.
+
+    For torch models: two pruning ratios beyond the largest one tried (halfway and three
+    quarters of the way to removing every channel, capped at ``MAX_PRUNING_RATIO``), with
+    two more fine-tuning epochs, each followed by int8. For ONNX models only static int8
+    exists, so the list is empty once int8 has been tried.
+    """
+    tried = {variant.recipe.to_json() for variant in (report.baseline, *report.variants)}
+    int8 = StaticQuantizationConfig()
+    if report.source_format is SourceFormat.ONNX:
+        recipe = Recipe([int8])
+        return [] if recipe.to_json() in tried else [recipe]
+
+    pruning_steps = [
+        step
+        for variant in report.variants
+        for step in variant.recipe
+        if isinstance(step, StructuredPruningConfig)
+    ]
+    largest = max((step.ratio for step in pruning_steps), default=0.0)
+    epochs = max((step.finetune_epochs for step in pruning_steps), default=3) + 2
+    candidates = []
+    for fraction in (0.5, 0.75):
+        ratio = round(min(largest + fraction * (1.0 - largest), MAX_PRUNING_RATIO), 3)
+        if ratio <= largest:
+            continue
+        step = StructuredPruningConfig(ratio=ratio, finetune_epochs=epochs)
+        candidates.append(Recipe([step, int8]))
+    return [recipe for recipe in candidates if recipe.to_json() not in tried]
+
+
+def check_dataset_fits(model: nn.Module | Path, dataset: Dataset) -> None:
+    """Raise ``DatasetError`` unless ``model`` maps dataset samples to class logits."""
+    samples = dataset.x_val[:2]
+    try:
+        if isinstance(model, nn.Module):
+            with torch.no_grad():
+                logits = model.eval()(torch.from_numpy(samples)).numpy()
+        else:
+            logits = run_batched(create_session(model, threads=1), samples)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # torch and onnxruntime report shape mismatches many ways
+        raise DatasetError(
+            f"the model rejects dataset samples of shape {dataset.sample_shape}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if logits.ndim != 2:
+        raise DatasetError(
+            f"the model outputs shape {logits.shape} for 2 samples; a classifier must "
+            "output (samples, classes)"
+        )
+    if logits.shape[1] < dataset.num_classes:
+        raise DatasetError(
+            f"the dataset has labels up to {dataset.num_classes - 1} but the model outputs "
+            f"{logits.shape[1]} classes"
+        )
+    if not np.isfinite(logits).all():
+        raise DatasetError("the model outputs NaN or infinite values on dataset samples")
+
+
+def _applicable_recipes(
+    recipes: Sequence[Recipe], source_format: SourceFormat
+) -> tuple[list[Recipe], list[str]]:
+    candidates, notes, seen = [], [], {Recipe().to_json()}
+    if source_format is SourceFormat.ONNX:
+        notes.append(
+            "the model is an ONNX file, so only ONNX-stage recipes (static quantization) "
+            "apply; pass a torch factory to also prune"
+        )
+    for recipe in map(Recipe, recipes):
+        if source_format is SourceFormat.ONNX and recipe.torch_steps:
+            notes.append(f"skipped {recipe.name}: it needs a torch model")
+            continue
+        if recipe.to_json() not in seen:
+            seen.add(recipe.to_json())
+            candidates.append(recipe)
+    return candidates, notes
+
+
+def _budget_overshoot(report: VariantReport, profile: DeviceProfile) -> float:
+    return max(
+        report.latency_p95_ms / profile.latency_budget_ms,
+        report.peak_memory_mb / profile.model_memory_budget_mb,
+    )

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import pytest
+from compress_helpers import make_profile
+
+from edgefleet.compress import (
+    ArtifactCache,
+    Recipe,
+    SourceFormat,
+    StaticQuantizationConfig,
+    StructuredPruningConfig,
+    apply_recipe,
+    build_ladder,
+    choose_variant,
+    export_onnx,
+    plan,
+    tighter_recipes,
+    train_digits_cnn,
+)
+from edgefleet.compress.variants import measure_variant
+from edgefleet.profiles import load_profile
+
+QUICK_RECIPES = [
+    Recipe([StaticQuantizationConfig()]),
+    Recipe([StructuredPruningConfig(ratio=0.5, finetune_epochs=1)]),
+]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("plan-cache")
+
+
+def test_plan_chooses_most_accurate_within_budget(small_cnn, small_digits, tmp_path, cache_dir):
+    profile = make_profile()
+    report = plan(
+        small_cnn,
+        small_digits,
+        profile,
+        out_dir=tmp_path,
+        recipes=QUICK_RECIPES,
+        cache_dir=cache_dir,
+        latency_runs=50,
+    )
+
+    chosen = report.variant(report.chosen)
+    assert chosen.meets_budget
+    assert chosen.latency_p95_ms <= profile.latency_budget_ms
+    assert chosen.peak_memory_mb <= profile.model_memory_budget_mb
+    fitting = [v for v in (report.baseline, *report.variants) if v.variant_id in report.ladder]
+    assert chosen.accuracy == max(v.accuracy for v in fitting if v.meets_budget)
+    assert (tmp_path / f"{report.chosen}.onnx").is_file()
+    data = report.to_dict()
+    assert set(data) >= {"profile", "latency_scale", "baseline", "variants", "chosen", "ladder"}
+    assert data["chosen"] == report.chosen
+
+
+def test_plan_reports_no_fit_with_best_miss(small_cnn, small_digits, tmp_path, cache_dir):
+    profile = make_profile(latency_budget_ms=0.0001, model_memory_budget_mb=1)
+    report = plan(
+        small_cnn,
+        small_digits,
+        profile,
+        out_dir=tmp_path,
+        recipes=QUICK_RECIPES,
+        cache_dir=cache_dir,
+        latency_runs=20,
+    )
+
+    assert report.chosen is None
+    assert "no variant meets the budget of test-host" in report.reason
+    assert "ms over" in report.reason
+    assert "MB over" in report.reason
+    assert not any(v.meets_budget for v in (report.baseline, *report.variants))
+
+
+def test_second_plan_reuses_cached_artifacts(small_cnn, small_digits, tmp_path, cache_dir):
+    lines: list[str] = []
+    plan(
+        small_cnn,
+        small_digits,
+        make_profile(inference_threads=2),
+        out_dir=tmp_path,
+        recipes=QUICK_RECIPES,
+        cache_dir=cache_dir,
+        progress=lines.append,
+        latency_runs=20,
+    )
+    plan(
+        small_cnn,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path,
+        recipes=QUICK_RECIPES,
+        cache_dir=cache_dir,
+        progress=lines.append,
+        latency_runs=20,
+    )
+    assert not [line for line in lines if "applying" in line or "epoch" in line]
+    assert any("reusing cached artifact" in line for line in lines)
+
+
+def test_plan_scales_latency(small_cnn, small_digits, tmp_path, cache_dir):
+    report = plan(
+        small_cnn,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path,
+        recipes=[],
+        cache_dir=cache_dir,
+        latency_scale=3.0,
+        latency_runs=20,
+    )
+    baseline = report.baseline
+    assert baseline.latency_p95_ms == pytest.approx(3.0 * baseline.host_latency_p95_ms)
+
+
+def test_ladder_drops_variant_slower_than_fp32(small_digits, tmp_path):
+    # Honest construction: the "baseline" is a narrow net trained for one epoch and the
+    # "variant" a wide net trained longer, so the variant measures more accurate and slower.
+    narrow = train_digits_cnn(small_digits, epochs=1, seed=0, widths=(4, 4, 4))
+    wide = train_digits_cnn(small_digits, epochs=4, seed=0, widths=(64, 128, 128))
+    profile = make_profile()
+    cache = ArtifactCache(tmp_path / "cache")
+
+    def measured(model):
+        artifact = apply_recipe(model, Recipe(), small_digits, cache=cache)
+        return measure_variant(
+            artifact,
+            dataset=small_digits,
+            profile=profile,
+            out_dir=tmp_path,
+            latency_scale=1.0,
+            latency_runs=100,
+        )
+
+    baseline, slower = measured(narrow), measured(wide)
+    assert slower.accuracy > baseline.accuracy
+    assert slower.latency_p95_ms > baseline.latency_p95_ms
+    assert slower.meets_budget
+
+    ladder = build_ladder(baseline, [slower], profile)
+    chosen, _reason = choose_variant(baseline, [slower], ladder, profile)
+
+    assert ladder == (baseline.variant_id,)
+    assert chosen == baseline.variant_id
+
+
+def test_onnx_model_gets_only_quantization(small_cnn, small_digits, tmp_path):
+    path = export_onnx(small_cnn, small_digits.x_val, tmp_path / "source.onnx")
+    report = plan(
+        path,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path / "out",
+        recipes=QUICK_RECIPES,
+        latency_runs=20,
+    )
+    assert report.source_format is SourceFormat.ONNX
+    assert [variant.recipe for variant in report.variants] == [QUICK_RECIPES[0]]
+    assert any("only ONNX-stage recipes" in note for note in report.notes)
+    assert any(note.startswith("skipped prune 50%") for note in report.notes)
+    assert tighter_recipes(report) == []
+
+
+def test_tighter_recipes_prune_beyond_largest_ratio(small_cnn, small_digits, tmp_path, cache_dir):
+    report = plan(
+        small_cnn,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path,
+        recipes=QUICK_RECIPES,
+        cache_dir=cache_dir,
+        latency_runs=20,
+    )
+    tighter = tighter_recipes(report)
+    assert tighter
+    for recipe in tighter:
+        assert recipe.torch_steps[0].ratio > 0.5
+        assert isinstance(recipe[-1], StaticQuantizationConfig)
+
+
+@pytest.mark.slow
+def test_digits_plan_meets_every_shipped_profile(digits_cnn, digits, tmp_path):
+    from compress_helpers import PROFILES_DIR
+
+    cache_dir = tmp_path / "cache"
+    for profile_path in sorted(PROFILES_DIR.glob("*.toml")):
+        profile = load_profile(profile_path)
+        report = plan(
+            digits_cnn,
+            digits,
+            profile,
+            out_dir=tmp_path / profile.name,
+            cache_dir=cache_dir,
+        )
+        assert report.chosen is not None, report.reason
+        chosen = report.variant(report.chosen)
+        assert chosen.meets_budget
+        assert chosen.latency_p95_ms <= report.baseline.latency_p95_ms
