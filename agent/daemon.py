@@ -1,0 +1,438 @@
+"""The agent process: serve the local model, stay connected to the controller, apply commands.
+
+Threads, and what each one owns:
+
+- the caller of ``Agent.run``: registration, the session stream's responses and reconnects;
+- ``telemetry``: one per session, queues a sample every interval into the outbox;
+- ``deploy``: applies deploy commands one at a time, so the session keeps flowing while a
+  model downloads and loads;
+- the gRPC request thread drains the outbox into the stream;
+- ``inference-api``: the local HTTP server, which keeps serving through outages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import platform
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import onnxruntime as ort
+
+import edgefleet
+from edgefleet.agent.backoff import Backoff
+from edgefleet.agent.calibration import measure_reference
+from edgefleet.agent.deploy import Deployer
+from edgefleet.agent.errors import (
+    AgentError,
+    ControllerUnavailable,
+    ModelLoadError,
+    RegistrationRejected,
+    SelfTestError,
+    StorageError,
+)
+from edgefleet.agent.latency import LatencyRecorder
+from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.runtime import ModelRuntime
+from edgefleet.agent.server import InferenceServer
+from edgefleet.agent.store import AgentStore, write_json_atomic
+from edgefleet.agent.telemetry import TelemetrySampler
+from edgefleet.agent.transport import ControllerClient, translate_rpc_error
+from edgefleet.agent.update import UpdateState
+from edgefleet.errors import InvalidInputError
+from edgefleet.ids import validate_device_id
+from edgefleet.profiles import DeviceProfile
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["Agent", "AgentConfig"]
+
+logger = logging.getLogger(__name__)
+
+_TARGET = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
+# Telemetry intervals the agent accepts, from the command line or from the controller.
+MIN_TELEMETRY_INTERVAL_S = 0.05
+MAX_TELEMETRY_INTERVAL_S = 3600.0
+# How often blocked loops check whether the session closed or the agent is stopping.
+_POLL_S = 0.2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Settings of one agent process, validated on creation."""
+
+    controller: str  # host:port of the controller's gRPC endpoint
+    device_id: str
+    profile: DeviceProfile
+    state_dir: Path
+    api_host: str = "127.0.0.1"
+    api_port: int = 0  # 0 picks a free port; agent.json records the bound one
+    telemetry_interval_s: float = 1.0  # until the controller sets another
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    calibration_duration_s: float = 1.0
+    download_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        validate_device_id(self.device_id)
+        match = _TARGET.fullmatch(self.controller)
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise InvalidInputError(
+                f"invalid controller address {self.controller!r}: expected HOST:PORT"
+            )
+        if not 0 <= self.api_port < 65536:
+            raise InvalidInputError(f"invalid API port {self.api_port}: expected 0-65535")
+        _check_interval(self.telemetry_interval_s, "telemetry interval")
+        durations = (
+            "reconnect_initial_s",
+            "reconnect_max_s",
+            "calibration_duration_s",
+            "download_timeout_s",
+        )
+        for name in durations:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise InvalidInputError(f"{name} must be a positive number of seconds, got {value}")
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+
+class Agent:
+    """One device agent; ``run`` blocks until ``stop`` is called from another thread or a signal."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = AgentStore(config.state_dir)
+        self.latency = LatencyRecorder()
+        self.runtime = ModelRuntime(threads=config.profile.inference_threads, latency=self.latency)
+        self.server = InferenceServer(self.runtime, host=config.api_host, port=config.api_port)
+        self.sampler = TelemetrySampler(
+            device_id=config.device_id,
+            state_dir=config.state_dir,
+            latency=self.latency,
+            variant_id=lambda: self.runtime.variant_id,
+        )
+        self.calibration: fleet_pb2.Calibration | None = None
+        self.telemetry_interval_s = config.telemetry_interval_s
+        self.connected = threading.Event()
+
+        self._stopping = threading.Event()
+        self._outbox = Outbox()
+        self._commands: queue.Queue[fleet_pb2.Command | None] = queue.Queue()
+        self._queued_ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._client: ControllerClient | None = None
+        self._call: grpc.Call | None = None
+        self._deployer = Deployer(
+            device_id=config.device_id,
+            store=self.store,
+            runtime=self.runtime,
+            report=self._queue_status,
+            client=lambda: self._client,
+            stopping=self._stopping,
+            download_timeout_s=config.download_timeout_s,
+            backoff=self._new_backoff,
+        )
+        self._deploy_thread = threading.Thread(target=self._deploy_loop, name="deploy", daemon=True)
+
+    @property
+    def api_port(self) -> int:
+        return self.server.port
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Start serving, then keep a session with the controller until ``stop``."""
+        self._start()
+        try:
+            self._connect_loop()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        """Ask ``run`` to return; safe to call from a signal handler or another thread."""
+        self._stopping.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _start(self) -> None:
+        self._check_profile_matches_host()
+        self._restore_model()
+        self.server.start()
+        write_json_atomic(
+            self.store.root / "agent.json",
+            {
+                "pid": os.getpid(),
+                "device_id": self.config.device_id,
+                "api_host": self.server.host,
+                "api_port": self.server.port,
+                "controller": self.config.controller,
+            },
+        )
+        threads = self.config.profile.inference_threads
+        self.calibration = measure_reference(threads, duration_s=self.config.calibration_duration_s)
+        logger.info(
+            "calibration at %d threads: p50 %.3f ms, p95 %.3f ms over %d runs",
+            threads,
+            self.calibration.latency_p50_ms,
+            self.calibration.latency_p95_ms,
+            self.calibration.runs,
+        )
+        self._deploy_thread.start()
+
+    def _check_profile_matches_host(self) -> None:
+        # Only a warning: simulated fleets run profiles of other boards on one host.
+        profile = self.config.profile
+        machine = platform.machine()
+        if machine != profile.cpu_arch.value:
+            logger.warning(
+                "profile %s declares cpu_arch %s but this host is %s; check --profile",
+                profile.name,
+                profile.cpu_arch.value,
+                machine,
+            )
+        pinned = profile.onnxruntime_version
+        if pinned and not ort.__version__.startswith(pinned):
+            logger.warning(
+                "profile %s pins onnxruntime %s but %s is installed",
+                profile.name,
+                pinned,
+                ort.__version__,
+            )
+
+    def _shutdown(self) -> None:
+        self._commands.put(None)
+        self._deploy_thread.join(timeout=30)
+        self.server.stop()
+        (self.store.root / "agent.json").unlink(missing_ok=True)
+        logger.info("agent %s stopped", self.config.device_id)
+
+    def _restore_model(self) -> None:
+        """Load the current model, or the previous one if the current fails to load."""
+        state = self.store.state
+        for sha256 in (state.current, state.previous):
+            if sha256 is None:
+                continue
+            try:
+                manifest = self.store.load_manifest(sha256)
+                self.runtime.load(self.store.model_path(sha256), manifest)
+            except (StorageError, ModelLoadError, SelfTestError) as exc:
+                logger.error("failed to restore model %s: %s", sha256, exc)
+                continue
+            if sha256 != state.current:
+                self._report_startup_rollback(state.current, manifest.variant_id)
+            break
+        self._report_interrupted_update()
+
+    def _report_startup_rollback(self, failed_sha256: str | None, restored_variant: str) -> None:
+        self.store.roll_back()
+        logger.warning("rolled back to variant %s after the current model failed", restored_variant)
+        self._queue_status(
+            fleet_pb2.DeploymentStatus(
+                device_id=self.config.device_id,
+                state=UpdateState.ROLLED_BACK.to_proto(),
+                message=f"model {failed_sha256} failed to load at startup; "
+                f"serving the previous variant {restored_variant}",
+                reported_at_ms=int(time.time() * 1000),
+            )
+        )
+
+    def _report_interrupted_update(self) -> None:
+        update = self.store.state.update
+        if update is None or update.state.terminal:
+            return
+        message = f"interrupted in state {update.state.value} by an agent restart"
+        # The record stays, marked FAILED, so its load attempt count survives until the
+        # controller re-sends the deployment.
+        self.store.record_update(dataclasses.replace(update, state=UpdateState.FAILED))
+        logger.warning("deployment %s %s", update.deployment_id, message)
+        self._queue_status(
+            fleet_pb2.DeploymentStatus(
+                device_id=self.config.device_id,
+                deployment_id=update.deployment_id,
+                variant_id=update.variant_id,
+                state=UpdateState.FAILED.to_proto(),
+                message=message,
+                previous_variant_id=self.runtime.variant_id,
+                reported_at_ms=int(time.time() * 1000),
+            )
+        )
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _new_backoff(self) -> Backoff:
+        return Backoff(initial_s=self.config.reconnect_initial_s, max_s=self.config.reconnect_max_s)
+
+    def _connect_loop(self) -> None:
+        backoff = self._new_backoff()
+        while not self._stopping.is_set():
+            client = ControllerClient(self.config.controller)
+            try:
+                self._register(client)
+                backoff.reset()
+                self._client = client
+                self._run_session(client)
+                if not self._stopping.is_set():
+                    logger.warning("controller %s ended the session", self.config.controller)
+            except ControllerUnavailable as exc:
+                logger.warning("controller unavailable: %s", exc)
+            except RegistrationRejected as exc:
+                # Rejections are retried as well, because the operator may fix the
+                # controller's configuration. The device keeps serving its model meanwhile.
+                logger.error("controller rejected the agent: %s", exc)
+            finally:
+                self._client = None
+                self.connected.clear()
+                client.close()
+            if self._stopping.is_set():
+                break
+            delay = backoff.next_delay()
+            logger.info("reconnecting to %s in %.1f s", self.config.controller, delay)
+            self._stopping.wait(delay)
+
+    def _register(self, client: ControllerClient) -> None:
+        response = client.register(
+            fleet_pb2.RegisterRequest(
+                device_id=self.config.device_id,
+                profile=self.config.profile.to_proto(),
+                calibration=self.calibration,
+                agent_version=edgefleet.__version__,
+                onnxruntime_version=ort.__version__,
+                current_variant_id=self.runtime.variant_id,
+            )
+        )
+        if response.telemetry_interval_s:
+            try:
+                self._set_telemetry_interval(response.telemetry_interval_s)
+            except InvalidInputError as exc:
+                logger.warning(
+                    "keeping telemetry interval %.3g s: %s", self.telemetry_interval_s, exc
+                )
+        logger.info(
+            "registered %s with %s (profile fingerprint %s)",
+            self.config.device_id,
+            self.config.controller,
+            response.profile_fingerprint,
+        )
+
+    def _run_session(self, client: ControllerClient) -> None:
+        closed = threading.Event()
+        call = client.open_session(self._outgoing(closed))
+        self._call = call
+        if self._stopping.is_set():
+            call.cancel()
+        telemetry = threading.Thread(
+            target=self._telemetry_loop, args=(closed,), name="telemetry", daemon=True
+        )
+        telemetry.start()
+        self.connected.set()
+        try:
+            for message in call:
+                self._handle(message)
+        except grpc.RpcError as exc:
+            if not self._stopping.is_set():
+                raise translate_rpc_error(exc, "session") from exc
+        finally:
+            closed.set()
+            call.cancel()
+            self._call = None
+            telemetry.join()
+
+    def _outgoing(self, closed: threading.Event) -> Iterator[fleet_pb2.AgentMessage]:
+        yield fleet_pb2.AgentMessage(
+            hello=fleet_pb2.SessionHello(
+                device_id=self.config.device_id, current_variant_id=self.runtime.variant_id
+            )
+        )
+        while not closed.is_set():
+            message = self._outbox.get(_POLL_S)
+            if message is None:
+                continue
+            if closed.is_set():
+                # The stream closed while this call waited, so the next session sends it.
+                self._outbox.put_back(message)
+                return
+            yield message
+
+    def _telemetry_loop(self, closed: threading.Event) -> None:
+        while not closed.wait(self.telemetry_interval_s):
+            try:
+                sample = self.sampler.sample()
+            except OSError as exc:
+                logger.warning("failed to sample telemetry: %s", exc)
+                continue
+            self._outbox.put(fleet_pb2.AgentMessage(telemetry=sample))
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _handle(self, message: fleet_pb2.ControllerMessage) -> None:
+        if message.WhichOneof("body") != "command":
+            return
+        command = message.command
+        with self._lock:
+            if command.command_id in self._queued_ids or self.store.is_applied(command.command_id):
+                logger.info("ignoring command %s: already applied or queued", command.command_id)
+                return
+            self._queued_ids.add(command.command_id)
+        kind = command.WhichOneof("body")
+        if kind == "deploy":
+            self._commands.put(command)
+            return
+        if kind == "set_telemetry_interval":
+            self._apply_interval_command(command)
+        else:
+            logger.warning("ignoring command %s of unknown kind %s", command.command_id, kind)
+        self._finish_command(command.command_id)
+
+    def _apply_interval_command(self, command: fleet_pb2.Command) -> None:
+        try:
+            self._set_telemetry_interval(command.set_telemetry_interval.interval_s)
+        except InvalidInputError as exc:
+            logger.error("rejected command %s: %s", command.command_id, exc)
+
+    def _set_telemetry_interval(self, interval_s: float) -> None:
+        _check_interval(interval_s, "telemetry interval from the controller")
+        if interval_s != self.telemetry_interval_s:
+            logger.info("telemetry interval set to %.3g s", interval_s)
+        self.telemetry_interval_s = interval_s
+
+    def _deploy_loop(self) -> None:
+        while (command := self._commands.get()) is not None:
+            try:
+                self._deployer.deploy(command)
+            except AgentError as exc:
+                # The state file could not be written, for example on a full disk. The
+                # deployment is abandoned and the serving model stays.
+                logger.error("deployment command %s aborted: %s", command.command_id, exc)
+            except Exception:
+                # A bug must not end this thread, or no later deployment would ever run.
+                logger.exception("deployment command %s crashed", command.command_id)
+            with self._lock:
+                self._queued_ids.discard(command.command_id)
+
+    def _finish_command(self, command_id: str) -> None:
+        try:
+            self.store.mark_applied(command_id)
+        except StorageError as exc:
+            logger.error("cannot record command %s as applied: %s", command_id, exc)
+        with self._lock:
+            self._queued_ids.discard(command_id)
+
+    def _queue_status(self, status: fleet_pb2.DeploymentStatus) -> None:
+        self._outbox.put(fleet_pb2.AgentMessage(status=status))
+
+
+def _check_interval(value: float, source: str) -> None:
+    in_range = MIN_TELEMETRY_INTERVAL_S <= value <= MAX_TELEMETRY_INTERVAL_S
+    if not math.isfinite(value) or not in_range:
+        raise InvalidInputError(
+            f"invalid {source} {value}: expected {MIN_TELEMETRY_INTERVAL_S}-"
+            f"{MAX_TELEMETRY_INTERVAL_S} seconds"
+        )

@@ -1,0 +1,281 @@
+"""Model serving with onnxruntime: load, self-test, atomic swap and thread-safe inference.
+
+A new model is loaded into its own ``InferenceSession`` and must pass the manifest's
+self-test before ``activate`` swaps it in under a lock. Until then, and whenever loading
+or the self-test fails, the old model keeps serving. ``InferenceSession.run`` is safe to
+call from several threads, so requests only hold the lock long enough to pick a session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from edgefleet.agent.errors import InferenceInputError, ModelLoadError, NoModelError, SelfTestError
+from edgefleet.agent.latency import LatencyRecorder
+from edgefleet.agent.tensors import dtype_for_ort_type, dtype_for_tensor_type, tensor_to_array
+from edgefleet.errors import InvalidInputError
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["InferenceResult", "LoadedModel", "ModelRuntime", "create_session"]
+
+logger = logging.getLogger(__name__)
+
+# onnxruntime's Python exceptions derive from Exception directly, not from RuntimeError.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.NotImplemented,
+    ort_state.RuntimeException,
+    RuntimeError,
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InputSpec:
+    """One model input as onnxruntime reports it; ``None`` marks a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    def describe_shape(self) -> str:
+        return "[" + ", ".join("N" if dim is None else str(dim) for dim in self.shape) + "]"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model that loaded and passed its self-test, ready to serve."""
+
+    manifest: fleet_pb2.VariantManifest
+    path: Path
+    session: ort.InferenceSession
+    inputs: tuple[InputSpec, ...]
+    output_names: tuple[str, ...]
+
+    @property
+    def variant_id(self) -> str:
+        return self.manifest.variant_id
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InferenceResult:
+    outputs: dict[str, np.ndarray]
+    variant_id: str
+    latency_ms: float
+
+
+def create_session(path: Path, *, threads: int) -> ort.InferenceSession:
+    """Open ``path`` in onnxruntime the way the device serves it; raises ``ModelLoadError``."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except ORT_ERRORS as exc:
+        raise ModelLoadError(f"onnxruntime cannot load {path}: {exc}") from exc
+
+
+class ModelRuntime:
+    """The serving model and the one before it; see the module docstring."""
+
+    def __init__(self, *, threads: int, latency: LatencyRecorder | None = None) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.threads = threads
+        self.latency = latency if latency is not None else LatencyRecorder()
+        self._lock = threading.Lock()
+        self._current: LoadedModel | None = None
+        # NOTE: the previous session stays in memory so that a rollback needs no reload.
+        # Serving therefore needs room for two models after the first swap.
+        self._previous: LoadedModel | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        with self._lock:
+            return self._current
+
+    @property
+    def variant_id(self) -> str:
+        current = self.current
+        return current.variant_id if current else ""
+
+    def prepare(self, path: Path, manifest: fleet_pb2.VariantManifest) -> LoadedModel:
+        """Load ``path`` and run the manifest's self-test without touching the serving model.
+
+        Raises ``ModelLoadError`` if onnxruntime rejects the file or its inputs differ from
+        the manifest, and ``SelfTestError`` if the output is outside the tolerances.
+        """
+        session = create_session(path, threads=self.threads)
+        model = LoadedModel(
+            manifest=manifest,
+            path=path,
+            session=session,
+            inputs=_input_specs(session),
+            output_names=tuple(output.name for output in session.get_outputs()),
+        )
+        _check_manifest_matches(model)
+        _run_self_test(model)
+        return model
+
+    def activate(self, model: LoadedModel) -> LoadedModel | None:
+        """Serve ``model`` from the next request on; return the model it replaced."""
+        with self._lock:
+            replaced = self._current
+            if replaced is not None and replaced.path != model.path:
+                self._previous = replaced
+            self._current = model
+        logger.info("serving variant %s from %s", model.variant_id, model.path)
+        return replaced
+
+    def load(self, path: Path, manifest: fleet_pb2.VariantManifest) -> LoadedModel:
+        """Prepare and activate in one step; on error the old model keeps serving."""
+        model = self.prepare(path, manifest)
+        self.activate(model)
+        return model
+
+    def roll_back(self) -> LoadedModel:
+        """Serve the previous model again; raises ``NoModelError`` if there is none."""
+        with self._lock:
+            if self._previous is None:
+                raise NoModelError("no previous model to roll back to")
+            self._current, self._previous = self._previous, None
+            restored = self._current
+        logger.warning("rolled back to variant %s", restored.variant_id)
+        return restored
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> InferenceResult:
+        """Run the serving model; raises ``NoModelError`` or ``InferenceInputError``."""
+        model = self.current
+        if model is None:
+            raise NoModelError("no model is active yet; wait for a deployment")
+        feeds = _prepare_feeds(model, inputs)
+
+        started = time.perf_counter()
+        try:
+            values = model.session.run(None, feeds)
+        except ORT_ERRORS as exc:
+            # Shapes and types were checked above, so this is a value the graph rejects
+            # (for example an index out of range in a Gather).
+            raise InferenceInputError(f"onnxruntime rejected the inputs: {exc}") from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self.latency.record(latency_ms)
+
+        outputs = dict(zip(model.output_names, values, strict=True))
+        return InferenceResult(outputs=outputs, variant_id=model.variant_id, latency_ms=latency_ms)
+
+
+def _input_specs(session: ort.InferenceSession) -> tuple[InputSpec, ...]:
+    specs = []
+    for node in session.get_inputs():
+        try:
+            dtype = dtype_for_ort_type(node.type)
+        except InvalidInputError as exc:
+            raise ModelLoadError(f"model input {node.name!r}: {exc}") from exc
+        # Symbolic dimensions ("batch") and unknown ones (None) both accept any size.
+        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in node.shape)
+        specs.append(InputSpec(node.name, dtype, shape))
+    return tuple(specs)
+
+
+def _check_manifest_matches(model: LoadedModel) -> None:
+    declared = {spec.name: spec for spec in model.manifest.inputs}
+    actual = {spec.name: spec for spec in model.inputs}
+    if declared and set(declared) != set(actual):
+        raise ModelLoadError(
+            f"variant {model.variant_id}: manifest inputs {sorted(declared)} differ from the "
+            f"model's inputs {sorted(actual)}"
+        )
+    for name, spec in declared.items():
+        try:
+            dtype = dtype_for_tensor_type(spec.type)
+        except InvalidInputError as exc:
+            raise ModelLoadError(f"variant {model.variant_id}: input {name!r}: {exc}") from exc
+        if dtype.newbyteorder("=") != actual[name].dtype:
+            raise ModelLoadError(
+                f"variant {model.variant_id}: input {name!r} is {actual[name].dtype.name} in "
+                f"the model but {dtype.name} in the manifest"
+            )
+
+
+def _run_self_test(model: LoadedModel) -> None:
+    self_test = model.manifest.self_test
+    if not model.manifest.HasField("self_test") or not self_test.HasField("input"):
+        raise SelfTestError(f"variant {model.variant_id}: the manifest has no self-test")
+    try:
+        test_input = tensor_to_array(self_test.input)
+        expected = tensor_to_array(self_test.expected_output)
+    except InvalidInputError as exc:
+        raise SelfTestError(f"variant {model.variant_id}: invalid self-test tensor: {exc}") from exc
+
+    first = model.inputs[0]
+    try:
+        feeds = _prepare_feeds(model, {first.name: test_input})
+        actual = model.session.run([model.output_names[0]], feeds)[0]
+    except (InferenceInputError, *ORT_ERRORS) as exc:
+        raise SelfTestError(f"variant {model.variant_id}: self-test input failed: {exc}") from exc
+
+    if actual.shape != expected.shape:
+        raise SelfTestError(
+            f"variant {model.variant_id}: self-test output has shape {list(actual.shape)}, "
+            f"expected {list(expected.shape)}"
+        )
+    rtol, atol = self_test.rtol, self_test.atol
+    if not np.allclose(actual, expected, rtol=rtol, atol=atol):
+        worst = float(np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64))))
+        raise SelfTestError(
+            f"variant {model.variant_id}: self-test output differs from the expected output "
+            f"by up to {worst:.6g} (rtol={rtol}, atol={atol})"
+        )
+
+
+def _prepare_feeds(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    expected = {spec.name for spec in model.inputs}
+    unknown = sorted(set(inputs) - expected)
+    if unknown:
+        raise InferenceInputError(f"unknown input(s) {unknown}; the model takes {sorted(expected)}")
+    feeds = {}
+    for spec in model.inputs:
+        if spec.name not in inputs:
+            raise InferenceInputError(
+                f"missing input {spec.name!r} of shape {spec.describe_shape()} ({spec.dtype.name})"
+            )
+        feeds[spec.name] = _convert_input(spec, np.asarray(inputs[spec.name]))
+    return feeds
+
+
+def _convert_input(spec: InputSpec, value: np.ndarray) -> np.ndarray:
+    if len(value.shape) != len(spec.shape) or any(
+        want is not None and want != got for want, got in zip(spec.shape, value.shape, strict=True)
+    ):
+        raise InferenceInputError(
+            f"input {spec.name!r} has shape {list(value.shape)}, expected {spec.describe_shape()}"
+        )
+    if value.dtype == spec.dtype:
+        return value
+    # JSON numbers arrive as int64 or float64. Only casts that keep every value's kind are
+    # made, so a fractional number never becomes an integer input silently.
+    if spec.dtype.kind in "iu" and value.dtype.kind in "iu" and value.size:
+        limits = np.iinfo(spec.dtype)
+        if value.min() < limits.min or value.max() > limits.max:
+            raise InferenceInputError(
+                f"input {spec.name!r} has values outside the {spec.dtype.name} range "
+                f"[{limits.min}, {limits.max}]"
+            )
+    if value.dtype.kind in "iub" or (value.dtype.kind == "f" and spec.dtype.kind == "f"):
+        return value.astype(spec.dtype)
+    raise InferenceInputError(
+        f"input {spec.name!r} has type {value.dtype.name}, expected {spec.dtype.name}"
+    )

@@ -1,0 +1,256 @@
+"""The agent's state directory: installed models, their manifests and the update state.
+
+Layout under the state directory::
+
+    models/<sha256>.onnx        verified model files, named by their digest
+    models/<sha256>.json        the VariantManifest of each model (protobuf JSON)
+    downloads/<sha256>.part     transfers in progress, resumed from their size
+    state.json                  current and previous model, applied command ids, update record
+    agent.json                  pid and local API address, for tools on the device
+
+``state.json`` is replaced atomically (temporary file, fsync, ``os.replace``), so a power
+cut leaves either the old or the new state on disk, never a torn file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from edgefleet.agent.errors import StorageError
+from edgefleet.agent.update import UpdateState
+from edgefleet.ids import validate_sha256
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["AgentState", "AgentStore", "UpdateRecord", "write_json_atomic"]
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+# Command ids are remembered so that a re-sent command is not applied twice. Commands are
+# rare (one per deployment), so the last 256 cover any realistic re-send window.
+MAX_APPLIED_COMMAND_IDS = 256
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """The deployment in progress, written before each risky step of an update."""
+
+    command_id: str
+    deployment_id: str
+    variant_id: str
+    sha256: str
+    state: UpdateState
+    load_attempts: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "state": self.state.value}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UpdateRecord:
+        return cls(**{**data, "state": UpdateState(data["state"])})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentState:
+    """Contents of ``state.json``: which models serve, and which commands were applied."""
+
+    current: str | None = None  # sha256 of the serving model
+    previous: str | None = None  # sha256 of the model served before it
+    applied_command_ids: tuple[str, ...] = ()
+    update: UpdateRecord | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "current": self.current,
+            "previous": self.previous,
+            "applied_command_ids": list(self.applied_command_ids),
+            "update": self.update.to_dict() if self.update else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AgentState:
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {data.get('version')!r}")
+        update = data.get("update")
+        return cls(
+            current=_optional_sha(data.get("current")),
+            previous=_optional_sha(data.get("previous")),
+            applied_command_ids=tuple(str(item) for item in data.get("applied_command_ids", [])),
+            update=UpdateRecord.from_dict(update) if update else None,
+        )
+
+
+class AgentStore:
+    """Models, manifests and update state under one state directory; safe across threads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.models_dir = self.root / "models"
+        self.downloads_dir = self.root / "downloads"
+        self._state_path = self.root / "state.json"
+        self._lock = threading.Lock()
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            self.downloads_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create state directory {self.root}: {exc}") from exc
+        self._state = self._read_state()
+
+    # -- models -------------------------------------------------------------------------
+
+    def model_path(self, sha256: str) -> Path:
+        return self.models_dir / f"{validate_sha256(sha256)}.onnx"
+
+    def part_path(self, sha256: str) -> Path:
+        return self.downloads_dir / f"{validate_sha256(sha256)}.part"
+
+    def has_model(self, sha256: str) -> bool:
+        return self.model_path(sha256).is_file() and self._manifest_path(sha256).is_file()
+
+    def install(self, manifest: fleet_pb2.VariantManifest, verified_file: Path) -> Path:
+        """Move a verified artifact into ``models/`` next to its manifest; return its path."""
+        target = self.model_path(manifest.sha256)
+        try:
+            write_bytes_atomic(
+                self._manifest_path(manifest.sha256),
+                json_format.MessageToJson(manifest, indent=None).encode(),
+            )
+            os.replace(verified_file, target)
+            _fsync_directory(self.models_dir)
+        except OSError as exc:
+            raise StorageError(_describe_os_error(exc, f"cannot install model {target}")) from exc
+        return target
+
+    def load_manifest(self, sha256: str) -> fleet_pb2.VariantManifest:
+        path = self._manifest_path(sha256)
+        manifest = fleet_pb2.VariantManifest()
+        try:
+            json_format.Parse(path.read_text(encoding="utf-8"), manifest)
+        except (OSError, json_format.ParseError) as exc:
+            raise StorageError(f"cannot read manifest {path}: {exc}") from exc
+        return manifest
+
+    def remove_unused_models(self) -> list[str]:
+        """Delete models other than current and previous; return the removed digests."""
+        keep = {self.state.current, self.state.previous}
+        removed = []
+        for path in self.models_dir.glob("*.onnx"):
+            if path.stem in keep:
+                continue
+            path.unlink(missing_ok=True)
+            self._manifest_path(path.stem).unlink(missing_ok=True)
+            removed.append(path.stem)
+        return removed
+
+    def _manifest_path(self, sha256: str) -> Path:
+        return self.models_dir / f"{validate_sha256(sha256)}.json"
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def state(self) -> AgentState:
+        with self._lock:
+            return self._state
+
+    def commit(self, sha256: str) -> AgentState:
+        """Make ``sha256`` the current model; the current one becomes the previous."""
+        with self._lock:
+            old = self._state
+            previous = old.previous if old.current == sha256 else old.current
+            return self._write_state(dataclasses.replace(old, current=sha256, previous=previous))
+
+    def roll_back(self) -> AgentState:
+        """Make the previous model current again; the failed current one is forgotten."""
+        with self._lock:
+            old = self._state
+            return self._write_state(dataclasses.replace(old, current=old.previous, previous=None))
+
+    def is_applied(self, command_id: str) -> bool:
+        with self._lock:
+            return command_id in self._state.applied_command_ids
+
+    def mark_applied(self, command_id: str) -> None:
+        with self._lock:
+            ids = [item for item in self._state.applied_command_ids if item != command_id]
+            ids.append(command_id)
+            recent_ids = tuple(ids[-MAX_APPLIED_COMMAND_IDS:])
+            self._write_state(dataclasses.replace(self._state, applied_command_ids=recent_ids))
+
+    def record_update(self, update: UpdateRecord | None) -> None:
+        """Persist the update in progress (or clear it with ``None``) before the next step."""
+        with self._lock:
+            self._write_state(dataclasses.replace(self._state, update=update))
+
+    def _read_state(self) -> AgentState:
+        try:
+            data = json.loads(self._state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return AgentState()
+        except (OSError, ValueError) as exc:
+            # A corrupt state file must not keep the agent from starting. The controller
+            # re-sends the desired deployment once the agent reports no current variant.
+            logger.error("ignoring unreadable state file %s: %s", self._state_path, exc)
+            return AgentState()
+        try:
+            return AgentState.from_dict(data)
+        except (TypeError, ValueError) as exc:
+            logger.error("ignoring invalid state file %s: %s", self._state_path, exc)
+            return AgentState()
+
+    def _write_state(self, state: AgentState) -> AgentState:
+        write_json_atomic(self._state_path, state.to_dict())
+        self._state = state
+        return state
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` with ``data`` as JSON; raises ``StorageError`` (disk full included)."""
+    try:
+        write_bytes_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode())
+    except OSError as exc:
+        raise StorageError(_describe_os_error(exc, f"cannot write {path}")) from exc
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file, fsync it and rename it over ``path``."""
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    # The rename is durable only once the directory entry is flushed too.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _describe_os_error(exc: OSError, action: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"{action}: no space left on device; free disk space in the state directory"
+    return f"{action}: {exc}"
+
+
+def _optional_sha(value: Any) -> str | None:
+    return None if value is None else validate_sha256(value)

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgefleet.agent.store import MAX_APPLIED_COMMAND_IDS, AgentStore, UpdateRecord
+from edgefleet.agent.update import UpdateState
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+SHA_C = "c" * 64
+
+
+def test_store_commit_moves_current_to_previous(tmp_path):
+    store = AgentStore(tmp_path)
+
+    store.commit(SHA_A)
+    store.commit(SHA_B)
+
+    assert store.state.current == SHA_B
+    assert store.state.previous == SHA_A
+    reopened = AgentStore(tmp_path)
+    assert reopened.state.current == SHA_B
+    assert reopened.state.previous == SHA_A
+
+
+def test_store_commit_of_current_keeps_previous(tmp_path):
+    store = AgentStore(tmp_path)
+    store.commit(SHA_A)
+    store.commit(SHA_B)
+
+    store.commit(SHA_B)
+
+    assert store.state.previous == SHA_A
+
+
+def test_store_roll_back_restores_previous(tmp_path):
+    store = AgentStore(tmp_path)
+    store.commit(SHA_A)
+    store.commit(SHA_B)
+
+    store.roll_back()
+
+    assert store.state.current == SHA_A
+    assert store.state.previous is None
+
+
+def test_store_remembers_applied_commands_bounded(tmp_path):
+    store = AgentStore(tmp_path)
+    for index in range(MAX_APPLIED_COMMAND_IDS + 10):
+        store.mark_applied(f"command-{index}")
+
+    reopened = AgentStore(tmp_path)
+    assert reopened.is_applied(f"command-{MAX_APPLIED_COMMAND_IDS + 9}")
+    assert not reopened.is_applied("command-0")
+    assert len(reopened.state.applied_command_ids) == MAX_APPLIED_COMMAND_IDS
+
+
+def test_store_persists_update_record(tmp_path):
+    store = AgentStore(tmp_path)
+    record = UpdateRecord("c1", "d1", "v1", SHA_C, UpdateState.LOADING, load_attempts=2)
+
+    store.record_update(record)
+
+    assert AgentStore(tmp_path).state.update == record
+
+
+def test_store_state_file_is_replaced_atomically(tmp_path):
+    store = AgentStore(tmp_path)
+    store.commit(SHA_A)
+
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+    assert json.loads((tmp_path / "state.json").read_text())["current"] == SHA_A
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"version": 99}', '{"version": 1, "current": 5}']
+)
+def test_store_ignores_corrupt_state_file(tmp_path, content):
+    (tmp_path / "state.json").write_text(content)
+
+    store = AgentStore(tmp_path)
+
+    assert store.state.current is None
+
+
+def test_store_install_and_remove_unused(tmp_path, affine_variant):
+    store = AgentStore(tmp_path / "state")
+    first_path, first = affine_variant(scale=1.0)
+    second_path, second = affine_variant(scale=2.0)
+    third_path, third = affine_variant(scale=3.0)
+    for path, manifest in ((first_path, first), (second_path, second), (third_path, third)):
+        store.install(manifest, path)
+        store.commit(manifest.sha256)
+
+    removed = store.remove_unused_models()
+
+    assert removed == [first.sha256]
+    assert not store.has_model(first.sha256)
+    assert store.has_model(second.sha256)
+    assert store.load_manifest(third.sha256) == third
