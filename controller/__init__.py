@@ -1,0 +1,137 @@
+"""The edgefleet controller: registry, gRPC endpoint, planner and policy engine.
+
+Names are imported on first use (PEP 562), so ``import edgefleet.controller.cli`` stays
+light: the ``edgefleet`` command must start without loading SQLAlchemy, gRPC or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgefleet.controller.artifacts import ArtifactInfo, ArtifactStore
+    from edgefleet.controller.config import ControllerConfig, load_config
+    from edgefleet.controller.db import Database, open_database
+    from edgefleet.controller.errors import (
+        ArtifactDigestError,
+        ArtifactError,
+        ArtifactNotFoundError,
+        ArtifactRangeError,
+        ConfigError,
+        ControllerError,
+        ControllerStateError,
+        DatabaseError,
+        InvalidTelemetryError,
+        PlanningError,
+        UnknownDeviceError,
+        UnknownModelError,
+        UnknownVariantError,
+    )
+    from edgefleet.controller.grpc_server import FleetServicer, create_server
+    from edgefleet.controller.models import DeploymentState, DeviceState, EventKind, PlanState
+    from edgefleet.controller.policy import (
+        Decision,
+        DeviceView,
+        PolicyAction,
+        PolicyConfig,
+        Rung,
+        evaluate,
+    )
+    from edgefleet.controller.registry import Registry, VariantRecord
+    from edgefleet.controller.service import Controller, ControllerState
+    from edgefleet.controller.telemetry import TelemetryRecord, validate_sample
+
+__all__ = [
+    "ArtifactDigestError",
+    "ArtifactError",
+    "ArtifactInfo",
+    "ArtifactNotFoundError",
+    "ArtifactRangeError",
+    "ArtifactStore",
+    "ConfigError",
+    "Controller",
+    "ControllerConfig",
+    "ControllerError",
+    "ControllerState",
+    "ControllerStateError",
+    "Database",
+    "DatabaseError",
+    "Decision",
+    "DeploymentState",
+    "DeviceState",
+    "DeviceView",
+    "EventKind",
+    "FleetServicer",
+    "InvalidTelemetryError",
+    "PlanState",
+    "PlanningError",
+    "PolicyAction",
+    "PolicyConfig",
+    "Registry",
+    "Rung",
+    "TelemetryRecord",
+    "UnknownDeviceError",
+    "UnknownModelError",
+    "UnknownVariantError",
+    "VariantRecord",
+    "create_server",
+    "evaluate",
+    "load_config",
+    "open_database",
+    "validate_sample",
+]
+
+# Module of each exported name, imported on first use.
+_EXPORTS = {
+    "ArtifactDigestError": "errors",
+    "ArtifactError": "errors",
+    "ArtifactInfo": "artifacts",
+    "ArtifactNotFoundError": "errors",
+    "ArtifactRangeError": "errors",
+    "ArtifactStore": "artifacts",
+    "ConfigError": "errors",
+    "Controller": "service",
+    "ControllerConfig": "config",
+    "ControllerError": "errors",
+    "ControllerState": "service",
+    "ControllerStateError": "errors",
+    "Database": "db",
+    "DatabaseError": "errors",
+    "Decision": "policy",
+    "DeploymentState": "models",
+    "DeviceState": "models",
+    "DeviceView": "policy",
+    "EventKind": "models",
+    "FleetServicer": "grpc_server",
+    "InvalidTelemetryError": "errors",
+    "PlanState": "models",
+    "PlanningError": "errors",
+    "PolicyAction": "policy",
+    "PolicyConfig": "policy",
+    "Registry": "registry",
+    "Rung": "policy",
+    "TelemetryRecord": "telemetry",
+    "UnknownDeviceError": "errors",
+    "UnknownModelError": "errors",
+    "UnknownVariantError": "errors",
+    "VariantRecord": "registry",
+    "create_server": "grpc_server",
+    "evaluate": "policy",
+    "load_config": "config",
+    "open_database": "db",
+    "validate_sample": "telemetry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,126 @@
+"""``edgefleet controller``: run the controller.
+
+Only typer and the standard library are imported at module level, so the root
+``edgefleet`` command starts quickly and works on a device without the controller extra;
+SQLAlchemy, gRPC and torch load inside the command.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+app = typer.Typer(help="Run the fleet controller.", no_args_is_help=True)
+
+logger = logging.getLogger(__name__)
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@app.callback()
+def controller_commands() -> None:
+    """Run the fleet controller."""
+    # A no-op under ``edgefleet``, whose own callback configured logging first.
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+
+
+@app.command("serve")
+def serve(
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="Database URL (sqlite:///FILE or postgresql+psycopg://...); "
+            "default: DATA_DIR/edgefleet.db."
+        ),
+    ] = None,
+    grpc_host: Annotated[str, typer.Option(help="Address the gRPC server binds to.")] = (
+        "127.0.0.1"
+    ),
+    grpc_port: Annotated[
+        int, typer.Option(help="Port of the gRPC server; 0 picks a free one and prints it.")
+    ] = 50051,
+    http_port: Annotated[
+        int | None, typer.Option(help="Port of the HTTP API (not available yet).")
+    ] = None,
+    mqtt_url: Annotated[
+        str | None, typer.Option(help="MQTT broker URL (not available yet).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Controller TOML file with controller and policy tables.")
+    ] = None,
+    data_dir: Annotated[
+        Path, typer.Option(help="Directory for the default database, artifacts and plans.")
+    ] = Path("edgefleet-data"),
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model to register at startup: FILE.onnx or path/to/file.py:factory."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Evaluation data of --model: .npz with x_train, y_train, x_val, y_val."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="PyTorch state dict loaded into the --model factory.")
+    ] = None,
+) -> None:
+    """Serve devices over gRPC until SIGTERM or SIGINT, then shut down gracefully."""
+    _reject_unavailable(http_port=http_port, mqtt_url=mqtt_url)
+    if model is not None and data is None:
+        _fail("--model needs --data with the evaluation data")
+    if model is None and (data is not None or weights is not None):
+        _fail("--data and --weights only apply together with --model")
+
+    from edgefleet.controller.config import ControllerConfig, load_config
+    from edgefleet.controller.service import Controller
+    from edgefleet.errors import EdgefleetError
+
+    try:
+        settings = load_config(config) if config is not None else ControllerConfig()
+    except EdgefleetError as exc:
+        _fail(str(exc))
+
+    controller = Controller(settings, data_dir=data_dir, database_url=db)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    try:
+        controller.start()
+        if model is not None:
+            assert data is not None  # checked above
+            controller.register_model(model, data_path=data, weights_path=weights)
+        port = controller.serve_grpc(host=grpc_host, port=grpc_port)
+    except (EdgefleetError, OSError) as exc:
+        controller.shutdown(grace_s=0)
+        _fail(str(exc), code=1)
+
+    # A parent process (tests, the demo) reads this line to find a port picked with 0.
+    typer.echo(f"edgefleet controller listening on {grpc_host}:{port}")
+    sys.stdout.flush()
+    stop.wait()
+    logger.info("received a stop signal")
+    controller.shutdown()
+
+
+def _reject_unavailable(*, http_port: int | None, mqtt_url: str | None) -> None:
+    if http_port is not None:
+        _fail("--http-port: the HTTP API is not available yet; serve without it", code=2)
+    if mqtt_url is not None:
+        _fail("--mqtt-url: the MQTT transport is not available yet; devices use gRPC", code=2)
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    def request_stop(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def _fail(message: str, *, code: int = 2) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)

@@ -1,0 +1,124 @@
+"""Controller configuration, loaded from a TOML file (``serve --config FILE``).
+
+::
+
+    [controller]
+    telemetry_interval_s = 1.0          # interval agents send samples at
+    telemetry_retention_s = 604800      # samples older than this are deleted (7 days)
+    retention_check_interval_s = 300    # how often the deletion runs
+    grpc_max_workers = 64               # threads serving RPCs, one per open session stream
+    shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
+    host_calibration_duration_s = 2.0   # how long the host runs the reference model
+
+    [policy]
+    breach_samples = 3
+    memory_margin_mb = 64.0
+    headroom_ratio = 0.5
+    headroom_samples = 30
+    cooldown_s = 20.0
+    min_requests = 1
+
+Every key is optional; unknown keys and sections are rejected so that a typo is not
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgefleet.controller.errors import ConfigError
+from edgefleet.controller.policy import PolicyConfig
+
+__all__ = ["ControllerConfig", "load_config"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    """Settings of one controller process; see the module docstring for the TOML form."""
+
+    telemetry_interval_s: float = 1.0
+    telemetry_retention_s: float = 7 * 24 * 3600.0
+    retention_check_interval_s: float = 300.0
+    # Sync gRPC occupies one thread per open Session stream for the stream's whole life,
+    # so this caps the number of connected devices. RPCs beyond it are rejected with
+    # RESOURCE_EXHAUSTED (maximum_concurrent_rpcs).
+    grpc_max_workers: int = 64
+    shutdown_grace_s: float = 5.0
+    host_calibration_duration_s: float = 2.0
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "telemetry_interval_s",
+            "telemetry_retention_s",
+            "retention_check_interval_s",
+            "host_calibration_duration_s",
+        ):
+            _require_positive(name, getattr(self, name))
+        if not _is_number(self.shutdown_grace_s) or self.shutdown_grace_s < 0:
+            raise ConfigError(
+                f"controller.shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}"
+            )
+        workers = self.grpc_max_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 4:
+            raise ConfigError(
+                f"controller.grpc_max_workers must be an integer >= 4, got {workers!r}"
+            )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> ControllerConfig:
+        """Build a config from parsed TOML; raises ``ConfigError`` naming the bad key."""
+        unknown_sections = sorted(set(data) - {"controller", "policy"})
+        if unknown_sections:
+            raise ConfigError(
+                f"unknown section(s) {', '.join(unknown_sections)}; "
+                "allowed sections are [controller] and [policy]"
+            )
+        controller = _table(data, "controller")
+        known = {field.name for field in dataclasses.fields(cls)} - {"policy"}
+        unknown = sorted(set(controller) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) in [controller]: {', '.join(unknown)}; "
+                f"allowed keys are {', '.join(sorted(known))}"
+            )
+        policy = PolicyConfig.from_mapping(_table(data, "policy"))
+        return cls(**controller, policy=policy)
+
+
+def load_config(path: str | Path) -> ControllerConfig:
+    """Read and validate a controller TOML file; raises ``ConfigError``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return ControllerConfig.from_mapping(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _table(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    table = data.get(name, {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[{name}] must be a table, got {table!r}")
+    return table
+
+
+def _require_positive(name: str, value: object) -> None:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+        raise ConfigError(f"controller.{name} must be a positive number, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

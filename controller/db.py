@@ -1,0 +1,125 @@
+"""Database engine setup and schema migration.
+
+``open_database(url)`` connects, migrates the schema to the newest Alembic revision and
+returns a ``Database``. A fresh database and one from an older release both end at head.
+SQLite (the default) runs in WAL mode so telemetry writes do not block readers, with
+foreign keys enforced; PostgreSQL works by URL (``postgresql+psycopg://...``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgefleet.controller.errors import DatabaseError
+
+__all__ = ["Database", "alembic_config", "open_database"]
+
+logger = logging.getLogger(__name__)
+
+# Seconds a SQLite writer waits for another writer's lock before failing with
+# "database is locked". Telemetry ingest, the planner and retention write concurrently.
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+class Database:
+    """An engine and a session factory over a migrated database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        # expire_on_commit=False: rows returned by the registry stay readable after their
+        # session closes, as snapshots of the committed values.
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Open a session that commits on success and rolls back on error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(url: str | None = None):  # -> alembic.config.Config
+    """Build the Alembic configuration of the registry schema, independent of the CWD."""
+    from alembic.config import Config
+
+    config = Config()
+    script_location = resources.files("edgefleet.controller") / "migrations"
+    config.set_main_option("script_location", str(script_location))
+    config.set_main_option("path_separator", "os")
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def open_database(url: str, *, migrate: bool = True) -> Database:
+    """Connect to ``url`` and, unless ``migrate`` is false, upgrade the schema to head.
+
+    Raises ``DatabaseError`` when the database is unreachable or a migration fails.
+    """
+    engine = _create_engine(url)
+    if migrate:
+        try:
+            upgrade_to_head(engine)
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            engine.dispose()
+            raise DatabaseError(
+                f"cannot migrate database {engine.url.render_as_string(hide_password=True)} "
+                f"to the newest schema: {exc}"
+            ) from exc
+    return Database(engine)
+
+
+def upgrade_to_head(engine: sa.Engine) -> None:
+    """Run ``alembic upgrade head`` on ``engine``."""
+    from alembic import command
+
+    # NOTE: two controller replicas starting together against one PostgreSQL database
+    # both run this; the second may fail on a half-created table and must be restarted.
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    logger.info("database %s is at the newest schema", engine.url.render_as_string(True))
+
+
+def _create_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(parsed, pool_pre_ping=True)
+
+    in_memory = parsed.database in (None, "", ":memory:")
+    engine = sa.create_engine(
+        parsed,
+        connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
+        # An in-memory database lives only as long as its one connection.
+        poolclass=sa.pool.StaticPool if in_memory else sa.pool.QueuePool,
+    )
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers proceed while one writer commits; synchronous=NORMAL is
+        # durable across application crashes in WAL mode (an OS crash may lose the
+        # last transactions, never corrupt the file).
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    finally:
+        cursor.close()

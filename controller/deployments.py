@@ -1,0 +1,187 @@
+"""Deployments: recording them, sending their commands and following the device's reports.
+
+``Deployer.deploy`` records a PENDING deployment, makes its variant the device's desired
+one and sends a ``DeployCommand`` on the device's session, or leaves it for the next
+session when the device is offline. ``Deployer.handle_status`` applies what the agent
+reports: ACTIVE moves the device's current variant, FAILED and ROLLED_BACK leave it on the
+variant it had, so the controller never retries a failing deployment on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from edgefleet.controller.models import DeploymentRow, DeploymentState, DeviceRow, EventKind
+from edgefleet.controller.registry import Registry
+from edgefleet.controller.sessions import SessionRegistry
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["Deployer", "command_id_for"]
+
+logger = logging.getLogger(__name__)
+
+
+def command_id_for(deployment_id: str) -> str:
+    """Return the command id of a deployment's DeployCommand.
+
+    It is stable, so a command re-sent after a reconnect is applied once by an agent that
+    already received it.
+    """
+    return f"deploy-{deployment_id}"
+
+
+class Deployer:
+    """Creates deployments and applies the agents' status reports; see the module docstring."""
+
+    def __init__(self, registry: Registry, sessions: SessionRegistry) -> None:
+        self._registry = registry
+        self._sessions = sessions
+
+    def deploy(
+        self, device: DeviceRow, *, model_id: str, variant_id: str, reason: str
+    ) -> DeploymentRow:
+        """Record a deployment of ``variant_id`` to ``device`` and send its command.
+
+        Raises ``UnknownVariantError`` when the variant is not one of the device's profile.
+        """
+        variant = self._registry.get_variant(model_id, device.profile_fingerprint, variant_id)
+        deployment = self._registry.create_deployment(
+            device.device_id,
+            variant_id,
+            previous_variant_id=device.current_variant_id,
+            reason=reason,
+        )
+        self._registry.record_event(
+            EventKind.DEPLOY_REQUESTED,
+            device_id=device.device_id,
+            reason=reason,
+            from_variant=device.current_variant_id,
+            to_variant=variant_id,
+            details={"deployment_id": deployment.id, "sha256": variant.sha256},
+        )
+        self._send(deployment, variant.manifest)
+        return deployment
+
+    def resend(self, device: DeviceRow, *, model_id: str) -> DeploymentRow | None:
+        """Send the command of the device's unfinished deployment again, if there is one."""
+        deployment = self._registry.latest_deployment(device.device_id)
+        if deployment is None or deployment.state.is_terminal:
+            return None
+        if deployment.variant_id != device.desired_variant_id:
+            return None
+        variant = self._registry.get_variant(
+            model_id, device.profile_fingerprint, deployment.variant_id
+        )
+        self._send(deployment, variant.manifest)
+        return deployment
+
+    def _send(self, deployment: DeploymentRow, manifest: bytes) -> None:
+        message = fleet_pb2.ControllerMessage(
+            command=fleet_pb2.Command(
+                command_id=command_id_for(deployment.id),
+                issued_at_ms=int(time.time() * 1000),
+                deploy=fleet_pb2.DeployCommand(
+                    deployment_id=deployment.id,
+                    manifest=fleet_pb2.VariantManifest.FromString(manifest),
+                ),
+            )
+        )
+        if self._sessions.send(deployment.device_id, message):
+            logger.info(
+                "sent deployment %s of variant %s to device %s",
+                deployment.id,
+                deployment.variant_id,
+                deployment.device_id,
+            )
+        else:
+            logger.info(
+                "device %s is offline; deployment %s of variant %s is sent when it connects",
+                deployment.device_id,
+                deployment.id,
+                deployment.variant_id,
+            )
+
+    def handle_status(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> bool:
+        """Apply a status report; returns whether it moved the deployment to a final state.
+
+        Reports for unknown deployments, or from another device, are logged and ignored.
+        """
+        deployment = self._registry.find_deployment(status.deployment_id)
+        if deployment is None or deployment.device_id != device_id:
+            logger.warning(
+                "device %s reported status for unknown deployment %r; ignoring it",
+                device_id,
+                status.deployment_id,
+            )
+            return False
+        try:
+            state = DeploymentState.from_proto(status.state)
+        except ValueError as exc:
+            logger.warning("device %s sent an invalid deployment status: %s", device_id, exc)
+            return False
+
+        if deployment.state is not DeploymentState.SUPERSEDED:
+            self._registry.update_deployment(
+                deployment.id, state=state, reason=status.message or None
+            )
+        if state is DeploymentState.ACTIVE:
+            self._on_active(device_id, deployment, status)
+        elif state is DeploymentState.FAILED:
+            self._on_failed(device_id, deployment, status, kind=EventKind.DEPLOY_FAILED)
+        elif state is DeploymentState.ROLLED_BACK:
+            self._on_failed(device_id, deployment, status, kind=EventKind.ROLLED_BACK)
+        return state.is_terminal
+
+    def _on_active(
+        self, device_id: str, deployment: DeploymentRow, status: fleet_pb2.DeploymentStatus
+    ) -> None:
+        device = self._registry.update_device(device_id, current_variant_id=deployment.variant_id)
+        self._registry.record_event(
+            EventKind.DEPLOYED,
+            device_id=device_id,
+            reason=f"deployment {deployment.id} is active",
+            from_variant=status.previous_variant_id or deployment.previous_variant_id,
+            to_variant=deployment.variant_id,
+            details={"deployment_id": deployment.id},
+        )
+        logger.info(
+            "device %s is serving variant %s (deployment %s)",
+            device_id,
+            device.current_variant_id,
+            deployment.id,
+        )
+
+    def _on_failed(
+        self,
+        device_id: str,
+        deployment: DeploymentRow,
+        status: fleet_pb2.DeploymentStatus,
+        *,
+        kind: EventKind,
+    ) -> None:
+        device = self._registry.get_device(device_id)
+        # The agent keeps serving the variant it had; a report naming it is the most
+        # direct evidence of what that is.
+        current = status.previous_variant_id or device.current_variant_id
+        fields: dict[str, object] = {"current_variant_id": current}
+        if device.desired_variant_id == deployment.variant_id:
+            fields["desired_variant_id"] = current
+        self._registry.update_device(device_id, **fields)
+        self._registry.record_event(
+            kind,
+            device_id=device_id,
+            reason=status.message or f"deployment {deployment.id} ended {kind.value}",
+            from_variant=deployment.variant_id,
+            to_variant=current,
+            details={"deployment_id": deployment.id},
+        )
+        logger.warning(
+            "deployment %s of variant %s to device %s %s: %s; the device stays on %s",
+            deployment.id,
+            deployment.variant_id,
+            device_id,
+            "failed" if kind is EventKind.DEPLOY_FAILED else "was rolled back",
+            status.message or "no reason given",
+            current or "no variant",
+        )

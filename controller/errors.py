@@ -1,0 +1,99 @@
+"""Exceptions raised by the controller.
+
+Every error derives from ``ControllerError``. Errors about bad input are also
+``edgefleet.errors.InvalidInputError``, and so ``ValueError``. The right column is the
+status code that ``grpc_server`` returns where an RPC can raise the error::
+
+    ControllerError (EdgefleetError)
+    ├── ConfigError                  invalid controller or policy configuration
+    ├── InvalidTelemetryError        a sample has a NaN, infinite or negative field
+    ├── UnknownDeviceError           no device with that id is registered    FAILED_PRECONDITION
+    ├── UnknownModelError            no model with that id is registered
+    ├── UnknownVariantError          no such variant for the device's profile
+    ├── ArtifactError                artifact store failures
+    │   ├── ArtifactNotFoundError    no artifact with that digest            NOT_FOUND
+    │   ├── ArtifactDigestError      content does not match the expected sha256
+    │   └── ArtifactRangeError       offset beyond the end of an artifact    OUT_OF_RANGE
+    ├── PlanningError                compressing a model for a profile failed
+    ├── DatabaseError                the database is unreachable or cannot be migrated
+    └── ControllerStateError         the controller is not running           UNAVAILABLE
+
+Other ``InvalidInputError``s raised in an RPC (device id, digest, profile) become
+INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from edgefleet.errors import EdgefleetError, InvalidInputError
+
+__all__ = [
+    "ArtifactDigestError",
+    "ArtifactError",
+    "ArtifactNotFoundError",
+    "ArtifactRangeError",
+    "ConfigError",
+    "ControllerError",
+    "ControllerStateError",
+    "DatabaseError",
+    "InvalidTelemetryError",
+    "PlanningError",
+    "UnknownDeviceError",
+    "UnknownModelError",
+    "UnknownVariantError",
+]
+
+
+class ControllerError(EdgefleetError):
+    """Base class of every error the controller raises on purpose."""
+
+
+class ConfigError(ControllerError, InvalidInputError):
+    """The controller or policy configuration is invalid; the message names the key."""
+
+
+class InvalidTelemetryError(ControllerError, InvalidInputError):
+    """A telemetry sample failed validation and must be dropped."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class UnknownDeviceError(ControllerError, InvalidInputError):
+    """No device with the given id is registered."""
+
+
+class UnknownModelError(ControllerError, InvalidInputError):
+    """No model with the given id is registered."""
+
+
+class UnknownVariantError(ControllerError, InvalidInputError):
+    """No variant with the given id exists for the device's profile and model."""
+
+
+class ArtifactError(ControllerError):
+    """The artifact store failed to store or read an artifact."""
+
+
+class ArtifactNotFoundError(ArtifactError):
+    """No artifact with the given digest is stored."""
+
+
+class ArtifactDigestError(ArtifactError):
+    """Artifact content does not match its expected sha256 digest."""
+
+
+class ArtifactRangeError(ArtifactError, InvalidInputError):
+    """A read offset lies beyond the end of the artifact."""
+
+
+class PlanningError(ControllerError):
+    """Compressing a model for a device profile failed."""
+
+
+class DatabaseError(ControllerError):
+    """The database is unreachable, or migrating its schema to head failed."""
+
+
+class ControllerStateError(ControllerError):
+    """The controller is in a state that forbids the call (not started, or shut down)."""

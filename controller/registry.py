@@ -1,0 +1,516 @@
+"""The registry: typed reads and writes of devices, models, plans, variants, deployments,
+telemetry and events.
+
+Every method runs in its own transaction and returns ORM rows detached from their session.
+The rows are snapshots of the committed values, so change state only through these methods.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from edgefleet.controller.db import Database
+from edgefleet.controller.errors import (
+    UnknownDeviceError,
+    UnknownModelError,
+    UnknownVariantError,
+)
+from edgefleet.controller.models import (
+    DeploymentRow,
+    DeploymentState,
+    DeviceRow,
+    DeviceState,
+    EventKind,
+    EventRow,
+    ModelRow,
+    PlanRow,
+    PlanState,
+    ProfileRow,
+    TelemetryRow,
+    VariantRow,
+    utc_now,
+)
+from edgefleet.controller.telemetry import TelemetryRecord
+from edgefleet.profiles import DeviceProfile, parse_profile
+
+__all__ = ["Registry", "VariantRecord"]
+
+# Device columns that ``Registry.update_device`` may change.
+_UPDATABLE_DEVICE_FIELDS = frozenset(
+    {"latency_scale", "state", "current_variant_id", "desired_variant_id", "pinned", "last_seen"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VariantRecord:
+    """A variant to store: its metrics, its serialized manifest and its ladder position."""
+
+    variant_id: str
+    recipe_json: str
+    sha256: str
+    size_bytes: int
+    accuracy: float
+    latency_p95_ms: float
+    host_latency_p95_ms: float
+    peak_memory_mb: float
+    manifest: bytes
+    ladder_rank: int | None
+
+
+class Registry:
+    """Reads and writes of the controller's state; see the module docstring."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    # -- devices and profiles -------------------------------------------------------
+
+    def register_device(
+        self,
+        device_id: str,
+        profile: DeviceProfile,
+        *,
+        calibration: dict[str, Any] | None = None,
+        agent_version: str = "",
+        onnxruntime_version: str = "",
+        current_variant_id: str | None = None,
+    ) -> DeviceRow:
+        """Insert a device, or refresh the profile and calibration of a known one."""
+        with self._database.session() as session:
+            self._ensure_profile(session, profile)
+            device = session.get(DeviceRow, device_id)
+            if device is None:
+                device = DeviceRow(device_id=device_id, state=DeviceState.OFFLINE, pinned=False)
+                session.add(device)
+            elif device.profile_fingerprint != profile.fingerprint:
+                # Variants belong to a profile, so a new profile invalidates the target.
+                device.desired_variant_id = None
+                device.latency_scale = None
+            device.profile_fingerprint = profile.fingerprint
+            device.profile = profile.to_dict()
+            device.calibration = calibration
+            device.agent_version = agent_version
+            device.onnxruntime_version = onnxruntime_version
+            device.current_variant_id = current_variant_id or None
+            device.last_seen = utc_now()
+            return device
+
+    def _ensure_profile(self, session: sa.orm.Session, profile: DeviceProfile) -> None:
+        if session.get(ProfileRow, profile.fingerprint) is None:
+            session.add(
+                ProfileRow(
+                    fingerprint=profile.fingerprint, name=profile.name, profile=profile.to_dict()
+                )
+            )
+
+    def find_device(self, device_id: str) -> DeviceRow | None:
+        with self._database.session() as session:
+            return session.get(DeviceRow, device_id)
+
+    def get_device(self, device_id: str) -> DeviceRow:
+        """Return the device; raises ``UnknownDeviceError`` if it never registered."""
+        device = self.find_device(device_id)
+        if device is None:
+            raise UnknownDeviceError(f"device {device_id!r} is not registered; register first")
+        return device
+
+    def list_devices(self, *, profile_fingerprint: str | None = None) -> list[DeviceRow]:
+        query = sa.select(DeviceRow).order_by(DeviceRow.device_id)
+        if profile_fingerprint is not None:
+            query = query.where(DeviceRow.profile_fingerprint == profile_fingerprint)
+        with self._database.session() as session:
+            return list(session.scalars(query))
+
+    def update_device(self, device_id: str, **fields: Any) -> DeviceRow:
+        """Set the given columns of a device and return the updated row."""
+        unknown = sorted(set(fields) - _UPDATABLE_DEVICE_FIELDS)
+        if unknown:
+            raise TypeError(f"update_device got unknown or read-only field(s) {unknown}")
+        with self._database.session() as session:
+            device = session.get(DeviceRow, device_id)
+            if device is None:
+                raise UnknownDeviceError(f"device {device_id!r} is not registered")
+            for name, value in fields.items():
+                setattr(device, name, value)
+            return device
+
+    def mark_all_devices_offline(self) -> int:
+        """Set every device offline (at startup and shutdown); returns how many changed."""
+        statement = (
+            sa.update(DeviceRow)
+            .where(DeviceRow.state != DeviceState.OFFLINE)
+            .values(state=DeviceState.OFFLINE)
+        )
+        with self._database.session() as session:
+            return session.execute(statement).rowcount
+
+    def delete_device(self, device_id: str) -> None:
+        """Delete a device with its deployments and telemetry; its events remain."""
+        with self._database.session() as session:
+            device = session.get(DeviceRow, device_id)
+            if device is None:
+                raise UnknownDeviceError(f"device {device_id!r} is not registered")
+            for table in (TelemetryRow, DeploymentRow):
+                session.execute(sa.delete(table).where(table.device_id == device_id))
+            session.delete(device)
+
+    def get_profile(self, fingerprint: str) -> DeviceProfile:
+        with self._database.session() as session:
+            row = session.get(ProfileRow, fingerprint)
+        if row is None:
+            raise KeyError(f"no profile with fingerprint {fingerprint}")
+        return parse_profile(row.profile, source=f"stored profile {fingerprint[:12]}")
+
+    def profile_fingerprints(self) -> list[str]:
+        """Return the fingerprints that at least one registered device uses."""
+        query = (
+            sa.select(DeviceRow.profile_fingerprint)
+            .distinct()
+            .order_by(DeviceRow.profile_fingerprint)
+        )
+        with self._database.session() as session:
+            return list(session.scalars(query))
+
+    # -- models ---------------------------------------------------------------------
+
+    def register_model(
+        self, *, name: str, digest: str, source: str, data_path: str, weights_path: str | None
+    ) -> ModelRow:
+        """Insert a model, or mark an identical one (same digest) as registered again."""
+        with self._database.session() as session:
+            model = session.scalars(sa.select(ModelRow).where(ModelRow.digest == digest)).first()
+            if model is None:
+                model = ModelRow(
+                    id=digest[:16],
+                    name=name,
+                    digest=digest,
+                    source=source,
+                    data_path=data_path,
+                    weights_path=weights_path,
+                )
+                session.add(model)
+            model.registered_at = utc_now()
+            return model
+
+    def get_model(self, model_id: str) -> ModelRow:
+        with self._database.session() as session:
+            model = session.get(ModelRow, model_id)
+        if model is None:
+            raise UnknownModelError(f"no model with id {model_id!r} is registered")
+        return model
+
+    def active_model(self) -> ModelRow | None:
+        """Return the most recently registered model, which devices are served from."""
+        query = sa.select(ModelRow).order_by(ModelRow.registered_at.desc()).limit(1)
+        with self._database.session() as session:
+            return session.scalars(query).first()
+
+    # -- plans and variants ---------------------------------------------------------
+
+    def create_plan(
+        self, model_id: str, profile_fingerprint: str, *, latency_scale: float
+    ) -> PlanRow:
+        """Insert a PENDING plan with the next generation number for this model and profile."""
+        with self._database.session() as session:
+            latest = session.scalar(
+                sa.select(sa.func.max(PlanRow.generation)).where(
+                    PlanRow.model_id == model_id,
+                    PlanRow.profile_fingerprint == profile_fingerprint,
+                )
+            )
+            plan = PlanRow(
+                model_id=model_id,
+                profile_fingerprint=profile_fingerprint,
+                generation=0 if latest is None else latest + 1,
+                state=PlanState.PENDING,
+                latency_scale=latency_scale,
+                reason="",
+            )
+            session.add(plan)
+            session.flush()
+            return plan
+
+    def update_plan(
+        self,
+        plan_id: int,
+        *,
+        state: PlanState,
+        reason: str = "",
+        report: dict[str, Any] | None = None,
+    ) -> PlanRow:
+        with self._database.session() as session:
+            plan = session.get(PlanRow, plan_id)
+            if plan is None:
+                raise KeyError(f"no plan with id {plan_id}")
+            plan.state = state
+            plan.reason = reason
+            if report is not None:
+                plan.report = report
+            if state in (PlanState.DONE, PlanState.FAILED):
+                plan.finished_at = utc_now()
+            return plan
+
+    def list_plans(
+        self,
+        *,
+        model_id: str | None = None,
+        profile_fingerprint: str | None = None,
+        states: Iterable[PlanState] | None = None,
+    ) -> list[PlanRow]:
+        query = sa.select(PlanRow).order_by(PlanRow.id)
+        if model_id is not None:
+            query = query.where(PlanRow.model_id == model_id)
+        if profile_fingerprint is not None:
+            query = query.where(PlanRow.profile_fingerprint == profile_fingerprint)
+        if states is not None:
+            query = query.where(PlanRow.state.in_(list(states)))
+        with self._database.session() as session:
+            return list(session.scalars(query))
+
+    def store_variants(
+        self,
+        model_id: str,
+        profile_fingerprint: str,
+        variants: Sequence[VariantRecord],
+        *,
+        plan_id: int | None,
+    ) -> None:
+        """Insert variants, updating any already stored, and replace the ladder.
+
+        Ranks in ``variants`` define the new ladder; stored variants not in it leave it.
+        """
+        with self._database.session() as session:
+            session.execute(
+                sa.update(VariantRow)
+                .where(
+                    VariantRow.model_id == model_id,
+                    VariantRow.profile_fingerprint == profile_fingerprint,
+                )
+                .values(ladder_rank=None)
+            )
+            for record in variants:
+                row = self._find_variant(session, model_id, profile_fingerprint, record.variant_id)
+                if row is None:
+                    row = VariantRow(
+                        variant_id=record.variant_id,
+                        model_id=model_id,
+                        profile_fingerprint=profile_fingerprint,
+                        plan_id=plan_id,
+                    )
+                    session.add(row)
+                for name in (
+                    "recipe_json", "sha256", "size_bytes", "accuracy", "latency_p95_ms",
+                    "host_latency_p95_ms", "peak_memory_mb", "manifest", "ladder_rank",
+                ):  # fmt: skip
+                    setattr(row, name, getattr(record, name))
+
+    @staticmethod
+    def _find_variant(
+        session: sa.orm.Session, model_id: str, profile_fingerprint: str, variant_id: str
+    ) -> VariantRow | None:
+        return session.scalars(
+            sa.select(VariantRow).where(
+                VariantRow.model_id == model_id,
+                VariantRow.profile_fingerprint == profile_fingerprint,
+                VariantRow.variant_id == variant_id,
+            )
+        ).first()
+
+    def ladder(self, model_id: str, profile_fingerprint: str) -> list[VariantRow]:
+        """Return the ladder, most accurate rung first; empty until a plan finished."""
+        query = (
+            sa.select(VariantRow)
+            .where(
+                VariantRow.model_id == model_id,
+                VariantRow.profile_fingerprint == profile_fingerprint,
+                VariantRow.ladder_rank.is_not(None),
+            )
+            .order_by(VariantRow.ladder_rank)
+        )
+        with self._database.session() as session:
+            return list(session.scalars(query))
+
+    def get_variant(self, model_id: str, profile_fingerprint: str, variant_id: str) -> VariantRow:
+        with self._database.session() as session:
+            row = self._find_variant(session, model_id, profile_fingerprint, variant_id)
+        if row is None:
+            raise UnknownVariantError(
+                f"no variant {variant_id!r} of model {model_id!r} for profile "
+                f"{profile_fingerprint[:12]}"
+            )
+        return row
+
+    # -- deployments ----------------------------------------------------------------
+
+    def create_deployment(
+        self,
+        device_id: str,
+        variant_id: str,
+        *,
+        previous_variant_id: str | None,
+        reason: str,
+    ) -> DeploymentRow:
+        """Insert a PENDING deployment, supersede unfinished ones and set the desired variant."""
+        now = utc_now()
+        with self._database.session() as session:
+            device = session.get(DeviceRow, device_id)
+            if device is None:
+                raise UnknownDeviceError(f"device {device_id!r} is not registered")
+            session.execute(
+                sa.update(DeploymentRow)
+                .where(
+                    DeploymentRow.device_id == device_id,
+                    DeploymentRow.state.not_in(
+                        [state for state in DeploymentState if state.is_terminal]
+                    ),
+                )
+                .values(state=DeploymentState.SUPERSEDED, updated_at=now)
+            )
+            deployment = DeploymentRow(
+                id=uuid.uuid4().hex,
+                device_id=device_id,
+                variant_id=variant_id,
+                previous_variant_id=previous_variant_id,
+                state=DeploymentState.PENDING,
+                reason=reason,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(deployment)
+            device.desired_variant_id = variant_id
+            return deployment
+
+    def find_deployment(self, deployment_id: str) -> DeploymentRow | None:
+        with self._database.session() as session:
+            return session.get(DeploymentRow, deployment_id)
+
+    def update_deployment(
+        self, deployment_id: str, *, state: DeploymentState, reason: str | None = None
+    ) -> DeploymentRow:
+        with self._database.session() as session:
+            deployment = session.get(DeploymentRow, deployment_id)
+            if deployment is None:
+                raise KeyError(f"no deployment with id {deployment_id!r}")
+            deployment.state = state
+            if reason is not None:
+                deployment.reason = reason
+            deployment.updated_at = utc_now()
+            return deployment
+
+    def latest_deployment(self, device_id: str) -> DeploymentRow | None:
+        query = (
+            sa.select(DeploymentRow)
+            .where(DeploymentRow.device_id == device_id)
+            .order_by(DeploymentRow.created_at.desc())
+            .limit(1)
+        )
+        with self._database.session() as session:
+            return session.scalars(query).first()
+
+    def list_deployments(self, device_id: str) -> list[DeploymentRow]:
+        query = (
+            sa.select(DeploymentRow)
+            .where(DeploymentRow.device_id == device_id)
+            .order_by(DeploymentRow.created_at)
+        )
+        with self._database.session() as session:
+            return list(session.scalars(query))
+
+    # -- telemetry ------------------------------------------------------------------
+
+    def add_telemetry(self, record: TelemetryRecord) -> None:
+        """Store a validated sample and update the device's ``last_seen``."""
+        with self._database.session() as session:
+            session.add(TelemetryRow(**_record_fields(record)))
+            session.execute(
+                sa.update(DeviceRow)
+                .where(DeviceRow.device_id == record.device_id)
+                .values(last_seen=record.received_at)
+            )
+
+    def recent_telemetry(self, device_id: str, *, limit: int) -> list[TelemetryRecord]:
+        """Return the device's newest samples, oldest first."""
+        query = (
+            sa.select(TelemetryRow)
+            .where(TelemetryRow.device_id == device_id)
+            .order_by(TelemetryRow.received_at.desc(), TelemetryRow.id.desc())
+            .limit(limit)
+        )
+        with self._database.session() as session:
+            rows = list(session.scalars(query))
+        return [_row_to_record(row) for row in reversed(rows)]
+
+    def count_telemetry(self, device_id: str | None = None) -> int:
+        query = sa.select(sa.func.count()).select_from(TelemetryRow)
+        if device_id is not None:
+            query = query.where(TelemetryRow.device_id == device_id)
+        with self._database.session() as session:
+            return int(session.scalar(query) or 0)
+
+    def delete_telemetry_before(self, cutoff: datetime) -> int:
+        """Delete samples received before ``cutoff``; returns how many were deleted."""
+        with self._database.session() as session:
+            result = session.execute(
+                sa.delete(TelemetryRow).where(TelemetryRow.received_at < cutoff)
+            )
+            return result.rowcount
+
+    # -- events ---------------------------------------------------------------------
+
+    def record_event(
+        self,
+        kind: EventKind,
+        *,
+        device_id: str | None = None,
+        reason: str = "",
+        from_variant: str | None = None,
+        to_variant: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> EventRow:
+        event = EventRow(
+            at=utc_now(),
+            kind=kind,
+            device_id=device_id,
+            reason=reason,
+            from_variant=from_variant,
+            to_variant=to_variant,
+            details=details or {},
+        )
+        with self._database.session() as session:
+            session.add(event)
+            session.flush()
+            return event
+
+    def list_events(
+        self,
+        *,
+        device_id: str | None = None,
+        kinds: Iterable[EventKind] | None = None,
+        limit: int | None = None,
+    ) -> list[EventRow]:
+        """Return events oldest first, optionally filtered by device and kind."""
+        query = sa.select(EventRow).order_by(EventRow.id)
+        if device_id is not None:
+            query = query.where(EventRow.device_id == device_id)
+        if kinds is not None:
+            query = query.where(EventRow.kind.in_(list(kinds)))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._database.session() as session:
+            return list(session.scalars(query))
+
+
+def _record_fields(record: TelemetryRecord) -> dict[str, Any]:
+    return {field: getattr(record, field) for field in TelemetryRecord.__dataclass_fields__}
+
+
+def _row_to_record(row: TelemetryRow) -> TelemetryRecord:
+    return TelemetryRecord(
+        **{field: getattr(row, field) for field in TelemetryRecord.__dataclass_fields__}
+    )

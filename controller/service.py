@@ -1,0 +1,746 @@
+"""The ``Controller``: registry, artifact store, planner, policy engine and sessions wired
+into one service.
+
+Transports call into it (``grpc_server.FleetServicer`` today); it owns no network code
+besides starting the gRPC server in ``serve_grpc``. Every public call may run on any gRPC
+worker thread, so per-device policy state sits behind one lock, and database access goes
+through the registry's short transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edgefleet.controller.artifacts import ArtifactStore
+from edgefleet.controller.calibration import DeviceCalibration, HostCalibration
+from edgefleet.controller.config import ControllerConfig
+from edgefleet.controller.db import Database, open_database
+from edgefleet.controller.deployments import Deployer
+from edgefleet.controller.errors import (
+    ControllerStateError,
+    InvalidTelemetryError,
+    PlanningError,
+)
+from edgefleet.controller.models import (
+    DeploymentRow,
+    DeviceRow,
+    DeviceState,
+    EventKind,
+    ModelRow,
+    PlanState,
+    VariantRow,
+    utc_now,
+)
+from edgefleet.controller.planning import PlanJob, Planner, PlannerWorker, PlanOutcome, model_digest
+from edgefleet.controller.policy import Decision, DeviceView, PolicyAction, Rung, evaluate
+from edgefleet.controller.registry import Registry
+from edgefleet.controller.sessions import DeviceSession, SessionRegistry
+from edgefleet.controller.telemetry import DropCounter, TelemetryRecord, validate_sample
+from edgefleet.errors import InvalidInputError
+from edgefleet.profiles import DeviceProfile
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["Controller", "ControllerState"]
+
+logger = logging.getLogger(__name__)
+
+_POLICY_EVENT_KINDS = {
+    PolicyAction.STEP_DOWN: EventKind.STEPPED_DOWN,
+    PolicyAction.STEP_UP: EventKind.STEPPED_UP,
+    PolicyAction.RECOMPRESS: EventKind.RECOMPRESSED,
+}
+
+
+class ControllerState(StrEnum):
+    """Lifecycle of a ``Controller``: created, running, then stopping and stopped."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass
+class _DeviceRuntime:
+    """In-memory policy state of one device; rebuilt from telemetry after a restart."""
+
+    samples: deque[TelemetryRecord]
+    # NOTE: kept in memory only, so a restart loses the cooldown of a recent action.
+    last_action_at: datetime | None = None
+    last_alert_at: datetime | None = None
+
+
+class Controller:
+    """The edgefleet controller service; see the module docstring.
+
+    Call ``start`` before anything else and ``shutdown`` at the end; ``serve_grpc`` opens
+    the gRPC endpoint.
+    """
+
+    def __init__(
+        self,
+        config: ControllerConfig | None = None,
+        *,
+        data_dir: str | Path,
+        database_url: str | None = None,
+    ) -> None:
+        self.config = config or ControllerConfig()
+        self.data_dir = Path(data_dir)
+        self.database_url = database_url or f"sqlite:///{self.data_dir / 'edgefleet.db'}"
+        self.sessions = SessionRegistry()
+        self.host_calibration = HostCalibration(duration_s=self.config.host_calibration_duration_s)
+        self.telemetry_drops = DropCounter()
+        self._state = ControllerState.CREATED
+        self._state_lock = threading.Lock()
+        self._runtime: dict[str, _DeviceRuntime] = {}
+        self._recompressing: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._retention_thread: threading.Thread | None = None
+        self._grpc_server: Any = None
+        self._database: Database | None = None
+        self._registry: Registry | None = None
+        self._artifacts: ArtifactStore | None = None
+        self._deployer: Deployer | None = None
+        self._planner: Planner | None = None
+        self._worker: PlannerWorker | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @property
+    def state(self) -> ControllerState:
+        return self._state
+
+    @property
+    def registry(self) -> Registry:
+        self._require_running()
+        assert self._registry is not None  # set by start(); checked above
+        return self._registry
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        self._require_running()
+        assert self._artifacts is not None
+        return self._artifacts
+
+    def start(self) -> None:
+        """Open and migrate the database, then start the planner and retention threads."""
+        with self._state_lock:
+            if self._state is not ControllerState.CREATED:
+                raise ControllerStateError(f"cannot start a controller that is {self._state}")
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._database = open_database(self.database_url)
+            self._registry = Registry(self._database)
+            self._artifacts = ArtifactStore(self.data_dir / "artifacts")
+            self._deployer = Deployer(self._registry, self.sessions)
+            self._planner = Planner(
+                self._registry,
+                self._artifacts,
+                work_dir=self.data_dir / "plans",
+                cache_dir=self.data_dir / "compress-cache",
+            )
+            self._worker = PlannerWorker()
+            self._state = ControllerState.RUNNING
+
+        # A previous process may have died with devices online and plans running.
+        self._registry.mark_all_devices_offline()
+        self._resume_interrupted_plans()
+        self._retention_thread = threading.Thread(
+            target=self._retention_loop, name="telemetry-retention", daemon=True
+        )
+        self._retention_thread.start()
+        logger.info(
+            "controller started: database %s, data in %s", self._database.url, self.data_dir
+        )
+
+    def serve_grpc(self, *, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Start the gRPC endpoint and return the bound port (useful with ``port=0``)."""
+        from edgefleet.controller.grpc_server import create_server
+
+        self._require_running()
+        if self._grpc_server is not None:
+            raise ControllerStateError("the gRPC server is already running")
+        self._grpc_server, bound_port = create_server(
+            self, host=host, port=port, max_workers=self.config.grpc_max_workers
+        )
+        self._grpc_server.start()
+        logger.info("gRPC server listening on %s:%d", host, bound_port)
+        return bound_port
+
+    def shutdown(self, *, grace_s: float | None = None) -> None:
+        """Stop accepting RPCs, end open sessions, let RPCs finish for ``grace_s``, close.
+
+        Safe to call more than once; later calls return at once.
+        """
+        with self._state_lock:
+            if self._state is not ControllerState.RUNNING:
+                return
+            self._state = ControllerState.STOPPING
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        logger.info("controller shutting down (grace period %.1f s)", grace)
+
+        stopped = None
+        if self._grpc_server is not None:
+            # stop() rejects new RPCs at once; closing the sessions ends the long-lived
+            # streams cleanly instead of cancelling them when the grace period runs out.
+            stopped = self._grpc_server.stop(grace)
+        self.sessions.close_all()
+        if stopped is not None:
+            stopped.wait()
+        self._stop.set()
+        assert self._worker is not None and self._registry is not None
+        if not self._worker.shutdown(timeout_s=grace):
+            logger.warning("a plan is still running; it is abandoned and replanned at next start")
+        if self._retention_thread is not None:
+            self._retention_thread.join(timeout=grace + 1)
+        self._registry.mark_all_devices_offline()
+        assert self._database is not None
+        self._database.close()
+        self._state = ControllerState.STOPPED
+        logger.info("controller stopped")
+
+    def wait_for_termination(self, timeout_s: float | None = None) -> bool:
+        """Block until ``shutdown`` finished or ``timeout_s`` passed; returns whether it did."""
+        return self._stop.wait(timeout_s)
+
+    def _require_running(self) -> None:
+        if self._state is not ControllerState.RUNNING:
+            raise ControllerStateError(f"the controller is {self._state}, not running")
+
+    # -- devices --------------------------------------------------------------------
+
+    def register_device(
+        self,
+        device_id: str,
+        profile: DeviceProfile,
+        *,
+        calibration: DeviceCalibration | None = None,
+        agent_version: str = "",
+        onnxruntime_version: str = "",
+        current_variant_id: str = "",
+    ) -> DeviceRow:
+        """Register a device (or refresh it), then plan or deploy for it in the background."""
+        registry = self.registry
+        device = registry.register_device(
+            device_id,
+            profile,
+            calibration=calibration.to_dict() if calibration is not None else None,
+            agent_version=agent_version,
+            onnxruntime_version=onnxruntime_version,
+            current_variant_id=current_variant_id or None,
+        )
+        registry.record_event(
+            EventKind.REGISTERED,
+            device_id=device_id,
+            reason=f"registered with profile {profile.name}",
+            details={"profile_fingerprint": profile.fingerprint, "agent_version": agent_version},
+        )
+        logger.info("registered device %s with profile %s", device_id, profile.name)
+
+        if calibration is not None:
+            scale = self.host_calibration.latency_scale(calibration)
+            if scale is not None:
+                device = registry.update_device(device_id, latency_scale=scale)
+            elif calibration.reference_sha256 == self.host_calibration.reference_sha256:
+                # Measure the host first, on the planner thread, so the plan that follows
+                # uses the device's scale and neither disturbs the other's timing.
+                threads = calibration.threads
+                self._worker_submit(
+                    f"host calibration at {threads} threads",
+                    lambda: self._calibrate_host(threads),
+                )
+        self._worker_submit(
+            f"placement of device {device_id}", lambda: self._place_device(device_id)
+        )
+        return device
+
+    def set_pinned(self, device_id: str, pinned: bool) -> DeviceRow:
+        """Pin a device to its desired variant (the policy leaves it alone), or unpin it."""
+        return self.registry.update_device(device_id, pinned=pinned)
+
+    def open_session(self, device_id: str, *, current_variant_id: str = "") -> DeviceSession:
+        """Open the session of a registered device and re-send its unfinished deployment.
+
+        Raises ``UnknownDeviceError`` for a device that has not registered.
+        """
+        registry = self.registry
+        registry.get_device(device_id)
+        session = self.sessions.open(device_id)
+        device = registry.update_device(
+            device_id,
+            state=DeviceState.ONLINE,
+            last_seen=utc_now(),
+            current_variant_id=current_variant_id or None,
+        )
+        registry.record_event(
+            EventKind.CONNECTED,
+            device_id=device_id,
+            reason="session opened",
+            to_variant=device.current_variant_id,
+        )
+        logger.info(
+            "device %s connected, serving %s", device_id, device.current_variant_id or "nothing"
+        )
+        self._resume_deployment(device)
+        return session
+
+    def close_session(self, session: DeviceSession) -> None:
+        """Forget a session that ended; the device goes offline unless it reconnected."""
+        if not self.sessions.remove(session):
+            return
+        try:
+            self.registry.update_device(session.device_id, state=DeviceState.OFFLINE)
+            self.registry.record_event(
+                EventKind.DISCONNECTED, device_id=session.device_id, reason="session ended"
+            )
+        except ControllerStateError:
+            # Shutting down: shutdown() marks every device offline itself.
+            return
+        logger.info("device %s disconnected", session.device_id)
+
+    def ingest_telemetry(
+        self, device_id: str, sample: fleet_pb2.TelemetrySample
+    ) -> TelemetryRecord | None:
+        """Validate, store and act on one sample; returns None when it was dropped."""
+        try:
+            record = validate_sample(sample, device_id=device_id)
+        except InvalidTelemetryError as exc:
+            self.telemetry_drops.record(device_id, exc)
+            return None
+        self.registry.add_telemetry(record)
+        with self._state_lock:
+            self._device_runtime(device_id).samples.append(record)
+        self._apply_policy(device_id, now=record.received_at)
+        return record
+
+    def handle_status(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> None:
+        """Apply a deployment status report from ``device_id``."""
+        assert self._deployer is not None
+        self._require_running()
+        if self._deployer.handle_status(device_id, status):
+            # A finished deployment (whatever its end) starts the cooldown, so the policy
+            # judges the new variant on fresh samples only.
+            with self._state_lock:
+                self._device_runtime(device_id).last_action_at = utc_now()
+
+    def dropped_samples(self, device_id: str | None = None) -> int:
+        """Return how many invalid telemetry samples were dropped (for one device or all)."""
+        return self.telemetry_drops.count(device_id)
+
+    # -- models, variants and deployments --------------------------------------------
+
+    def register_model(
+        self,
+        source: str,
+        *,
+        data_path: str | Path,
+        weights_path: str | Path | None = None,
+        name: str | None = None,
+    ) -> ModelRow:
+        """Register a model (``.onnx`` path or ``file.py:factory``) and plan every profile.
+
+        Registering the same files again is a no-op apart from making the model active.
+        Raises ``InvalidInputError`` when a file is missing.
+        """
+        data = Path(data_path)
+        weights = Path(weights_path) if weights_path is not None else None
+        source_path = Path(source if source.endswith(".onnx") else source.rpartition(":")[0])
+        if not source.endswith(".onnx") and ":" not in source:
+            raise InvalidInputError(
+                f"invalid model spec {source!r}: use an .onnx file or path/to/file.py:factory"
+            )
+        for label, path in (("model", source_path), ("data", data), ("weights", weights)):
+            if path is not None and not path.is_file():
+                raise InvalidInputError(f"{label} file not found: {path}")
+
+        try:
+            digest = model_digest(source, data_path=data, weights_path=weights)
+        except PlanningError as exc:
+            raise InvalidInputError(str(exc)) from exc
+        model = self.registry.register_model(
+            name=name or source_path.stem,
+            digest=digest,
+            source=str(source),
+            data_path=str(data),
+            weights_path=str(weights) if weights is not None else None,
+        )
+        self.registry.record_event(
+            EventKind.MODEL_REGISTERED,
+            reason=f"model {model.name} ({model.id}) registered from {source}",
+            details={"model_id": model.id, "digest": digest},
+        )
+        logger.info("registered model %s (%s) from %s", model.name, model.id, source)
+        for fingerprint in self.registry.profile_fingerprints():
+            self._ensure_plan(model.id, fingerprint)
+        return model
+
+    def active_model(self) -> ModelRow | None:
+        return self.registry.active_model()
+
+    def ladder(self, device_id: str) -> list[VariantRow]:
+        """Return the ladder of the device's profile for the active model."""
+        device = self.registry.get_device(device_id)
+        model = self.registry.active_model()
+        if model is None:
+            return []
+        return self.registry.ladder(model.id, device.profile_fingerprint)
+
+    def deploy(self, device_id: str, variant_id: str, *, reason: str) -> DeploymentRow:
+        """Deploy a variant of the active model to a device.
+
+        Raises ``UnknownDeviceError`` or ``UnknownVariantError``, and
+        ``ControllerStateError`` when no model is registered.
+        """
+        assert self._deployer is not None
+        device = self.registry.get_device(device_id)
+        model = self.registry.active_model()
+        if model is None:
+            raise ControllerStateError("no model is registered; register a model first")
+        return self._deployer.deploy(
+            device, model_id=model.id, variant_id=variant_id, reason=reason
+        )
+
+    def wait_until_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until the planner worker has no queued or running task (plans, placements).
+
+        Returns False when ``timeout_s`` passed first.
+        """
+        assert self._worker is not None
+        self._require_running()
+        return self._worker.wait_idle(timeout_s)
+
+    def delete_expired_telemetry(self, *, now: datetime | None = None) -> int:
+        """Delete telemetry older than the retention period; returns how many rows."""
+        cutoff = (now or utc_now()) - timedelta(seconds=self.config.telemetry_retention_s)
+        deleted = self.registry.delete_telemetry_before(cutoff)
+        if deleted:
+            logger.info("deleted %d telemetry samples received before %s", deleted, cutoff)
+        return deleted
+
+    # -- placement and planning (planner thread) --------------------------------------
+
+    def _worker_submit(self, name: str, task: Any) -> None:
+        assert self._worker is not None
+        self._require_running()
+        self._worker.submit(name, task)
+
+    def _calibrate_host(self, threads: int) -> None:
+        self.host_calibration.measure(threads)
+        for device in self.registry.list_devices():
+            if device.latency_scale is not None or not device.calibration:
+                continue
+            calibration = DeviceCalibration(**device.calibration)
+            scale = self.host_calibration.latency_scale(calibration)
+            if scale is not None:
+                self.registry.update_device(device.device_id, latency_scale=scale)
+                logger.info("device %s latency scale %.3f", device.device_id, scale)
+
+    def _place_device(self, device_id: str) -> None:
+        """Plan the device's profile if needed, else deploy its starting rung."""
+        device = self.registry.find_device(device_id)
+        model = self.registry.active_model()
+        if device is None or model is None:
+            return
+        if not self._ensure_plan(model.id, device.profile_fingerprint):
+            return
+        self._assign_start(device, model.id)
+
+    def _ensure_plan(self, model_id: str, fingerprint: str) -> bool:
+        """Queue a plan for (model, profile) unless one exists; returns whether it is DONE."""
+        plans = self.registry.list_plans(model_id=model_id, profile_fingerprint=fingerprint)
+        if any(plan.state is PlanState.DONE for plan in plans):
+            return True
+        if any(plan.state in (PlanState.PENDING, PlanState.RUNNING) for plan in plans):
+            return False
+        if plans:
+            # Planning failed before; retrying on every registration would loop. A new
+            # model registration, or a restart with --model, plans again.
+            return False
+        scale = self._profile_latency_scale(fingerprint)
+        plan = self.registry.create_plan(model_id, fingerprint, latency_scale=scale)
+        self._submit_plan(
+            PlanJob(
+                plan_id=plan.id,
+                model_id=model_id,
+                profile_fingerprint=fingerprint,
+                latency_scale=scale,
+            )
+        )
+        return False
+
+    def _profile_latency_scale(self, fingerprint: str) -> float:
+        # Devices of one profile differ a little (cooling, clock governor); the median of
+        # their scales represents the profile. Each device's own scale picks its rung.
+        scales = [
+            device.latency_scale
+            for device in self.registry.list_devices(profile_fingerprint=fingerprint)
+            if device.latency_scale is not None
+        ]
+        return statistics.median(scales) if scales else 1.0
+
+    def _submit_plan(self, job: PlanJob) -> None:
+        self._worker_submit(
+            f"plan {job.plan_id} of model {job.model_id} for profile "
+            f"{job.profile_fingerprint[:12]}",
+            lambda: self._run_plan(job),
+        )
+
+    def _run_plan(self, job: PlanJob) -> None:
+        assert self._planner is not None
+        try:
+            outcome = self._planner.run(job)
+        except PlanningError as exc:
+            self._on_plan_failed(job, exc)
+            return
+        finally:
+            with self._state_lock:
+                self._recompressing.discard((job.model_id, job.profile_fingerprint))
+        self._on_plan_done(outcome)
+
+    def _on_plan_failed(self, job: PlanJob, error: PlanningError) -> None:
+        logger.error("plan %d failed: %s", job.plan_id, error)
+        self.registry.record_event(
+            EventKind.PLAN_FAILED,
+            device_id=job.device_id,
+            reason=str(error),
+            details={"plan_id": job.plan_id, "profile_fingerprint": job.profile_fingerprint},
+        )
+
+    def _on_plan_done(self, outcome: PlanOutcome) -> None:
+        job = outcome.job
+        self.registry.record_event(
+            EventKind.PLANNED,
+            device_id=job.device_id,
+            reason=outcome.reason,
+            details={
+                "plan_id": job.plan_id,
+                "profile_fingerprint": job.profile_fingerprint,
+                "ladder": list(outcome.ladder),
+                "new_rungs": list(outcome.new_rungs),
+            },
+        )
+        if job.tighter and job.device_id is not None and outcome.new_rungs:
+            self._step_down_after_recompression(job, outcome)
+        for device in self.registry.list_devices(profile_fingerprint=job.profile_fingerprint):
+            self._assign_start(device, job.model_id)
+
+    def _step_down_after_recompression(self, job: PlanJob, outcome: PlanOutcome) -> None:
+        assert job.device_id is not None and self._deployer is not None
+        device = self.registry.get_device(job.device_id)
+        target = outcome.new_rungs[0]
+        reason = f"stepped down to recompressed variant {target}"
+        self._deployer.deploy(device, model_id=job.model_id, variant_id=target, reason=reason)
+        self.registry.record_event(
+            EventKind.STEPPED_DOWN,
+            device_id=device.device_id,
+            reason=reason,
+            from_variant=device.current_variant_id,
+            to_variant=target,
+            details={"plan_id": job.plan_id},
+        )
+        with self._state_lock:
+            self._device_runtime(device.device_id).last_action_at = utc_now()
+
+    def _assign_start(self, device: DeviceRow, model_id: str) -> None:
+        """Deploy the device's starting rung unless it already targets a ladder variant."""
+        assert self._deployer is not None
+        if device.pinned:
+            return
+        ladder = self.registry.ladder(model_id, device.profile_fingerprint)
+        if not ladder or device.desired_variant_id in {rung.variant_id for rung in ladder}:
+            return
+        target, reason = self._starting_rung(device, ladder)
+        if device.current_variant_id == target.variant_id:
+            self.registry.update_device(device.device_id, desired_variant_id=target.variant_id)
+            return
+        self._deployer.deploy(
+            device, model_id=model_id, variant_id=target.variant_id, reason=reason
+        )
+
+    def _starting_rung(self, device: DeviceRow, ladder: list[VariantRow]) -> tuple[VariantRow, str]:
+        # NOTE: a device without a usable calibration is assumed as fast as the host.
+        scale = device.latency_scale if device.latency_scale is not None else 1.0
+        budget_ms = float(device.profile["latency_budget_ms"])
+        memory_mb = float(device.profile["model_memory_budget_mb"])
+        for rung in ladder:
+            expected_ms = rung.host_latency_p95_ms * scale
+            if expected_ms <= budget_ms and rung.peak_memory_mb <= memory_mb:
+                return rung, (
+                    f"initial deployment: most accurate rung within budget (expected p95 "
+                    f"{expected_ms:.2f} ms <= {budget_ms:g} ms at latency scale {scale:.3f})"
+                )
+        cheapest = ladder[-1]
+        reason = (
+            f"no ladder variant meets the {budget_ms:g} ms budget at latency scale "
+            f"{scale:.3f}; deploying the cheapest"
+        )
+        self.registry.record_event(
+            EventKind.ALERT,
+            device_id=device.device_id,
+            reason=reason,
+            to_variant=cheapest.variant_id,
+        )
+        return cheapest, reason
+
+    def _resume_deployment(self, device: DeviceRow) -> None:
+        assert self._deployer is not None
+        model = self.registry.active_model()
+        if model is None:
+            return
+        unfinished = (
+            device.desired_variant_id is not None
+            and device.desired_variant_id != device.current_variant_id
+        )
+        if unfinished and self._deployer.resend(device, model_id=model.id) is not None:
+            return
+        self._worker_submit(
+            f"placement of device {device.device_id}",
+            lambda: self._place_device(device.device_id),
+        )
+
+    def _resume_interrupted_plans(self) -> None:
+        assert self._registry is not None
+        interrupted = self._registry.list_plans(states=(PlanState.PENDING, PlanState.RUNNING))
+        for plan in interrupted:
+            logger.info("resuming plan %d, interrupted by the last shutdown", plan.id)
+            self._registry.update_plan(plan.id, state=PlanState.PENDING)
+            self._submit_plan(
+                PlanJob(
+                    plan_id=plan.id,
+                    model_id=plan.model_id,
+                    profile_fingerprint=plan.profile_fingerprint,
+                    latency_scale=plan.latency_scale,
+                    tighter=plan.generation > 0,
+                )
+            )
+
+    # -- policy ---------------------------------------------------------------------
+
+    def _device_runtime(self, device_id: str) -> _DeviceRuntime:
+        # Caller holds self._state_lock.
+        runtime = self._runtime.get(device_id)
+        if runtime is None:
+            runtime = _DeviceRuntime(samples=deque(maxlen=self.config.policy.window))
+            self._runtime[device_id] = runtime
+        return runtime
+
+    def _apply_policy(self, device_id: str, *, now: datetime) -> None:
+        device = self.registry.get_device(device_id)
+        model = self.registry.active_model()
+        if model is None:
+            return
+        ladder = self.registry.ladder(model.id, device.profile_fingerprint)
+        key = (model.id, device.profile_fingerprint)
+        with self._state_lock:
+            runtime = self._device_runtime(device_id)
+            samples = list(runtime.samples)
+            view = DeviceView(
+                device_id=device_id,
+                latency_budget_ms=float(device.profile["latency_budget_ms"]),
+                current_variant_id=device.current_variant_id,
+                ladder=tuple(
+                    Rung(row.variant_id, row.host_latency_p95_ms, row.peak_memory_mb)
+                    for row in ladder
+                ),
+                last_action_at=runtime.last_action_at,
+                deployment_in_flight=device.desired_variant_id is not None
+                and device.desired_variant_id != device.current_variant_id,
+                recompress_in_flight=key in self._recompressing,
+                pinned=device.pinned,
+            )
+        decision = evaluate(self.config.policy, view, samples, now=now)
+        if decision.action is PolicyAction.NONE:
+            if decision.alert:
+                self._raise_alert(device, decision, now=now)
+            return
+        self._act(device, model.id, decision, now=now)
+
+    def _raise_alert(self, device: DeviceRow, decision: Decision, *, now: datetime) -> None:
+        with self._state_lock:
+            runtime = self._device_runtime(device.device_id)
+            last = runtime.last_alert_at
+            # One alert per cooldown period, not one per sample.
+            if last is not None and (now - last).total_seconds() < self.config.policy.cooldown_s:
+                return
+            runtime.last_alert_at = now
+        logger.warning("alert for device %s: %s", device.device_id, decision.reason)
+        self.registry.record_event(
+            EventKind.ALERT,
+            device_id=device.device_id,
+            reason=decision.reason,
+            from_variant=device.current_variant_id,
+            details=_evidence(decision),
+        )
+
+    def _act(self, device: DeviceRow, model_id: str, decision: Decision, *, now: datetime) -> None:
+        assert self._deployer is not None
+        with self._state_lock:
+            self._device_runtime(device.device_id).last_action_at = now
+        kind = _POLICY_EVENT_KINDS[decision.action]
+        logger.info(
+            "policy %s for device %s: %s",
+            decision.action.value,
+            device.device_id,
+            decision.reason,
+        )
+        self.registry.record_event(
+            kind,
+            device_id=device.device_id,
+            reason=decision.reason,
+            from_variant=device.current_variant_id,
+            to_variant=decision.target_variant_id,
+            details=_evidence(decision),
+        )
+        if decision.action is PolicyAction.RECOMPRESS:
+            self._start_recompression(device, model_id)
+            return
+        assert decision.target_variant_id is not None
+        self._deployer.deploy(
+            device,
+            model_id=model_id,
+            variant_id=decision.target_variant_id,
+            reason=decision.reason,
+        )
+
+    def _start_recompression(self, device: DeviceRow, model_id: str) -> None:
+        fingerprint = device.profile_fingerprint
+        with self._state_lock:
+            if (model_id, fingerprint) in self._recompressing:
+                return
+            self._recompressing.add((model_id, fingerprint))
+        scale = self._profile_latency_scale(fingerprint)
+        plan = self.registry.create_plan(model_id, fingerprint, latency_scale=scale)
+        self._submit_plan(
+            PlanJob(
+                plan_id=plan.id,
+                model_id=model_id,
+                profile_fingerprint=fingerprint,
+                latency_scale=scale,
+                tighter=True,
+                device_id=device.device_id,
+            )
+        )
+
+    # -- retention ------------------------------------------------------------------
+
+    def _retention_loop(self) -> None:
+        while not self._stop.wait(self.config.retention_check_interval_s):
+            try:
+                self.delete_expired_telemetry()
+            except Exception:
+                # Retention must keep running through a transient database error.
+                logger.exception("deleting expired telemetry failed; retrying later")
+
+
+def _evidence(decision: Decision) -> dict[str, Any]:
+    return {
+        "action": decision.action.value,
+        "telemetry": [sample.to_dict() for sample in decision.evidence],
+    }

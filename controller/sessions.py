@@ -1,0 +1,116 @@
+"""Open session streams and their outgoing command queues, one per connected device.
+
+The gRPC handler thread of a session blocks in ``DeviceSession.outgoing`` and writes what
+other threads ``send``. A device that opens a second session replaces its first, which
+ends, so commands never go to a stream that its agent has abandoned.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["DeviceSession", "SessionRegistry"]
+
+logger = logging.getLogger(__name__)
+
+# How often a blocked ``outgoing`` wakes to check whether the RPC is still alive.
+_POLL_INTERVAL_S = 1.0
+
+
+class DeviceSession:
+    """One device's open stream: a queue of messages to send, and a closed flag."""
+
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self._queue: queue.Queue[fleet_pb2.ControllerMessage | None] = queue.Queue()
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def send(self, message: fleet_pb2.ControllerMessage) -> bool:
+        """Queue ``message``; returns False if the session is already closed."""
+        if self._closed.is_set():
+            return False
+        self._queue.put(message)
+        return True
+
+    def close(self) -> None:
+        """End the session; ``outgoing`` returns after the messages queued so far."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._queue.put(None)
+
+    def outgoing(self) -> Iterator[fleet_pb2.ControllerMessage]:
+        """Yield queued messages until the session closes."""
+        while True:
+            try:
+                message = self._queue.get(timeout=_POLL_INTERVAL_S)
+            except queue.Empty:
+                if self._closed.is_set():
+                    return
+                continue
+            if message is None:
+                return
+            yield message
+
+
+class SessionRegistry:
+    """The open session of each connected device."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, DeviceSession] = {}
+        self._lock = threading.Lock()
+        self._accepting = True
+
+    def open(self, device_id: str) -> DeviceSession:
+        """Open a session for ``device_id``, closing the one it had before."""
+        session = DeviceSession(device_id)
+        with self._lock:
+            previous = self._sessions.get(device_id)
+            if not self._accepting:
+                session.close()
+                return session
+            self._sessions[device_id] = session
+        if previous is not None:
+            logger.info("device %s opened a new session; closing its previous one", device_id)
+            previous.close()
+        return session
+
+    def remove(self, session: DeviceSession) -> bool:
+        """Close ``session`` and forget it; returns False if a newer session replaced it."""
+        session.close()
+        with self._lock:
+            if self._sessions.get(session.device_id) is not session:
+                return False
+            del self._sessions[session.device_id]
+            return True
+
+    def send(self, device_id: str, message: fleet_pb2.ControllerMessage) -> bool:
+        """Queue ``message`` for ``device_id``; returns False if the device is not connected."""
+        with self._lock:
+            session = self._sessions.get(device_id)
+        return session is not None and session.send(message)
+
+    def is_connected(self, device_id: str) -> bool:
+        with self._lock:
+            return device_id in self._sessions
+
+    def connected(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sessions)
+
+    def close_all(self) -> None:
+        """Close every session and reject new ones (at shutdown)."""
+        with self._lock:
+            self._accepting = False
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            session.close()

@@ -1,0 +1,168 @@
+"""Validation of telemetry samples received from agents.
+
+A sample with a NaN, infinite or negative figure is dropped as a whole: one bad field
+means the agent's sampler is broken, so its other fields are not trusted either.
+``DropCounter`` counts drops per device and rate-limits the WARNING lines they cause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from datetime import UTC, datetime
+
+from edgefleet.controller.errors import InvalidTelemetryError
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["DropCounter", "TelemetryRecord", "validate_sample"]
+
+logger = logging.getLogger(__name__)
+
+# Fields that must be finite and non-negative.
+_NON_NEGATIVE_FIELDS = (
+    "cpu_percent",
+    "memory_total_mb",
+    "memory_available_mb",
+    "load_1m",
+    "load_5m",
+    "load_15m",
+    "disk_free_mb",
+    "agent_rss_mb",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "throughput_rps",
+    "window_s",
+)
+# Absolute zero: a lower reading is a sensor or driver fault.
+_MIN_TEMPERATURE_C = -273.15
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TelemetryRecord:
+    """A validated telemetry sample, as stored and as seen by the policy engine."""
+
+    device_id: str
+    seq: int
+    sampled_at: datetime
+    received_at: datetime
+    variant_id: str
+    cpu_percent: float
+    memory_total_mb: float
+    memory_available_mb: float
+    load_1m: float
+    load_5m: float
+    load_15m: float
+    disk_free_mb: float
+    temperature_c: float | None
+    agent_rss_mb: float
+    requests: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    throughput_rps: float
+    window_s: float
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the record as JSON-safe values (times as ISO 8601 strings)."""
+        data = dataclasses.asdict(self)
+        data["sampled_at"] = self.sampled_at.isoformat()
+        data["received_at"] = self.received_at.isoformat()
+        return data
+
+
+def validate_sample(
+    sample: fleet_pb2.TelemetrySample, *, device_id: str, received_at: datetime | None = None
+) -> TelemetryRecord:
+    """Check a sample from ``device_id``'s session and return it as a record.
+
+    Raises ``InvalidTelemetryError`` (with ``field`` set) for a NaN, infinite or negative
+    figure, a temperature below absolute zero, or a sample that names another device.
+    """
+    if sample.device_id and sample.device_id != device_id:
+        raise InvalidTelemetryError(
+            f"sample names device {sample.device_id!r} but arrived on the session of {device_id!r}",
+            field="device_id",
+        )
+    for field in _NON_NEGATIVE_FIELDS:
+        value = getattr(sample, field)
+        if not math.isfinite(value) or value < 0:
+            raise InvalidTelemetryError(
+                f"{field} must be a finite non-negative number, got {value!r}", field=field
+            )
+    temperature = sample.temperature_c if sample.HasField("temperature_c") else None
+    if temperature is not None and (
+        not math.isfinite(temperature) or temperature < _MIN_TEMPERATURE_C
+    ):
+        raise InvalidTelemetryError(
+            f"temperature_c must be a finite number above {_MIN_TEMPERATURE_C}, "
+            f"got {temperature!r}",
+            field="temperature_c",
+        )
+    if sample.sampled_at_ms < 0:
+        raise InvalidTelemetryError(
+            f"sampled_at_ms must be non-negative, got {sample.sampled_at_ms}",
+            field="sampled_at_ms",
+        )
+
+    return TelemetryRecord(
+        device_id=device_id,
+        seq=sample.seq,
+        sampled_at=datetime.fromtimestamp(sample.sampled_at_ms / 1000, UTC),
+        received_at=received_at or datetime.now(UTC),
+        variant_id=sample.variant_id,
+        cpu_percent=sample.cpu_percent,
+        memory_total_mb=sample.memory_total_mb,
+        memory_available_mb=sample.memory_available_mb,
+        load_1m=sample.load_1m,
+        load_5m=sample.load_5m,
+        load_15m=sample.load_15m,
+        disk_free_mb=sample.disk_free_mb,
+        temperature_c=temperature,
+        agent_rss_mb=sample.agent_rss_mb,
+        requests=sample.requests,
+        latency_p50_ms=sample.latency_p50_ms,
+        latency_p95_ms=sample.latency_p95_ms,
+        latency_p99_ms=sample.latency_p99_ms,
+        throughput_rps=sample.throughput_rps,
+        window_s=sample.window_s,
+    )
+
+
+class DropCounter:
+    """Counts dropped samples per device and logs a WARNING for some of them.
+
+    The first ``log_first`` drops of a device are each logged. After that only every
+    ``log_every``-th drop is, so a broken sampler cannot flood the log at one line a second.
+    """
+
+    def __init__(self, *, log_first: int = 10, log_every: int = 100) -> None:
+        self._log_first = log_first
+        self._log_every = log_every
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def record(self, device_id: str, error: InvalidTelemetryError) -> int:
+        """Count one dropped sample and return the device's drop count so far."""
+        with self._lock:
+            count = self._counts.get(device_id, 0) + 1
+            self._counts[device_id] = count
+        if count <= self._log_first or count % self._log_every == 0:
+            logger.warning(
+                "dropped telemetry sample from device %s: invalid field %s: %s "
+                "(%d samples dropped from this device)",
+                device_id,
+                error.field,
+                error,
+                count,
+            )
+        return count
+
+    def count(self, device_id: str | None = None) -> int:
+        """Return the drops of one device, or of all devices when ``device_id`` is None."""
+        with self._lock:
+            if device_id is None:
+                return sum(self._counts.values())
+            return self._counts.get(device_id, 0)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgefleet.controller.config import ControllerConfig, load_config
+from edgefleet.controller.errors import ConfigError
+
+
+def test_load_config_reads_both_sections(tmp_path: Path) -> None:
+    path = tmp_path / "controller.toml"
+    path.write_text(
+        "[controller]\ntelemetry_interval_s = 2.5\ngrpc_max_workers = 128\n"
+        "[policy]\nbreach_samples = 5\ncooldown_s = 60\n"
+    )
+
+    config = load_config(path)
+
+    assert config.telemetry_interval_s == 2.5
+    assert config.grpc_max_workers == 128
+    assert config.policy.breach_samples == 5
+    assert config.policy.cooldown_s == 60
+    assert config.policy.headroom_samples == 30  # default
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[controler]\n", "controler"),
+        ("[controller]\nretention = 5\n", "retention"),
+        ("[policy]\nheadroom_ratio = 2.0\n", "headroom_ratio"),
+        ("[controller]\ntelemetry_interval_s = 0\n", "telemetry_interval_s"),
+        ("[controller\n", "not valid TOML"),
+    ],
+)
+def test_load_config_rejects_invalid_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "controller.toml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_default_config_is_valid() -> None:
+    config = ControllerConfig()
+
+    assert config.policy.window == 30
