@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         for diff in diffs:
             sys.stderr.write(diff)
         if diffs:
-            sys.stderr.write("generated protobuf code is stale: run python -m edgefleet.protos.generate\n")
+            sys.stderr.write(
+                "generated protobuf code is stale: run python -m edgefleet.protos.generate\n"
+            )
             return 1
         return 0
 

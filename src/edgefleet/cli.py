@@ -8,7 +8,7 @@ torch installed.
 from __future__ import annotations
 
 import logging
-from enum import Enum
+from enum import StrEnum
 
 import typer
 
@@ -18,7 +18,7 @@ from edgefleet.controller.cli import app as controller_app
 from edgefleet.demo import demo_command
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
     WARNING = "warning"

@@ -25,7 +25,9 @@ def validate_device_id(value: str) -> str:
 
 
 def validate_sha256(value: str) -> str:
-    """Return ``value`` if it is a lowercase hex SHA-256 digest, else raise ``InvalidInputError``."""
+    """Return ``value`` if it is a lowercase hex SHA-256, else raise ``InvalidInputError``."""
     if not isinstance(value, str) or not _SHA256.fullmatch(value):
-        raise InvalidInputError(f"invalid sha256 digest {value!r}: expected 64 lowercase hex digits")
+        raise InvalidInputError(
+            f"invalid sha256 digest {value!r}: expected 64 lowercase hex digits"
+        )
     return value

@@ -25,7 +25,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from edgefleet.protos.v1 import fleet_pb2
 __all__ = ["CpuArch", "DeviceProfile", "load_profile", "parse_profile"]
 
 
-class CpuArch(str, Enum):
+class CpuArch(StrEnum):
     """CPU architectures the agent runs on, named as ``uname -m`` prints them."""
 
     AARCH64 = "aarch64"
@@ -278,7 +278,5 @@ def _parse_version(value: Any, source: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _VERSION.fullmatch(value):
-        raise ProfileError(
-            f"{source}: onnxruntime_version must look like '1.18.0', got {value!r}"
-        )
+        raise ProfileError(f"{source}: onnxruntime_version must look like '1.18.0', got {value!r}")
     return value

@@ -1,0 +1,41 @@
+# Two commands set everything up from a fresh clone: `make demo` and `make test`.
+# torch is installed first and pinned, because a looser requirement resolves to a CUDA
+# build of several GB; the CPU build is all edgefleet needs.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.edgefleet-installed
+
+.PHONY: all venv demo test bench lint protos clean
+
+all: test
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e '.[controller,dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/edgefleet demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m edgefleet.benchmarks --out docs/benchmarks.md
+
+lint: $(STAMP)
+	$(BIN)/ruff check src agent compress controller protos tests
+	$(BIN)/python -m edgefleet.protos.generate --check
+
+protos: $(STAMP)
+	$(BIN)/python -m edgefleet.protos.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
