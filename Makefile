@@ -28,10 +28,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m edgefleet.benchmarks --out docs/benchmarks.md
+	$(BIN)/python benchmarks/fleet_bench.py --out docs/benchmarks.md
 
 lint: $(STAMP)
-	$(BIN)/ruff check src agent compress controller protos tests
+	$(BIN)/ruff check src agent compress controller protos tests benchmarks examples
 	$(BIN)/python -m edgefleet.protos.generate --check
 
 protos: $(STAMP)

@@ -79,7 +79,7 @@ cooldown_s = 8.0
 
 
 class DemoError(RuntimeError):
-    """A demo phase failed or timed out; the message says which and where the logs are."""
+    """A demo phase failed or timed out; the message names the phase and the log folder."""
 
 
 @dataclass
