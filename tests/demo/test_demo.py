@@ -1,0 +1,49 @@
+"""The demo end to end, as ``make demo`` runs it, with a fresh model cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+DEVICE_KEYS = {
+    "device_id",
+    "profile",
+    "variant_id",
+    "accuracy",
+    "size_bytes",
+    "latency_p95_ms",
+    "latency_budget_ms",
+    "model_memory_budget_mb",
+    "peak_memory_mb",
+}
+EVENT_KEYS = {"kind", "device_id", "reason", "from_variant", "to_variant", "at"}
+
+
+def test_demo_json_meets_every_check(tmp_path):
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "demo", "--json", "--workdir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    assert len(summary["devices"]) == 3
+    for device in summary["devices"]:
+        assert set(device) >= DEVICE_KEYS
+        assert device["latency_p95_ms"] <= device["latency_budget_ms"]
+        assert device["peak_memory_mb"] <= device["model_memory_budget_mb"]
+    for event in summary["events"]:
+        assert set(event) >= EVENT_KEYS
+    kinds = [event["kind"] for event in summary["events"]]
+    assert "stepped_down" in kinds or "recompressed" in kinds
+    assert all(check["passed"] for check in summary["checks"]), summary["checks"]
