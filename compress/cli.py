@@ -6,8 +6,10 @@ onnxruntime load inside the command, so the root CLI starts on devices without t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +93,46 @@ def _run(
     else:
         source = load_torch_model(model, weights=weights)
     out.mkdir(parents=True, exist_ok=True)
-    result = plan(
-        source,
-        dataset,
-        device_profile,
-        out_dir=out,
-        latency_scale=latency_scale,
-        progress=lambda line: typer.echo(line, err=True),
-    )
+    with _progress_bar() as (log_line, on_step):
+        result = plan(
+            source,
+            dataset,
+            device_profile,
+            out_dir=out,
+            latency_scale=latency_scale,
+            progress=log_line,
+            on_step=on_step,
+        )
     return result.to_dict()
+
+
+@contextlib.contextmanager
+def _progress_bar() -> Iterator[tuple[Callable[[str], None], Callable[[int, int, str], None]]]:
+    """Show a rich progress bar of the plan's variants on stderr, with its log lines above.
+
+    Every line also goes to stderr as plain text, so the bar changes nothing for scripts
+    that read stderr; stdout stays free for ``--json``.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("planning", total=None)
+
+        def log_line(line: str) -> None:
+            progress.console.print(line, markup=False, highlight=False)
+
+        def on_step(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label[:60])
+
+        yield log_line, on_step
 
 
 def _print_table(report: dict[str, Any]) -> None:

@@ -11,31 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgefleet.compress.dataset import Dataset
+from edgefleet.compress.distillation import distillation_loss
 
 __all__ = ["distillation_loss", "torch_accuracy", "train_classifier"]
 
 logger = logging.getLogger(__name__)
-
-
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    temperature: float,
-    alpha: float,
-) -> torch.Tensor:
-    """Return ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross_entropy``.
-
-    Softening both distributions by ``T`` shrinks the soft-target gradients by ``1/T^2``,
-    so the KL term is scaled by ``T^2`` to keep its weight independent of ``T``
-    (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015).
-    """
-    soft_student = F.log_softmax(student_logits / temperature, dim=1)
-    soft_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
-    soft = F.kl_div(soft_student, soft_teacher, reduction="batchmean", log_target=True)
-    hard = F.cross_entropy(student_logits, labels)
-    return alpha * temperature**2 * soft + (1.0 - alpha) * hard
 
 
 def train_classifier(
@@ -47,14 +27,18 @@ def train_classifier(
     learning_rate: float = 1e-3,
     batch_size: int = 64,
     teacher: nn.Module | None = None,
+    teacher_logits: torch.Tensor | None = None,
     temperature: float = 4.0,
     alpha: float = 0.7,
+    scale_by_temperature_squared: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> nn.Module:
     """Train ``module`` in place with Adam on the training split and return it in eval mode.
 
-    With a ``teacher`` the loss is ``distillation_loss`` against the teacher's logits;
-    without one it is plain cross-entropy. Batches are shuffled by a generator seeded
+    With a ``teacher`` the loss is ``distillation.distillation_loss`` against the
+    teacher's logits; without one it is plain cross-entropy. ``teacher_logits``, the
+    teacher's outputs on every training sample in order, replaces ``teacher`` and saves
+    its forward passes. Batches are shuffled by a generator seeded
     with ``seed``, so a run is repeatable on the same machine and torch version.
     """
     torch.manual_seed(seed)
@@ -62,8 +46,8 @@ def train_classifier(
     x_train = torch.from_numpy(dataset.x_train)
     y_train = torch.from_numpy(dataset.y_train)
     optimizer = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    if teacher is not None:
-        teacher.eval()
+    if teacher is not None and teacher_logits is None:
+        teacher_logits = logits_of(teacher, x_train, batch_size=512)
 
     for epoch in range(epochs):
         module.train()
@@ -73,13 +57,16 @@ def train_classifier(
             index = order[start : start + batch_size]
             inputs, labels = x_train[index], y_train[index]
             logits = module(inputs)
-            if teacher is None:
+            if teacher_logits is None:
                 loss = F.cross_entropy(logits, labels)
             else:
-                with torch.no_grad():
-                    teacher_logits = teacher(inputs)
                 loss = distillation_loss(
-                    logits, teacher_logits, labels, temperature=temperature, alpha=alpha
+                    logits,
+                    teacher_logits[index],
+                    labels,
+                    temperature=temperature,
+                    alpha=alpha,
+                    scale_by_temperature_squared=scale_by_temperature_squared,
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -91,6 +78,15 @@ def train_classifier(
         if progress is not None:
             progress(message)
     return module.eval()
+
+
+@torch.no_grad()
+def logits_of(module: nn.Module, inputs: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
+    """Return the outputs of ``module`` in eval mode on ``inputs``, computed in batches."""
+    module.eval()
+    return torch.cat(
+        [module(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
+    )
 
 
 @torch.no_grad()

