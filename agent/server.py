@@ -103,14 +103,37 @@ class _InferenceHandler(BaseHTTPRequestHandler):
         routes = {"/v1/infer": self._infer}
         self._dispatch(routes, allowed="GET" if self.path in ("/v1/health", "/v1/model") else None)
 
+    def do_PUT(self) -> None:
+        self._reject_method()
+
+    def do_DELETE(self) -> None:
+        self._reject_method()
+
+    def do_PATCH(self) -> None:
+        self._reject_method()
+
+    def _reject_method(self) -> None:
+        # The body, if any, is never read, so the connection cannot be reused.
+        self.close_connection = True
+        path = self.path.split("?", 1)[0]
+        allowed = {"/v1/infer": "POST", "/v1/health": "GET", "/v1/model": "GET"}.get(path)
+        if allowed is None:
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {path}"})
+            return
+        message = f"use {allowed} for {path}"
+        self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": message})
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
 
     def _dispatch(self, routes: dict[str, Any], *, allowed: str | None) -> None:
-        route = routes.get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        route = routes.get(path)
+        if allowed is None and route is None:
+            allowed = {"/v1/infer": "POST", "/v1/health": "GET", "/v1/model": "GET"}.get(path)
         try:
             if route is None and allowed:
-                raise _ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"use {allowed} for {self.path}")
+                raise _ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"use {allowed} for {path}")
             if route is None:
                 raise _ApiError(HTTPStatus.NOT_FOUND, f"no endpoint {self.path}")
             status, body = route()
@@ -151,7 +174,9 @@ class _InferenceHandler(BaseHTTPRequestHandler):
     def _read_json(self) -> Any:
         length_header = self.headers.get("Content-Length")
         if length_header is None:
-            # Chunked bodies are not supported, because without a length the body cannot be capped.
+            # Chunked bodies are not supported, because without a length the body cannot be
+            # capped. The unread body would be parsed as the next request, so close instead.
+            self.close_connection = True
             raise _ApiError(HTTPStatus.LENGTH_REQUIRED, "missing Content-Length header")
         try:
             length = int(length_header)
@@ -171,6 +196,9 @@ class _InferenceHandler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, ValueError) as exc:
             message = f"request body is not valid JSON: {exc}"
             raise _ApiError(HTTPStatus.BAD_REQUEST, message) from exc
+        except RecursionError:
+            message = "request body nests JSON arrays or objects too deeply"
+            raise _ApiError(HTTPStatus.BAD_REQUEST, message) from None
 
     def _discard_body(self, length: int) -> None:
         # Reading a moderately oversized body lets the client finish sending and then read
@@ -186,7 +214,12 @@ class _InferenceHandler(BaseHTTPRequestHandler):
             remaining -= len(block)
 
     def _send_json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
+        try:
+            data = json.dumps(body, allow_nan=False).encode()
+        except ValueError:
+            # A model can still produce NaN from finite inputs; bare NaN is not JSON.
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            data = json.dumps({"error": "the model produced NaN or infinity"}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -224,6 +257,8 @@ def _parse_inputs(payload: Any, runtime: ModelRuntime) -> dict[str, np.ndarray]:
             raise InferenceInputError(f"input {name!r} is not a rectangular array: {exc}") from exc
         if arrays[name].dtype.kind not in "biuf":
             raise InferenceInputError(f"input {name!r} must contain only numbers")
+        if arrays[name].dtype.kind == "f" and not np.isfinite(arrays[name]).all():
+            raise InferenceInputError(f"input {name!r} contains NaN or infinity")
     return arrays
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -100,12 +101,36 @@ class AgentStore:
         self.downloads_dir = self.root / "downloads"
         self._state_path = self.root / "state.json"
         self._lock = threading.Lock()
+        self._process_lock: Any = None
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             self.downloads_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create state directory {self.root}: {exc}") from exc
         self._state = self._read_state()
+
+    def claim(self) -> None:
+        """Lock the state directory for this process, so that no second agent shares it.
+
+        Raises ``StorageError`` when another process holds the lock. The kernel releases
+        it when the process exits, so a crashed agent never leaves the directory locked.
+        """
+        handle = (self.root / "agent.lock").open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise StorageError(
+                f"state directory {self.root} is in use by another agent process; "
+                "give each agent its own --state-dir"
+            ) from None
+        self._process_lock = handle
+
+    def release(self) -> None:
+        """Release the lock taken by ``claim``; a no-op when none is held."""
+        if self._process_lock is not None:
+            self._process_lock.close()
+            self._process_lock = None
 
     # -- models -------------------------------------------------------------------------
 

@@ -142,3 +142,16 @@ def test_runtime_serves_during_concurrent_swaps(affine_variant):
 
     assert errors == []
     assert runtime.latency.take_window().requests > 0
+
+
+def test_runtime_records_per_sample_latency(affine_variant):
+    runtime = ModelRuntime(threads=1)
+    path, manifest = affine_variant(scale=2.0, bias=1.0)
+    runtime.load(path, manifest)
+    batch = np.ones((256, 4), dtype=np.float32)
+
+    result = runtime.infer({"x": batch})
+    window = runtime.latency.take_window()
+
+    assert window.requests == 1
+    assert window.p50_ms == pytest.approx(result.latency_ms / 256)

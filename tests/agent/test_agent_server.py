@@ -138,3 +138,45 @@ def test_server_keeps_connection_alive_between_requests(server, serving):
             response.read()
     finally:
         connection.close()
+
+
+def test_server_deep_nesting_400(server, serving):
+    body = b"[" * 100_000 + b"]" * 100_000
+
+    status, answer = request(server, "POST", "/v1/infer", body)
+
+    assert status == 400
+    assert "too deeply" in answer["error"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_server_non_finite_input_400(server, serving, value):
+    body = f'{{"input": [[1, 2, 3, {value}]]}}'.encode()
+
+    status, answer = request(server, "POST", "/v1/infer", body)
+
+    assert status == 400
+    assert "NaN or infinity" in answer["error"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_server_other_methods_405_json(server, method):
+    status, answer = request(server, method, "/v1/infer", b"{}")
+
+    assert status == 405
+    assert "POST" in answer["error"]
+
+
+def test_server_chunked_body_411_closes(server, serving):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/v1/infer")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        connection.send(b"5\r\n{\"a\":\r\n0\r\n\r\n")
+        response = connection.getresponse()
+
+        assert response.status == 411
+        assert response.getheader("Connection") == "close"
+    finally:
+        connection.close()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -101,3 +103,28 @@ def test_store_install_and_remove_unused(tmp_path, affine_variant):
     assert not store.has_model(first.sha256)
     assert store.has_model(second.sha256)
     assert store.load_manifest(third.sha256) == third
+
+
+def test_store_claim_rejects_second_process(tmp_path):
+    first = AgentStore(tmp_path)
+    first.claim()
+    script = (
+        "import sys\n"
+        "from edgefleet.agent.store import AgentStore\n"
+        "from edgefleet.agent.errors import StorageError\n"
+        "try:\n"
+        f"    AgentStore({str(tmp_path)!r}).claim()\n"
+        "except StorageError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+        assert result.returncode == 3
+        assert "in use by another agent" in result.stdout
+    finally:
+        first.release()
+
+    after = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert after.returncode == 0, after.stdout
