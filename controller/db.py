@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -96,11 +97,25 @@ def upgrade_to_head(engine: sa.Engine) -> None:
 
 
 def _create_engine(url: str) -> sa.Engine:
-    parsed = sa.make_url(url)
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise DatabaseError(
+            f"invalid database URL {url!r}; use for example sqlite:///path/to/controller.db "
+            "or postgresql+psycopg://user:password@host/dbname"
+        ) from None
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        try:
+            return sa.create_engine(parsed, pool_pre_ping=True)
+        except (ImportError, sa.exc.NoSuchModuleError) as exc:
+            raise DatabaseError(
+                f"no driver for database URL {parsed.render_as_string(hide_password=True)}: "
+                f"{exc}; for PostgreSQL install edgefleet[postgresql]"
+            ) from exc
 
     in_memory = parsed.database in (None, "", ":memory:")
+    if not in_memory:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(
         parsed,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},

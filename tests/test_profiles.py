@@ -64,6 +64,9 @@ def test_fingerprint_ignores_name_only():
         ({"onnxruntime_version": "latest"}, "onnxruntime_version"),
         ({"inference_threads": 8}, "inference_threads"),
         ({"name": "Bad Name!"}, "name"),
+        ({"cpu_cores": 4_000_000_000}, "cpu_cores"),
+        ({"memory_mb": 2**40}, "memory_mb"),
+        ({"latency_budget_ms": 1e12}, "latency_budget_ms"),
     ],
 )
 def test_invalid_field_rejected_by_name(change, field):

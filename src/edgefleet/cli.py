@@ -47,5 +47,31 @@ def configure(
     )
 
 
+# Top-level modules that only the ``controller`` extra installs.
+CONTROLLER_EXTRA_MODULES = frozenset(
+    {
+        "alembic",
+        "onnx",
+        "onnxscript",
+        "rich",
+        "scipy",
+        "sklearn",
+        "sqlalchemy",
+        "torch",
+        "torch_pruning",
+    }
+)
+
+
 def main() -> None:
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in CONTROLLER_EXTRA_MODULES:
+            raise
+        typer.echo(
+            f"error: this command needs the controller extra (module {exc.name} is missing); "
+            "install it with: pip install 'edgefleet[controller]'",
+            err=True,
+        )
+        raise SystemExit(2) from None

@@ -78,6 +78,11 @@ KNOWN_CPU_FLAGS = frozenset(
 )
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+# Upper bounds that catch unit mistakes (memory in bytes, budgets in microseconds) and
+# values that onnxruntime's 32-bit thread count cannot take.
+MAX_CPU_CORES = 1024
+MAX_MEMORY_MB = 16 * 1024 * 1024
+MAX_LATENCY_BUDGET_MS = 3_600_000.0
 _VERSION = re.compile(r"\d+\.\d+(\.\d+)?")
 _REQUIRED = (
     "name",
@@ -205,9 +210,11 @@ def parse_profile(data: Mapping[str, Any], *, source: str = "profile") -> Device
         raise ProfileError(
             f"{source}: invalid name {name!r}; use 1-64 characters from a-z, 0-9, '.', '_' and '-'"
         )
-    cpu_cores = _positive_int(data, "cpu_cores", source)
-    memory_mb = _positive_int(data, "memory_mb", source)
-    model_memory_budget_mb = _positive_int(data, "model_memory_budget_mb", source)
+    cpu_cores = _positive_int(data, "cpu_cores", source, maximum=MAX_CPU_CORES)
+    memory_mb = _positive_int(data, "memory_mb", source, maximum=MAX_MEMORY_MB)
+    model_memory_budget_mb = _positive_int(
+        data, "model_memory_budget_mb", source, maximum=MAX_MEMORY_MB
+    )
     if model_memory_budget_mb > memory_mb:
         raise ProfileError(
             f"{source}: model_memory_budget_mb ({model_memory_budget_mb}) exceeds "
@@ -215,7 +222,9 @@ def parse_profile(data: Mapping[str, Any], *, source: str = "profile") -> Device
         )
     inference_threads = 0
     if "inference_threads" in data:
-        inference_threads = _positive_int(data, "inference_threads", source)
+        inference_threads = _positive_int(
+            data, "inference_threads", source, maximum=MAX_CPU_CORES
+        )
         if inference_threads > cpu_cores:
             raise ProfileError(
                 f"{source}: inference_threads ({inference_threads}) exceeds cpu_cores "
@@ -235,11 +244,13 @@ def parse_profile(data: Mapping[str, Any], *, source: str = "profile") -> Device
     )
 
 
-def _positive_int(data: Mapping[str, Any], field: str, source: str) -> int:
+def _positive_int(data: Mapping[str, Any], field: str, source: str, *, maximum: int) -> int:
     value = data[field]
     # bool is an int subclass; "true" as a core count is a typo, not a number.
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ProfileError(f"{source}: {field} must be a positive integer, got {value!r}")
+    if value > maximum:
+        raise ProfileError(f"{source}: {field} must be at most {maximum}, got {value!r}")
     return value
 
 
@@ -249,6 +260,10 @@ def _positive_float(data: Mapping[str, Any], field: str, source: str) -> float:
         raise ProfileError(f"{source}: {field} must be a positive number, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ProfileError(f"{source}: {field} must be a positive finite number, got {value!r}")
+    if value > MAX_LATENCY_BUDGET_MS:
+        raise ProfileError(
+            f"{source}: {field} must be at most {MAX_LATENCY_BUDGET_MS:g}, got {value!r}"
+        )
     return float(value)
 
 

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from edgefleet.controller.db import alembic_config, open_database
+from edgefleet.controller.errors import DatabaseError
 from edgefleet.controller.models import Base
 
 
@@ -87,3 +89,22 @@ def test_foreign_keys_reject_orphan_device(tmp_path: Path) -> None:
     database.close()
 
     assert rejected
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("garbage", "invalid database URL"),
+        ("mysql+nosuchdriver://user@127.0.0.1/db", "no driver"),
+    ],
+)
+def test_database_url_errors_are_clear(url, message):
+    with pytest.raises(DatabaseError, match=message):
+        open_database(url)
+
+
+def test_sqlite_parent_folder_created(tmp_path):
+    database = open_database(f"sqlite:///{tmp_path / 'new' / 'folder' / 'registry.db'}")
+    database.close()
+
+    assert (tmp_path / "new" / "folder" / "registry.db").is_file()
