@@ -6,13 +6,14 @@ sample sequences.
 
 * **Latency breach**: the last ``breach_samples`` samples that served requests all have
   p95 latency over the profile's budget. Idle samples neither count nor break the run.
-* **Memory pressure**: the last ``breach_samples`` samples all have less than
-  ``memory_margin_mb`` of memory available.
+* **Memory pressure**: the last ``breach_samples`` samples all have less memory
+  available than the current variant's peak memory plus ``memory_margin_mb``: the device
+  could not load that model again, for example after a restart or during a swap.
 * A breach steps the device one rung down its ladder, or asks for a recompression
   (``RECOMPRESS``) when it is on the last rung.
 * **Headroom**: the last ``headroom_samples`` serving samples all have p95 latency at most
-  ``headroom_ratio`` times the budget, and memory would stay above the margin with the
-  next rung up loaded. Then the device steps one rung up.
+  ``headroom_ratio`` times the budget, and with the next rung up loaded, available memory
+  would still cover that rung's need plus the margin. Then the device steps one rung up.
 * Only samples of the device's current variant received after its last action count,
   no action is taken within ``cooldown_s`` of the last one or while a deployment is in
   flight, and pinned devices are never moved. Together these stop flapping.
@@ -158,11 +159,21 @@ def _find_breach(
 ) -> Decision | None:
     count = config.breach_samples
     tail = samples[-count:]
-    if len(tail) == count and all(s.memory_available_mb < config.memory_margin_mb for s in tail):
+    need_mb = next(
+        (
+            rung.peak_memory_mb
+            for rung in device.ladder
+            if rung.variant_id == device.current_variant_id
+        ),
+        0.0,
+    )
+    floor_mb = need_mb + config.memory_margin_mb
+    if len(tail) == count and all(s.memory_available_mb < floor_mb for s in tail):
         lowest = min(s.memory_available_mb for s in tail)
         reason = (
-            f"memory pressure: {count} consecutive samples below the "
-            f"{config.memory_margin_mb:g} MiB margin (lowest {lowest:g} MiB available)"
+            f"memory pressure: {count} consecutive samples below the model's "
+            f"{need_mb:g} MiB plus the {config.memory_margin_mb:g} MiB margin "
+            f"(lowest {lowest:g} MiB available)"
         )
         return Decision(PolicyAction.NONE, reason, evidence=tuple(tail))
 
@@ -221,10 +232,12 @@ def _check_headroom(
     if len(serving) < count or any(s.latency_p95_ms > limit for s in serving):
         return Decision(PolicyAction.NONE, "within budget, without sustained headroom")
 
-    # The next rung up needs this much more memory than the current one.
-    extra_mb = device.ladder[index - 1].peak_memory_mb - device.ladder[index].peak_memory_mb
+    # After the step up, available memory shrinks by the difference between the rungs and
+    # must still cover the new model's need plus the margin, or the step would be undone.
+    upper, current = device.ladder[index - 1], device.ladder[index]
+    extra_mb = max(upper.peak_memory_mb - current.peak_memory_mb, 0.0)
     lowest_available = min(s.memory_available_mb for s in serving)
-    if lowest_available - max(extra_mb, 0.0) < config.memory_margin_mb:
+    if lowest_available - extra_mb < upper.peak_memory_mb + config.memory_margin_mb:
         return Decision(PolicyAction.NONE, "latency headroom, but not enough memory to step up")
     if _blocked_reason(config, device, now=now) is not None:
         return Decision(PolicyAction.NONE, "headroom, but stepping up is blocked for now")

@@ -89,6 +89,16 @@ def test_memory_pressure_steps_down() -> None:
     assert "memory pressure" in decision.reason
 
 
+def test_memory_pressure_includes_model_need() -> None:
+    # 100 MiB available is over the 64 MiB margin but under v0's 60 MiB plus the margin.
+    samples = _samples([5, 5, 5], variant_id="v0", memory_available_mb=100.0)
+
+    decision = evaluate(CONFIG, _view(current="v0"), samples, now=_now(samples))
+
+    assert decision.action is PolicyAction.STEP_DOWN
+    assert "60 MiB plus the 64 MiB margin" in decision.reason
+
+
 def test_memory_pressure_counts_idle_samples() -> None:
     samples = _samples([None, None, None], variant_id="v0", memory_available_mb=30.0)
 
@@ -124,7 +134,7 @@ def test_running_recompression_raises_alert_only() -> None:
         ([5, 5, 5], 500.0, PolicyAction.NONE),  # not sustained long enough
         ([5, 5, 11, 5], 500.0, PolicyAction.NONE),  # 11 ms > 0.5 * 20 ms
         ([5, None, 5, 5, 5], 500.0, PolicyAction.STEP_UP),
-        ([5, 5, 5, 5], 80.0, PolicyAction.NONE),  # v0 needs 20 MiB more: 60 < 64 margin
+        ([5, 5, 5, 5], 120.0, PolicyAction.NONE),  # after the step 100 MiB < 60 + 64 MiB
     ],
 )
 def test_step_up_after_sustained_headroom(
