@@ -111,11 +111,14 @@ def _wait_for_deployments(
     console: Console,
     timeouts: DemoTimeouts,
 ) -> None:
-    with console.status("compressing the model per profile and deploying it"):
+    with console.status("compressing the model per profile and deploying it") as status:
 
         def report_progress() -> None:
             feed.print_new()
             _check_processes(run)
+            step = _latest_plan_step(run)
+            if step:
+                status.update(f"compressing: {step}")
 
         ready = wait_until(
             lambda: all(observer.is_serving(device.device_id) for device in run.devices),
@@ -268,10 +271,23 @@ def _check_processes(run: DemoRun) -> None:
             )
 
 
+def _latest_plan_step(run: DemoRun) -> str:
+    """Return the newest planning step from the controller's log, for the status line."""
+    if run.controller is None:
+        return ""
+    marker = "edgefleet.controller.planning: "
+    lines = [
+        line for line in tail(run.controller.log_path, lines=40).splitlines() if marker in line
+    ]
+    return lines[-1].split(marker, 1)[1][:100] if lines else ""
+
+
 def _describe_event(event: Any) -> str:
     moved = ""
-    if event.from_variant or event.to_variant:
-        moved = f" {(event.from_variant or '-')[:12]} -> {(event.to_variant or '-')[:12]}"
+    if event.from_variant and event.to_variant:
+        moved = f" {event.from_variant[:12]} -> {event.to_variant[:12]}"
+    elif event.to_variant:
+        moved = f" -> {event.to_variant[:12]}"
     device = f" {event.device_id}" if event.device_id else ""
     return f"{event.kind.value}{device}{moved}: {event.reason}"
 
@@ -414,4 +430,6 @@ def _print_outcome(console: Console, checks: list[Check], summary: dict[str, Any
     for check in checks:
         mark = "[green]PASS[/]" if check.passed else "[bold red]FAIL[/]"
         console.print(f"{mark} {check.description} ({check.detail})")
-    console.print(f"demo finished in {summary['elapsed_s']:.0f} s")
+    failed = sum(not check.passed for check in checks)
+    verdict = "every check passed" if not failed else f"{failed} of {len(checks)} checks failed"
+    console.print(f"demo finished in {summary['elapsed_s']:.0f} s: {verdict}")

@@ -36,7 +36,7 @@ class CpuContention:
             process.start()
             self._processes.append(process)
         self.started_at = time.monotonic()
-        logger.info("started %d CPU hogs on cores %s", self.workers, sorted(self.cores))
+        logger.debug("started %d CPU hogs on cores %s", self.workers, sorted(self.cores))
 
     def stop(self) -> None:
         for process in self._processes:
@@ -44,7 +44,7 @@ class CpuContention:
         for process in self._processes:
             process.join(timeout=5)
         if self._processes:
-            logger.info("stopped %d CPU hogs", len(self._processes))
+            logger.debug("stopped %d CPU hogs", len(self._processes))
         self._processes.clear()
 
     def __enter__(self) -> CpuContention:
