@@ -73,6 +73,10 @@ class TelemetryRecord:
         return data
 
 
+# 9999-12-31T23:59:59Z, the last instant datetime can represent.
+_MAX_SAMPLED_AT_MS = 253_402_300_799_000
+
+
 def validate_sample(
     sample: fleet_pb2.TelemetrySample, *, device_id: str, received_at: datetime | None = None
 ) -> TelemetryRecord:
@@ -101,9 +105,10 @@ def validate_sample(
             f"got {temperature!r}",
             field="temperature_c",
         )
-    if sample.sampled_at_ms < 0:
+    if not 0 <= sample.sampled_at_ms <= _MAX_SAMPLED_AT_MS:
         raise InvalidTelemetryError(
-            f"sampled_at_ms must be non-negative, got {sample.sampled_at_ms}",
+            f"sampled_at_ms must be between 0 and {_MAX_SAMPLED_AT_MS} (Unix milliseconds), "
+            f"got {sample.sampled_at_ms}",
             field="sampled_at_ms",
         )
 
