@@ -79,6 +79,8 @@ def _run(
             f"invalid --latency-scale {latency_scale}; pass a positive number such as 1.0"
         )
     device_profile = load_profile(profile_path)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out} is a file; pass a folder for the variants")
 
     # Heavy imports only now, after the cheap checks.
     from edgefleet.compress.dataset import load_dataset

@@ -105,6 +105,7 @@ def _write_npz(path, **arrays):
         ("bad_profile", "unknown cpu_arch 'sparc'"),
         ("bad_scale", "invalid --latency-scale"),
         ("weights_for_onnx", "--weights applies to torch factories"),
+        ("out_is_file", "is a file; pass a folder"),
     ],
 )
 def test_cli_rejects_bad_input(app, case, message, tiny_npz, tmp_path):
@@ -134,8 +135,12 @@ def test_cli_rejects_bad_input(app, case, message, tiny_npz, tmp_path):
     elif case == "weights_for_onnx":
         model = str(REPO_ROOT / "missing.onnx")
         extra = ["--weights", str(tmp_path / "w.pt")]
+    out = tmp_path
+    if case == "out_is_file":
+        out = tmp_path / "report.txt"
+        out.write_text("")
 
-    result = _invoke(app, model, "--data", data, "--profile", profile, "--out", tmp_path, *extra)
+    result = _invoke(app, model, "--data", data, "--profile", profile, "--out", out, *extra)
 
     assert result.exit_code == 2, result.output
     assert message in result.stderr
