@@ -141,3 +141,64 @@ def test_register_model_rejects_missing_file(controller: Controller, tmp_path: P
         controller.register_model(str(tmp_path / "nope.onnx"), data_path=tmp_path / "d.npz")
     with pytest.raises(InvalidInputError, match="factory"):
         controller.register_model(str(tmp_path / "model.py"), data_path=tmp_path / "d.npz")
+
+
+@pytest.fixture(scope="module")
+def tiny_torch_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    """Return a factory spec, trained weights and data for a narrow DigitsCNN."""
+    import torch
+
+    from edgefleet.compress import digits_dataset, save_dataset_npz, train_digits_cnn
+
+    root = tmp_path_factory.mktemp("tiny-torch")
+    factory = root / "tiny.py"
+    factory.write_text(
+        "from edgefleet.compress.digits import DigitsCNN\n\n\n"
+        "def build():\n    return DigitsCNN(widths=(8, 16, 16))\n"
+    )
+    dataset = digits_dataset(seed=0)
+    model = train_digits_cnn(dataset, epochs=3, seed=0, widths=(8, 16, 16))
+    weights = root / "tiny.pt"
+    torch.save(model.state_dict(), weights)
+    return f"{factory}:build", weights, save_dataset_npz(dataset, root / "digits.npz")
+
+
+@pytest.mark.slow
+def test_recompression_adds_rung_and_steps_device_down(
+    controller: Controller,
+    stub: fleet_pb2_grpc.FleetServiceStub,
+    profile: DeviceProfile,
+    tiny_torch_files: tuple[str, Path, Path],
+) -> None:
+    spec, weights, data_path = tiny_torch_files
+    model = controller.register_model(spec, data_path=data_path, weights_path=weights)
+    stub.Register(
+        fleet_pb2.RegisterRequest(device_id="dev-1", profile=profile.to_proto()), timeout=10
+    )
+    assert controller.wait_until_idle(300)
+    ladder = [row.variant_id for row in controller.registry.ladder(model.id, profile.fingerprint)]
+    # The tighter plan prunes and fine-tunes, which outlasts the default stream deadline.
+    stream = AgentStream(stub, timeout_s=300)
+    stream.hello("dev-1")
+    next(stream.responses)
+    controller.deploy("dev-1", ladder[-1], reason="move to the cheapest rung")
+    stream.send(_active(next(stream.responses).command.deploy))
+    wait_for(lambda: controller.registry.get_device("dev-1").current_variant_id == ladder[-1])
+
+    for seq in range(3):
+        sample = make_sample(seq=seq, variant_id=ladder[-1], latency_p95_ms=1000.0)
+        stream.send(fleet_pb2.AgentMessage(telemetry=sample))
+    wait_for(lambda: len(controller.registry.list_plans(model_id=model.id)) == 2)
+    assert controller.wait_until_idle(300)
+    command = next(stream.responses).command
+    stream.close()
+
+    plans = controller.registry.list_plans(model_id=model.id)
+    assert [plan.state for plan in plans] == [PlanState.DONE, PlanState.DONE]
+    new_ladder = controller.registry.ladder(model.id, profile.fingerprint)
+    new_ids = [row.variant_id for row in new_ladder]
+    target = command.deploy.manifest.variant_id
+    assert target not in ladder, "the device must move to a variant the tighter plan added"
+    assert target in new_ids
+    stepped = controller.registry.list_events(kinds=[EventKind.STEPPED_DOWN])
+    assert stepped and stepped[-1].to_variant == target
