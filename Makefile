@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.edgefleet-installed
 
-.PHONY: all venv demo test bench lint protos clean
+.PHONY: all venv broker demo test bench lint protos clean
 
 all: test
 
@@ -24,7 +24,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/edgefleet demo
 
-test: $(STAMP)
+# The MQTT tests start their own Mosquitto broker on a loopback port.
+broker:
+	command -v mosquitto >/dev/null || (apt-get update && apt-get install -y mosquitto)
+
+test: $(STAMP) broker
 	$(BIN)/python -m pytest
 
 # The MiniLM package declares sentence-transformers, which the benchmark does not use, so it

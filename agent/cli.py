@@ -10,9 +10,12 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from edgefleet.agent.transport import TransportKind
 
 app = typer.Typer(help="Run the device agent.", no_args_is_help=True)
 
@@ -31,7 +34,6 @@ def agent_commands() -> None:
 
 @app.command("run")
 def run(
-    controller: Annotated[str, typer.Option(help="Controller gRPC address as HOST:PORT.")],
     profile: Annotated[Path, typer.Option(help="Device profile TOML file.")],
     device_id: Annotated[
         str, typer.Option(help="Stable id of this device: 1-64 of A-Z a-z 0-9 . _ -")
@@ -49,22 +51,68 @@ def run(
         float,
         typer.Option(help="Seconds between telemetry samples until the controller sets one."),
     ] = 1.0,
+    transport: Annotated[
+        str,
+        typer.Option(help="Transport to the controller: grpc (--controller) or mqtt (--broker)."),
+    ] = "grpc",
+    controller: Annotated[
+        str | None, typer.Option(help="Controller gRPC address as HOST:PORT (gRPC transport).")
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            help="MQTT broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (MQTT transport)."
+        ),
+    ] = None,
+    mqtt_username: Annotated[
+        str | None, typer.Option(help="Broker user name; default: the device id.")
+    ] = None,
+    mqtt_password_file: Annotated[
+        Path | None,
+        typer.Option(help="File holding the broker password (not on the command line)."),
+    ] = None,
+    mqtt_ca_file: Annotated[
+        Path | None,
+        typer.Option(help="CA certificate file that signed the broker's TLS certificate."),
+    ] = None,
+    mqtt_keepalive: Annotated[
+        int,
+        typer.Option(
+            help="MQTT keepalive in seconds; the broker shows the device offline after 1.5x."
+        ),
+    ] = 30,
 ) -> None:
     """Serve the local model and keep it in sync with the controller until SIGTERM or SIGINT."""
     from edgefleet.agent.daemon import Agent, AgentConfig
     from edgefleet.agent.errors import StorageError
+    from edgefleet.agent.transport import TransportKind
     from edgefleet.errors import InvalidInputError
     from edgefleet.profiles import load_profile
 
     try:
+        kind = _transport_kind(transport, controller=controller, broker=broker)
+        settings = None
+        if kind is TransportKind.MQTT:
+            from edgefleet.protos.mqtt import BrokerSettings
+
+            assert broker is not None  # checked by _transport_kind
+            settings = BrokerSettings.from_options(
+                broker,
+                username=mqtt_username or device_id,
+                password_file=mqtt_password_file,
+                ca_file=mqtt_ca_file,
+                keepalive_s=mqtt_keepalive,
+            )
         config = AgentConfig(
-            controller=controller,
+            controller=controller or "",
             device_id=device_id,
             profile=load_profile(profile),
             state_dir=state_dir,
             api_host=api_host,
             api_port=api_port,
             telemetry_interval_s=telemetry_interval,
+            transport=kind,
+            broker=settings,
         )
         agent = Agent(config)
     except (InvalidInputError, StorageError) as exc:
@@ -84,3 +132,19 @@ def run(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     agent.run()
+
+
+def _transport_kind(transport: str, *, controller: str | None, broker: str | None) -> TransportKind:
+    """Check that the options fit the transport; returns the ``TransportKind``."""
+    from edgefleet.agent.transport import TransportKind
+    from edgefleet.errors import InvalidInputError
+
+    try:
+        kind = TransportKind(transport)
+    except ValueError:
+        raise InvalidInputError(f"invalid --transport {transport!r}: use grpc or mqtt") from None
+    if kind is TransportKind.GRPC and controller is None:
+        raise InvalidInputError("--transport grpc needs --controller HOST:PORT")
+    if kind is TransportKind.MQTT and broker is None:
+        raise InvalidInputError("--transport mqtt needs --broker mqtt://HOST:PORT")
+    return kind

@@ -6,7 +6,8 @@ Threads, and what each one owns:
 - ``telemetry``: one per session, queues a sample every interval into the outbox;
 - ``deploy``: applies deploy commands one at a time, so the session keeps flowing while a
   model downloads and loads;
-- the gRPC request thread drains the outbox into the stream;
+- the transport's sender drains the outbox into the session: gRPC's request thread, or
+  ``mqtt-publish`` for MQTT;
 - ``inference-api``: the local HTTP server, which keeps serving through outages.
 """
 
@@ -24,7 +25,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import onnxruntime as ort
 
 import edgefleet
@@ -45,11 +45,17 @@ from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.server import InferenceServer
 from edgefleet.agent.store import AgentStore, write_json_atomic
 from edgefleet.agent.telemetry import TelemetrySampler
-from edgefleet.agent.transport import ControllerClient, translate_rpc_error
+from edgefleet.agent.transport import (
+    ControllerClient,
+    ControllerConnection,
+    SessionCall,
+    TransportKind,
+)
 from edgefleet.agent.update import UpdateState
 from edgefleet.errors import InvalidInputError
 from edgefleet.ids import validate_device_id
 from edgefleet.profiles import DeviceProfile
+from edgefleet.protos.mqtt import BrokerSettings
 from edgefleet.protos.v1 import fleet_pb2
 
 __all__ = ["Agent", "AgentConfig"]
@@ -68,7 +74,7 @@ _POLL_S = 0.2
 class AgentConfig:
     """Settings of one agent process, validated on creation."""
 
-    controller: str  # host:port of the controller's gRPC endpoint
+    controller: str  # host:port of the controller's gRPC endpoint; empty for MQTT
     device_id: str
     profile: DeviceProfile
     state_dir: Path
@@ -79,14 +85,21 @@ class AgentConfig:
     reconnect_max_s: float = 10.0
     calibration_duration_s: float = 1.0
     download_timeout_s: float = 900.0
+    transport: TransportKind = TransportKind.GRPC
+    broker: BrokerSettings | None = None  # required by the MQTT transport
 
     def __post_init__(self) -> None:
         validate_device_id(self.device_id)
-        match = _TARGET.fullmatch(self.controller)
-        if match is None or not 0 < int(match.group(2)) < 65536:
-            raise InvalidInputError(
-                f"invalid controller address {self.controller!r}: expected HOST:PORT"
-            )
+        object.__setattr__(self, "transport", TransportKind(self.transport))
+        if self.transport is TransportKind.MQTT:
+            if self.broker is None:
+                raise InvalidInputError("the MQTT transport needs a broker URL")
+        else:
+            match = _TARGET.fullmatch(self.controller)
+            if match is None or not 0 < int(match.group(2)) < 65536:
+                raise InvalidInputError(
+                    f"invalid controller address {self.controller!r}: expected HOST:PORT"
+                )
         if not 0 <= self.api_port < 65536:
             raise InvalidInputError(f"invalid API port {self.api_port}: expected 0-65535")
         _check_interval(self.telemetry_interval_s, "telemetry interval")
@@ -102,6 +115,22 @@ class AgentConfig:
                 raise InvalidInputError(f"{name} must be a positive number of seconds, got {value}")
         object.__setattr__(self, "state_dir", Path(self.state_dir))
 
+    @property
+    def peer(self) -> str:
+        """The controller address or broker URL this agent connects to."""
+        if self.transport is TransportKind.MQTT and self.broker is not None:
+            return self.broker.address.url
+        return self.controller
+
+    def connect(self) -> ControllerConnection:
+        """Return a new, unconnected connection of the configured transport."""
+        if self.transport is TransportKind.MQTT:
+            from edgefleet.agent.mqtt import MqttConnection
+
+            assert self.broker is not None  # checked in __post_init__
+            return MqttConnection(self.broker, self.device_id)
+        return ControllerClient(self.controller)
+
 
 class Agent:
     """One device agent; ``run`` blocks until ``stop`` is called from another thread or a signal."""
@@ -109,6 +138,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.store = AgentStore(config.state_dir)
+        self.store.claim()
         self.latency = LatencyRecorder()
         self.runtime = ModelRuntime(threads=config.profile.inference_threads, latency=self.latency)
         self.server = InferenceServer(self.runtime, host=config.api_host, port=config.api_port)
@@ -127,8 +157,8 @@ class Agent:
         self._commands: queue.Queue[fleet_pb2.Command | None] = queue.Queue()
         self._queued_ids: set[str] = set()
         self._lock = threading.Lock()
-        self._client: ControllerClient | None = None
-        self._call: grpc.Call | None = None
+        self._client: ControllerConnection | None = None
+        self._call: SessionCall | None = None
         self._deployer = Deployer(
             device_id=config.device_id,
             store=self.store,
@@ -173,7 +203,8 @@ class Agent:
                 "device_id": self.config.device_id,
                 "api_host": self.server.host,
                 "api_port": self.server.port,
-                "controller": self.config.controller,
+                "controller": self.config.peer,
+                "transport": self.config.transport.value,
             },
         )
         threads = self.config.profile.inference_threads
@@ -212,6 +243,7 @@ class Agent:
         self._deploy_thread.join(timeout=30)
         self.server.stop()
         (self.store.root / "agent.json").unlink(missing_ok=True)
+        self.store.release()
         logger.info("agent %s stopped", self.config.device_id)
 
     def _restore_model(self) -> None:
@@ -273,14 +305,14 @@ class Agent:
     def _connect_loop(self) -> None:
         backoff = self._new_backoff()
         while not self._stopping.is_set():
-            client = ControllerClient(self.config.controller)
+            client = self.config.connect()
             try:
                 self._register(client)
                 backoff.reset()
                 self._client = client
                 self._run_session(client)
                 if not self._stopping.is_set():
-                    logger.warning("controller %s ended the session", self.config.controller)
+                    logger.warning("controller %s ended the session", self.config.peer)
             except ControllerUnavailable as exc:
                 logger.warning("controller unavailable: %s", exc)
             except RegistrationRejected as exc:
@@ -294,10 +326,10 @@ class Agent:
             if self._stopping.is_set():
                 break
             delay = backoff.next_delay()
-            logger.info("reconnecting to %s in %.1f s", self.config.controller, delay)
+            logger.info("reconnecting to %s in %.1f s", self.config.peer, delay)
             self._stopping.wait(delay)
 
-    def _register(self, client: ControllerClient) -> None:
+    def _register(self, client: ControllerConnection) -> None:
         response = client.register(
             fleet_pb2.RegisterRequest(
                 device_id=self.config.device_id,
@@ -318,11 +350,11 @@ class Agent:
         logger.info(
             "registered %s with %s (profile fingerprint %s)",
             self.config.device_id,
-            self.config.controller,
+            self.config.peer,
             response.profile_fingerprint,
         )
 
-    def _run_session(self, client: ControllerClient) -> None:
+    def _run_session(self, client: ControllerConnection) -> None:
         closed = threading.Event()
         call = client.open_session(self._outgoing(closed))
         self._call = call
@@ -336,9 +368,9 @@ class Agent:
         try:
             for message in call:
                 self._handle(message)
-        except grpc.RpcError as exc:
+        except ControllerUnavailable:
             if not self._stopping.is_set():
-                raise translate_rpc_error(exc, "session") from exc
+                raise
         finally:
             closed.set()
             call.cancel()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgefleet.agent.backoff import Backoff
-from edgefleet.agent.download import fetch_artifact, verify_artifact
+from edgefleet.agent.download import verify_artifact
 from edgefleet.agent.errors import (
     ArtifactError,
     ControllerUnavailable,
@@ -29,7 +29,7 @@ from edgefleet.agent.errors import (
 )
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.store import AgentStore, UpdateRecord
-from edgefleet.agent.transport import ControllerClient
+from edgefleet.agent.transport import ControllerConnection
 from edgefleet.agent.update import UpdateEvent, UpdateState, next_state
 from edgefleet.errors import InvalidInputError
 from edgefleet.ids import validate_sha256
@@ -57,7 +57,7 @@ class Deployer:
         store: AgentStore,
         runtime: ModelRuntime,
         report: Callable[[fleet_pb2.DeploymentStatus], None],
-        client: Callable[[], ControllerClient | None],
+        client: Callable[[], ControllerConnection | None],
         stopping: threading.Event,
         download_timeout_s: float = 900.0,
         backoff: Callable[[], Backoff] = Backoff,
@@ -160,8 +160,7 @@ class Deployer:
             try:
                 if client is None:
                     raise ControllerUnavailable("not connected to the controller")
-                return fetch_artifact(
-                    client.stub,
+                return client.fetch_artifact(
                     part,
                     device_id=self._device_id,
                     sha256=sha256,

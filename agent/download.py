@@ -12,6 +12,7 @@ import errno
 import hashlib
 import logging
 import os
+import zlib
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,13 @@ from edgefleet.agent.transport import TRANSIENT_CODES
 from edgefleet.protos.limits import ARTIFACT_CHUNK_BYTES
 from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
-__all__ = ["fetch_artifact", "verify_artifact"]
+__all__ = [
+    "check_chunk",
+    "fetch_artifact",
+    "resume_offset",
+    "verify_artifact",
+    "write_failure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +51,7 @@ def fetch_artifact(
     sends inconsistent chunks. Raises ``StorageError`` when the disk is full, after deleting
     the part file to give the space back.
     """
-    offset = _resume_offset(part_path, size_bytes)
+    offset = resume_offset(part_path, size_bytes)
     if offset == size_bytes:
         return part_path
 
@@ -56,7 +63,7 @@ def fetch_artifact(
     try:
         with part_path.open("ab") as handle:
             for chunk in stub.DownloadArtifact(request, timeout=timeout_s):
-                _check_chunk(chunk, part_path, sha256=sha256, offset=offset, size=size_bytes)
+                check_chunk(chunk, part_path, sha256=sha256, offset=offset, size=size_bytes)
                 handle.write(chunk.data)
                 offset += len(chunk.data)
             handle.flush()
@@ -64,19 +71,24 @@ def fetch_artifact(
     except grpc.RpcError as exc:
         raise _translate_rpc_error(exc, part_path, sha256) from exc
     except OSError as exc:
-        part_path.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise StorageError(
-                f"no space left on device while downloading {sha256} ({size_bytes} bytes) to "
-                f"{part_path.parent}; the partial file was deleted"
-            ) from exc
-        raise StorageError(f"cannot write {part_path}: {exc}") from exc
+        raise write_failure(exc, part_path, sha256=sha256, size_bytes=size_bytes) from exc
 
     if offset != size_bytes:
         raise ControllerUnavailable(
             f"download of {sha256} ended at byte {offset} of {size_bytes}; it resumes there"
         )
     return part_path
+
+
+def write_failure(exc: OSError, part_path: Path, *, sha256: str, size_bytes: int) -> StorageError:
+    """Delete the part file to give its space back and describe the failed write."""
+    part_path.unlink(missing_ok=True)
+    if exc.errno == errno.ENOSPC:
+        return StorageError(
+            f"no space left on device while downloading {sha256} ({size_bytes} bytes) to "
+            f"{part_path.parent}; the partial file was deleted"
+        )
+    return StorageError(f"cannot write {part_path}: {exc}")
 
 
 def verify_artifact(part_path: Path, *, sha256: str, size_bytes: int) -> None:
@@ -101,7 +113,8 @@ def verify_artifact(part_path: Path, *, sha256: str, size_bytes: int) -> None:
         )
 
 
-def _resume_offset(part_path: Path, size_bytes: int) -> int:
+def resume_offset(part_path: Path, size_bytes: int) -> int:
+    """Return the size of ``part_path``, deleting it when it exceeds ``size_bytes``."""
     try:
         offset = part_path.stat().st_size
     except FileNotFoundError:
@@ -116,9 +129,10 @@ def _resume_offset(part_path: Path, size_bytes: int) -> int:
     return offset
 
 
-def _check_chunk(
+def check_chunk(
     chunk: fleet_pb2.ArtifactChunk, part_path: Path, *, sha256: str, offset: int, size: int
 ) -> None:
+    """Raise ``ArtifactError`` and delete the part file when ``chunk`` does not fit it."""
     problem = None
     if chunk.sha256 != sha256:
         problem = f"chunk names artifact {chunk.sha256!r}"
@@ -128,6 +142,8 @@ def _check_chunk(
         problem = f"chunk starts at byte {chunk.offset}, expected {offset}"
     elif offset + len(chunk.data) > size:
         problem = f"chunk at byte {offset} runs past the artifact size {size}"
+    elif chunk.HasField("crc32") and zlib.crc32(chunk.data) != chunk.crc32:
+        problem = f"chunk at byte {offset} fails its CRC-32 check"
     if problem is None:
         return
     part_path.unlink(missing_ok=True)

@@ -49,8 +49,25 @@ def serve(
         int | None, typer.Option(help="Port of the HTTP API (not available yet).")
     ] = None,
     mqtt_url: Annotated[
-        str | None, typer.Option(help="MQTT broker URL (not available yet).")
+        str | None,
+        typer.Option(
+            help="Also serve devices through this MQTT 5 broker: mqtt://HOST:PORT or "
+            "mqtts://HOST:PORT (TLS)."
+        ),
     ] = None,
+    mqtt_username: Annotated[str | None, typer.Option(help="Broker user name.")] = None,
+    mqtt_password_file: Annotated[
+        Path | None, typer.Option(help="File holding the broker password.")
+    ] = None,
+    mqtt_ca_file: Annotated[
+        Path | None, typer.Option(help="CA certificate file that signed the broker's certificate.")
+    ] = None,
+    mqtt_group: Annotated[
+        str,
+        typer.Option(
+            help="Shared-subscription group; controller replicas in one group split ingest."
+        ),
+    ] = "edgefleet-controllers",
     config: Annotated[
         Path | None, typer.Option(help="Controller TOML file with controller and policy tables.")
     ] = None,
@@ -69,8 +86,8 @@ def serve(
         Path | None, typer.Option(help="PyTorch state dict loaded into the --model factory.")
     ] = None,
 ) -> None:
-    """Serve devices over gRPC until SIGTERM or SIGINT, then shut down gracefully."""
-    _reject_unavailable(http_port=http_port, mqtt_url=mqtt_url)
+    """Serve devices over gRPC (and MQTT with --mqtt-url) until SIGTERM or SIGINT."""
+    _reject_unavailable(http_port=http_port)
     if model is not None and data is None:
         _fail("--model needs --data with the evaluation data")
     if model is None and (data is not None or weights is not None):
@@ -82,6 +99,17 @@ def serve(
 
     try:
         settings = load_config(config) if config is not None else ControllerConfig()
+        broker = None
+        if mqtt_url is not None:
+            from edgefleet.protos.mqtt import BrokerSettings, shared_filter
+
+            shared_filter(mqtt_group, "check")  # validates the group name
+            broker = BrokerSettings.from_options(
+                mqtt_url,
+                username=mqtt_username,
+                password_file=mqtt_password_file,
+                ca_file=mqtt_ca_file,
+            )
     except EdgefleetError as exc:
         _fail(str(exc))
 
@@ -94,23 +122,25 @@ def serve(
             assert data is not None  # checked above
             controller.register_model(model, data_path=data, weights_path=weights)
         port = controller.serve_grpc(host=grpc_host, port=grpc_port)
+        if broker is not None:
+            controller.serve_mqtt(broker, group=mqtt_group)
     except (EdgefleetError, OSError) as exc:
         controller.shutdown(grace_s=0)
         _fail(str(exc), code=1)
 
     # A parent process (tests, the demo) reads this line to find a port picked with 0.
     typer.echo(f"edgefleet controller listening on {grpc_host}:{port}")
+    if broker is not None:
+        typer.echo(f"edgefleet controller serving MQTT devices through {broker.address.url}")
     sys.stdout.flush()
     stop.wait()
     logger.info("received a stop signal")
     controller.shutdown()
 
 
-def _reject_unavailable(*, http_port: int | None, mqtt_url: str | None) -> None:
+def _reject_unavailable(*, http_port: int | None) -> None:
     if http_port is not None:
         _fail("--http-port: the HTTP API is not available yet; serve without it", code=2)
-    if mqtt_url is not None:
-        _fail("--mqtt-url: the MQTT transport is not available yet; devices use gRPC", code=2)
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

@@ -18,18 +18,17 @@ from typing import TYPE_CHECKING, NoReturn
 
 import grpc
 
-from edgefleet.controller.calibration import parse_calibration
 from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
     ControllerStateError,
     UnknownDeviceError,
 )
-from edgefleet.controller.sessions import DeviceSession
+from edgefleet.controller.requests import open_artifact, register_device
+from edgefleet.controller.sessions import StreamSession
 from edgefleet.errors import InvalidInputError
-from edgefleet.ids import validate_device_id, validate_sha256
-from edgefleet.profiles import DeviceProfile
-from edgefleet.protos.limits import ARTIFACT_CHUNK_BYTES, SERVER_OPTIONS
+from edgefleet.ids import validate_device_id
+from edgefleet.protos.limits import SERVER_OPTIONS
 from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 if TYPE_CHECKING:
@@ -52,30 +51,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.RegisterResponse:
         try:
-            device_id = validate_device_id(request.device_id)
-            if not request.HasField("profile"):
-                raise InvalidInputError("profile is required")
-            profile = DeviceProfile.from_proto(request.profile)
-            calibration = (
-                parse_calibration(request.calibration) if request.HasField("calibration") else None
-            )
-            self._controller.register_device(
-                device_id,
-                profile,
-                calibration=calibration,
-                agent_version=request.agent_version,
-                onnxruntime_version=request.onnxruntime_version,
-                current_variant_id=request.current_variant_id,
-            )
+            return register_device(self._controller, request)
         except InvalidInputError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid registration: {exc}")
         except ControllerStateError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
-        return fleet_pb2.RegisterResponse(
-            device_id=device_id,
-            telemetry_interval_s=self._controller.config.telemetry_interval_s,
-            profile_fingerprint=profile.fingerprint,
-        )
 
     # -- Session --------------------------------------------------------------------
 
@@ -101,7 +81,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
 
     def _open_session(
         self, request_iterator: Iterator[fleet_pb2.AgentMessage], context: grpc.ServicerContext
-    ) -> DeviceSession:
+    ) -> StreamSession:
         try:
             first = next(request_iterator)
         except StopIteration:
@@ -114,10 +94,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             )
         hello = first.hello
         try:
-            device_id = validate_device_id(hello.device_id)
-            return self._controller.open_session(
-                device_id, current_variant_id=hello.current_variant_id
-            )
+            session = StreamSession(validate_device_id(hello.device_id))
+            self._controller.open_session(session, current_variant_id=hello.current_variant_id)
+            return session
         except UnknownDeviceError:
             _abort(
                 context,
@@ -130,7 +109,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
     def _read_messages(
-        self, request_iterator: Iterator[fleet_pb2.AgentMessage], session: DeviceSession
+        self, request_iterator: Iterator[fleet_pb2.AgentMessage], session: StreamSession
     ) -> None:
         device_id = session.device_id
         try:
@@ -168,16 +147,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def DownloadArtifact(
         self, request: fleet_pb2.ArtifactRequest, context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.ArtifactChunk]:
-        chunk_size = request.chunk_size or ARTIFACT_CHUNK_BYTES
-        # The cap keeps every chunk message well under the 4 MiB message limit.
-        chunk_size = min(chunk_size, ARTIFACT_CHUNK_BYTES)
         try:
-            validate_device_id(request.device_id)
-            validate_sha256(request.sha256)
-            self._controller.registry.get_device(request.device_id)
-            store = self._controller.artifacts
-            total = store.info(request.sha256).size_bytes
-            chunks = store.read_chunks(request.sha256, offset=request.offset, chunk_size=chunk_size)
+            total, chunks = open_artifact(self._controller, request)
         except UnknownDeviceError as exc:
             _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ArtifactNotFoundError:
@@ -226,7 +197,14 @@ def create_server(
     # NOTE: plaintext; TLS and device authentication are not implemented yet, so bind
     # to loopback or a trusted network only.
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound_port = server.add_insecure_port(address)
+    try:
+        bound_port = server.add_insecure_port(address)
+    except RuntimeError:
+        # grpcio raises RuntimeError without the cause; a port in use is the common one.
+        bound_port = 0
     if bound_port == 0:
-        raise OSError(f"cannot bind the gRPC server to {address}")
+        raise OSError(
+            f"cannot bind the gRPC server to {address}: the port is in use or the address "
+            "is invalid; choose another --grpc-port or stop the process that holds it"
+        )
     return server, bound_port

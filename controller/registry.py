@@ -8,7 +8,7 @@ The rows are snapshots of the committed values, so change state only through the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -433,6 +433,35 @@ class Registry:
                 .where(DeviceRow.device_id == record.device_id)
                 .values(last_seen=record.received_at)
             )
+
+    def add_telemetry_many(self, records: Sequence[TelemetryRecord]) -> None:
+        """Store validated samples of registered devices in one transaction.
+
+        Each device's ``last_seen`` becomes the latest ``received_at`` among its samples.
+        """
+        if not records:
+            return
+        last_seen: dict[str, datetime] = {}
+        for record in records:
+            previous = last_seen.get(record.device_id)
+            if previous is None or record.received_at > previous:
+                last_seen[record.device_id] = record.received_at
+        with self._database.session() as session:
+            session.execute(sa.insert(TelemetryRow), [_record_fields(r) for r in records])
+            for device_id, seen in last_seen.items():
+                session.execute(
+                    sa.update(DeviceRow)
+                    .where(DeviceRow.device_id == device_id)
+                    .values(last_seen=seen)
+                )
+
+    def existing_device_ids(self, device_ids: Collection[str]) -> set[str]:
+        """Return those of ``device_ids`` that are registered."""
+        if not device_ids:
+            return set()
+        query = sa.select(DeviceRow.device_id).where(DeviceRow.device_id.in_(list(device_ids)))
+        with self._database.session() as session:
+            return set(session.scalars(query))
 
     def recent_telemetry(self, device_id: str, *, limit: int) -> list[TelemetryRecord]:
         """Return the device's newest samples, oldest first."""

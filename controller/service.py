@@ -1,10 +1,12 @@
 """The ``Controller``: registry, artifact store, planner, policy engine and sessions wired
 into one service.
 
-Transports call into it (``grpc_server.FleetServicer`` today); it owns no network code
-besides starting the gRPC server in ``serve_grpc``. Every public call may run on any gRPC
-worker thread, so per-device policy state sits behind one lock, and database access goes
-through the registry's short transactions.
+Transports call into it (``grpc_server.FleetServicer`` and ``mqtt_endpoint.MqttEndpoint``)
+through the same calls, and it reaches a connected device only through its
+``DeviceSession``, so its logic does not depend on the transport a device uses; it owns no
+network code besides starting the endpoints in ``serve_grpc`` and ``serve_mqtt``. Every
+public call may run on any transport thread, so per-device policy state sits behind one
+lock, and database access goes through the registry's short transactions.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import statistics
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -46,6 +49,7 @@ from edgefleet.controller.sessions import DeviceSession, SessionRegistry
 from edgefleet.controller.telemetry import DropCounter, TelemetryRecord, validate_sample
 from edgefleet.errors import InvalidInputError
 from edgefleet.profiles import DeviceProfile
+from edgefleet.protos.mqtt import DEFAULT_SHARE_GROUP, BrokerSettings
 from edgefleet.protos.v1 import fleet_pb2
 
 __all__ = ["Controller", "ControllerState"]
@@ -105,6 +109,7 @@ class Controller:
         self._stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
         self._grpc_server: Any = None
+        self._mqtt_endpoint: Any = None
         self._database: Database | None = None
         self._registry: Registry | None = None
         self._artifacts: ArtifactStore | None = None
@@ -174,6 +179,22 @@ class Controller:
         logger.info("gRPC server listening on %s:%d", host, bound_port)
         return bound_port
 
+    def serve_mqtt(self, settings: BrokerSettings, *, group: str = DEFAULT_SHARE_GROUP) -> None:
+        """Connect to the broker and serve devices on the MQTT transport.
+
+        Raises ``ControllerStateError`` when already serving MQTT, and ``OSError`` when the
+        broker cannot be reached or refuses the connection.
+        """
+        from edgefleet.controller.mqtt_endpoint import MqttEndpoint
+
+        self._require_running()
+        if self._mqtt_endpoint is not None:
+            raise ControllerStateError("the MQTT endpoint is already running")
+        endpoint = MqttEndpoint(self, settings, group=group)
+        endpoint.start()
+        self._mqtt_endpoint = endpoint
+        logger.info("serving devices through broker %s", settings.address.url)
+
     def shutdown(self, *, grace_s: float | None = None) -> None:
         """Stop accepting RPCs, end open sessions, let RPCs finish for ``grace_s``, close.
 
@@ -191,6 +212,8 @@ class Controller:
             # stop() rejects new RPCs at once; closing the sessions ends the long-lived
             # streams cleanly instead of cancelling them when the grace period runs out.
             stopped = self._grpc_server.stop(grace)
+        if self._mqtt_endpoint is not None:
+            self._mqtt_endpoint.stop()
         self.sessions.close_all()
         if stopped is not None:
             stopped.wait()
@@ -265,14 +288,15 @@ class Controller:
         """Pin a device to its desired variant (the policy leaves it alone), or unpin it."""
         return self.registry.update_device(device_id, pinned=pinned)
 
-    def open_session(self, device_id: str, *, current_variant_id: str = "") -> DeviceSession:
+    def open_session(self, session: DeviceSession, *, current_variant_id: str = "") -> None:
         """Open the session of a registered device and re-send its unfinished deployment.
 
         Raises ``UnknownDeviceError`` for a device that has not registered.
         """
         registry = self.registry
+        device_id = session.device_id
         registry.get_device(device_id)
-        session = self.sessions.open(device_id)
+        self.sessions.open(session)
         device = registry.update_device(
             device_id,
             state=DeviceState.ONLINE,
@@ -286,10 +310,12 @@ class Controller:
             to_variant=device.current_variant_id,
         )
         logger.info(
-            "device %s connected, serving %s", device_id, device.current_variant_id or "nothing"
+            "device %s connected over %s, serving %s",
+            device_id,
+            session.transport,
+            device.current_variant_id or "nothing",
         )
         self._resume_deployment(device)
-        return session
 
     def close_session(self, session: DeviceSession) -> None:
         """Forget a session that ended; the device goes offline unless it reconnected."""
@@ -319,6 +345,43 @@ class Controller:
             self._device_runtime(device_id).samples.append(record)
         self._apply_policy(device_id, now=record.received_at)
         return record
+
+    def ingest_telemetry_batch(
+        self, samples: Sequence[tuple[str, fleet_pb2.TelemetrySample]]
+    ) -> list[TelemetryRecord]:
+        """Validate and store many samples in one transaction, then act on each device once.
+
+        Samples of devices that never registered are dropped like invalid ones. Returns the
+        records stored, in input order.
+        """
+        records: list[TelemetryRecord] = []
+        for device_id, sample in samples:
+            try:
+                records.append(validate_sample(sample, device_id=device_id))
+            except InvalidTelemetryError as exc:
+                self.telemetry_drops.record(device_id, exc)
+        known = self.registry.existing_device_ids({record.device_id for record in records})
+        for record in records:
+            if record.device_id not in known:
+                self.telemetry_drops.record(
+                    record.device_id,
+                    InvalidTelemetryError(
+                        f"device {record.device_id} is not registered", field="device_id"
+                    ),
+                )
+        records = [record for record in records if record.device_id in known]
+        if not records:
+            return []
+        self.registry.add_telemetry_many(records)
+
+        latest: dict[str, datetime] = {}
+        with self._state_lock:
+            for record in records:
+                self._device_runtime(record.device_id).samples.append(record)
+                latest[record.device_id] = record.received_at
+        for device_id, received_at in latest.items():
+            self._apply_policy(device_id, now=received_at)
+        return records
 
     def handle_status(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> None:
         """Apply a deployment status report from ``device_id``."""

@@ -1,12 +1,16 @@
-"""Open session streams and their outgoing command queues, one per connected device.
+"""Open device sessions, one per connected device, whatever transport carries them.
 
-The gRPC handler thread of a session blocks in ``DeviceSession.outgoing`` and writes what
-other threads ``send``. A device that opens a second session replaces its first, which
-ends, so commands never go to a stream that its agent has abandoned.
+A ``DeviceSession`` is the controller's handle on one connected device: ``send`` delivers
+a ``ControllerMessage`` to it. ``StreamSession`` queues messages for a gRPC Session stream,
+whose handler thread blocks in ``outgoing``; ``edgefleet.controller.mqtt_endpoint``
+publishes them to the device's commands topic. The controller's logic sees only this
+interface. A device that opens a second session replaces its first, which ends, so
+commands never go to a stream that its agent has abandoned.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import queue
 import threading
@@ -14,7 +18,7 @@ from collections.abc import Iterator
 
 from edgefleet.protos.v1 import fleet_pb2
 
-__all__ = ["DeviceSession", "SessionRegistry"]
+__all__ = ["DeviceSession", "SessionRegistry", "StreamSession"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,17 +26,37 @@ logger = logging.getLogger(__name__)
 _POLL_INTERVAL_S = 1.0
 
 
-class DeviceSession:
-    """One device's open stream: a queue of messages to send, and a closed flag."""
+class DeviceSession(abc.ABC):
+    """One connected device, as the controller's logic sees it."""
+
+    # Transport name for logs and the device list ("grpc", "mqtt").
+    transport: str = ""
 
     def __init__(self, device_id: str) -> None:
         self.device_id = device_id
-        self._queue: queue.Queue[fleet_pb2.ControllerMessage | None] = queue.Queue()
         self._closed = threading.Event()
 
     @property
     def closed(self) -> bool:
         return self._closed.is_set()
+
+    @abc.abstractmethod
+    def send(self, message: fleet_pb2.ControllerMessage) -> bool:
+        """Deliver ``message`` to the device; returns False if the session is closed."""
+
+    def close(self) -> None:
+        """End the session; later ``send`` calls return False."""
+        self._closed.set()
+
+
+class StreamSession(DeviceSession):
+    """A session whose messages a stream writer drains through ``outgoing`` (gRPC)."""
+
+    transport = "grpc"
+
+    def __init__(self, device_id: str) -> None:
+        super().__init__(device_id)
+        self._queue: queue.Queue[fleet_pb2.ControllerMessage | None] = queue.Queue()
 
     def send(self, message: fleet_pb2.ControllerMessage) -> bool:
         """Queue ``message``; returns False if the session is already closed."""
@@ -69,9 +93,9 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._accepting = True
 
-    def open(self, device_id: str) -> DeviceSession:
-        """Open a session for ``device_id``, closing the one it had before."""
-        session = DeviceSession(device_id)
+    def open(self, session: DeviceSession) -> DeviceSession:
+        """Add ``session``, closing the one its device had before; returns ``session``."""
+        device_id = session.device_id
         with self._lock:
             previous = self._sessions.get(device_id)
             if not self._accepting:
@@ -97,6 +121,10 @@ class SessionRegistry:
         with self._lock:
             session = self._sessions.get(device_id)
         return session is not None and session.send(message)
+
+    def get(self, device_id: str) -> DeviceSession | None:
+        with self._lock:
+            return self._sessions.get(device_id)
 
     def is_connected(self, device_id: str) -> bool:
         with self._lock:

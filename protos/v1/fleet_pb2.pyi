@@ -34,6 +34,12 @@ class DeploymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_STATE_ACTIVE: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_FAILED: _ClassVar[DeploymentState]
     DEPLOYMENT_STATE_ROLLED_BACK: _ClassVar[DeploymentState]
+
+class PresenceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRESENCE_STATE_UNSPECIFIED: _ClassVar[PresenceState]
+    PRESENCE_STATE_ONLINE: _ClassVar[PresenceState]
+    PRESENCE_STATE_OFFLINE: _ClassVar[PresenceState]
 CPU_ARCH_UNSPECIFIED: CpuArch
 CPU_ARCH_AARCH64: CpuArch
 CPU_ARCH_ARMV7L: CpuArch
@@ -53,6 +59,9 @@ DEPLOYMENT_STATE_LOADING: DeploymentState
 DEPLOYMENT_STATE_ACTIVE: DeploymentState
 DEPLOYMENT_STATE_FAILED: DeploymentState
 DEPLOYMENT_STATE_ROLLED_BACK: DeploymentState
+PRESENCE_STATE_UNSPECIFIED: PresenceState
+PRESENCE_STATE_ONLINE: PresenceState
+PRESENCE_STATE_OFFLINE: PresenceState
 
 class DeviceProfile(_message.Message):
     __slots__ = ("name", "cpu_arch", "cpu_cores", "cpu_flags", "memory_mb", "model_memory_budget_mb", "latency_budget_ms", "onnxruntime_version", "inference_threads")
@@ -286,6 +295,16 @@ class AgentMessage(_message.Message):
     status: DeploymentStatus
     def __init__(self, hello: _Optional[_Union[SessionHello, _Mapping]] = ..., telemetry: _Optional[_Union[TelemetrySample, _Mapping]] = ..., status: _Optional[_Union[DeploymentStatus, _Mapping]] = ...) -> None: ...
 
+class Presence(_message.Message):
+    __slots__ = ("device_id", "state", "current_variant_id")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VARIANT_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    state: PresenceState
+    current_variant_id: str
+    def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[PresenceState, str]] = ..., current_variant_id: _Optional[str] = ...) -> None: ...
+
 class ControllerMessage(_message.Message):
     __slots__ = ("command",)
     COMMAND_FIELD_NUMBER: _ClassVar[int]
@@ -305,13 +324,15 @@ class ArtifactRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., sha256: _Optional[str] = ..., offset: _Optional[int] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class ArtifactChunk(_message.Message):
-    __slots__ = ("sha256", "offset", "total_size", "data")
+    __slots__ = ("sha256", "offset", "total_size", "data", "crc32")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     offset: int
     total_size: int
     data: bytes
-    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+    crc32: int
+    def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...

@@ -17,20 +17,14 @@ from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 _COMMAND = [sys.executable, "-m", "edgefleet", "controller", "serve"]
 
 
-def test_serve_rejects_http_and_mqtt_options(tmp_path: Path) -> None:
+def test_serve_rejects_http_option(tmp_path: Path) -> None:
     http = subprocess.run(
         [*_COMMAND, "--data-dir", str(tmp_path), "--http-port", "8080"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    mqtt = subprocess.run(
-        [*_COMMAND, "--data-dir", str(tmp_path), "--mqtt-url", "mqtt://127.0.0.1:1883"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
     assert http.returncode == 2
     assert "HTTP API is not available yet" in http.stderr
-    assert mqtt.returncode == 2
-    assert "MQTT transport is not available yet" in mqtt.stderr
 
 
 def test_serve_rejects_model_without_data(tmp_path: Path) -> None:

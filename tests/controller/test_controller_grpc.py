@@ -413,3 +413,13 @@ def test_artifact_download_by_unregistered_device_rejected(
         _download(stub, sha256)
 
     assert raised.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_second_server_on_same_port_fails(grpc_port: int, tmp_path) -> None:
+    other = Controller(data_dir=tmp_path / "other")
+    other.start()
+    try:
+        with pytest.raises(OSError, match=str(grpc_port)):
+            other.serve_grpc(host="127.0.0.1", port=grpc_port)
+    finally:
+        other.shutdown(grace_s=0)

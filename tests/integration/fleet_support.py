@@ -126,14 +126,22 @@ def start_controller(tmp_path: Path) -> Iterator[Callable[..., FleetController]]
 class AgentProcess:
     """``edgefleet agent run`` as a child process, with helpers to reach its local API."""
 
-    def __init__(self, device_id: str, profile: Path, state_dir: Path, port: int) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        profile: Path,
+        state_dir: Path,
+        port: int,
+        *,
+        connect_args: list[str] | None = None,
+    ) -> None:
         self.device_id = device_id
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"{device_id}.log"
         state_dir.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "edgefleet", "agent", "run",
-            "--controller", f"127.0.0.1:{port}",
+            *(connect_args or ["--controller", f"127.0.0.1:{port}"]),
             "--profile", str(profile),
             "--device-id", device_id,
             "--state-dir", str(state_dir),
@@ -182,13 +190,29 @@ class AgentProcess:
 def start_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     agents: list[AgentProcess] = []
 
-    def start(device_id: str, port: int, *, latency_budget_ms: float = 50.0) -> AgentProcess:
+    def start(
+        device_id: str,
+        port: int = 0,
+        *,
+        latency_budget_ms: float = 50.0,
+        broker: str | None = None,
+        keepalive_s: int = 30,
+        profile_name: str | None = None,
+    ) -> AgentProcess:
+        """Start an agent on gRPC (``port``) or, given a ``broker`` URL, on MQTT."""
         profile = write_profile(
             tmp_path / f"{device_id}.toml",
-            f"profile-{device_id}",
+            profile_name or f"profile-{device_id}",
             latency_budget_ms=latency_budget_ms,
         )
-        agent = AgentProcess(device_id, profile, tmp_path / "agents" / device_id, port)
+        connect_args = None
+        if broker is not None:
+            connect_args = [
+                "--transport", "mqtt", "--broker", broker, "--mqtt-keepalive", str(keepalive_s)
+            ]  # fmt: skip
+        agent = AgentProcess(
+            device_id, profile, tmp_path / "agents" / device_id, port, connect_args=connect_args
+        )
         agents.append(agent)
         return agent
 

@@ -1,0 +1,387 @@
+"""The MQTT endpoint: device messages from a broker into ``Controller`` calls, and back.
+
+The topic tree is described in ``edgefleet.protos.mqtt``. The endpoint subscribes to the
+devices' register, telemetry, status and artifact-request topics as a member of a shared
+subscription group (``$share/<group>/...``), so that several controller processes split
+the fleet's messages, and to presence without sharing, so that every process knows which
+devices are online and can publish their commands.
+
+Threads, and what each one owns:
+
+- paho's network thread runs the callbacks, which only sort messages into queues. Its
+  ``put`` into the bounded telemetry queue blocks when ingest falls behind, which stops
+  reading from the broker's socket instead of dropping samples;
+- ``mqtt-telemetry`` stores telemetry in batches of up to ``TELEMETRY_BATCH_MAX`` samples,
+  one database transaction each;
+- ``mqtt-control`` handles registrations, presence and deployment statuses one at a time,
+  in arrival order, so a device's statuses are applied in the order it sent them;
+- ``mqtt-artifacts-<n>`` serve artifact chunk requests.
+
+The controller connects with a clean session. A persistent one would keep this process
+in the shared groups after it died, and the broker would queue device messages for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edgefleet.controller.errors import ControllerError, ControllerStateError, UnknownDeviceError
+from edgefleet.controller.requests import read_artifact_chunk, register_device, status_name
+from edgefleet.controller.sessions import DeviceSession
+from edgefleet.errors import InvalidInputError
+from edgefleet.protos.mqtt import (
+    QOS,
+    BrokerSettings,
+    DeviceTopics,
+    TopicKind,
+    device_topic_filter,
+    parse_device_topic,
+    reply_properties,
+    shared_filter,
+)
+from edgefleet.protos.v1 import fleet_pb2
+
+if TYPE_CHECKING:
+    from edgefleet.controller.service import Controller
+
+__all__ = ["MqttDeviceSession", "MqttEndpoint"]
+
+logger = logging.getLogger(__name__)
+
+TELEMETRY_BATCH_MAX = 500
+# How long the ingest thread waits to fill a batch after its first sample.
+TELEMETRY_BATCH_WAIT_S = 0.2
+TELEMETRY_QUEUE_MAX = 20_000
+ARTIFACT_WORKERS = 4
+CONNECT_TIMEOUT_S = 10.0
+# Log one WARNING per this many undecodable or misaddressed messages.
+_WARN_EVERY = 100
+
+_SHARED_KINDS = (
+    TopicKind.REGISTER,
+    TopicKind.TELEMETRY,
+    TopicKind.STATUS,
+    TopicKind.ARTIFACT_REQUEST,
+)
+
+_Publish = Callable[[str, bytes, bool], bool]
+
+
+class MqttDeviceSession(DeviceSession):
+    """A device on the MQTT transport: ``send`` publishes to its commands topic.
+
+    A deploy command is also published, retained, to the device's ``desired`` topic, so
+    that the desired variant survives the controller and reaches an agent that connects
+    while no controller runs. The agent applies each command id once, whichever topic
+    brought it.
+    """
+
+    transport = "mqtt"
+
+    def __init__(self, device_id: str, publish: _Publish) -> None:
+        super().__init__(device_id)
+        self._topics = DeviceTopics(device_id)
+        self._publish = publish
+
+    def send(self, message: fleet_pb2.ControllerMessage) -> bool:
+        if self.closed or message.WhichOneof("body") != "command":
+            return False
+        payload = message.command.SerializeToString()
+        sent = self._publish(self._topics.topic(TopicKind.COMMANDS), payload, False)
+        if message.command.WhichOneof("body") == "deploy":
+            self._publish(self._topics.topic(TopicKind.DESIRED), payload, True)
+        return sent
+
+
+class MqttEndpoint:
+    """One controller process's connection to the broker; see the module docstring."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        settings: BrokerSettings,
+        *,
+        group: str,
+        client_id: str | None = None,
+    ) -> None:
+        self._controller = controller
+        self._settings = settings
+        self._filters = [
+            (shared_filter(group, device_topic_filter(kind)), SubscribeOptions(qos=QOS))
+            for kind in _SHARED_KINDS
+        ] + [(device_topic_filter(TopicKind.PRESENCE), SubscribeOptions(qos=QOS))]
+        self.client_id = client_id or f"edgefleet-controller-{uuid.uuid4().hex[:12]}"
+        self._client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+        )
+        settings.configure(self._client)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+        self._subscribed = threading.Event()
+        self._connect_error: str | None = None
+        self._stopping = threading.Event()
+        self._telemetry: queue.Queue[tuple[str, bytes]] = queue.Queue(TELEMETRY_QUEUE_MAX)
+        self._control: queue.Queue[tuple[str, TopicKind, paho.MQTTMessage] | None] = queue.Queue()
+        self._artifacts = ThreadPoolExecutor(ARTIFACT_WORKERS, thread_name_prefix="mqtt-artifacts")
+        self._threads = [
+            threading.Thread(target=self._ingest_loop, name="mqtt-telemetry", daemon=True),
+            threading.Thread(target=self._control_loop, name="mqtt-control", daemon=True),
+        ]
+        self._sessions: dict[str, MqttDeviceSession] = {}
+        self._ignored = 0
+        self.telemetry_received = 0
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect and subscribe; raises ``OSError`` when the broker is unreachable or refuses."""
+        address = self._settings.address
+        for thread in self._threads:
+            thread.start()
+        self._client.connect(
+            address.host, address.port, keepalive=self._settings.keepalive_s, clean_start=True
+        )
+        self._client.loop_start()
+        if not self._subscribed.wait(CONNECT_TIMEOUT_S) or self._connect_error:
+            self.stop()
+            raise OSError(
+                f"cannot serve through broker {address.url}: "
+                f"{self._connect_error or f'no CONNACK and SUBACK within {CONNECT_TIMEOUT_S:g} s'}"
+            )
+
+    def stop(self) -> None:
+        """Disconnect, then finish the queued work; the sessions are closed by the controller."""
+        self._stopping.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._control.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._artifacts.shutdown(wait=True, cancel_futures=True)
+        logger.info("MQTT endpoint %s stopped", self.client_id)
+
+    # -- paho callbacks (network thread) -----------------------------------------------
+
+    def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
+        if reason_code.is_failure:
+            self._connect_error = f"broker refused the connection: {reason_code}"
+            logger.error(
+                "broker %s refused the connection: %s", self._settings.address.url, reason_code
+            )
+            self._subscribed.set()
+            return
+        # Subscribed again on every connect: the clean session forgets subscriptions.
+        client.subscribe(self._filters)
+        logger.info("connected to broker %s as %s", self._settings.address.url, self.client_id)
+
+    def _on_subscribe(self, _client, _userdata, _mid, reason_codes, _properties) -> None:
+        refused = [
+            topic
+            for (topic, _options), code in zip(self._filters, reason_codes, strict=False)
+            if code.is_failure
+        ]
+        if refused:
+            self._connect_error = f"broker refused the subscriptions {', '.join(refused)}"
+            logger.error("broker refused the subscriptions %s; check the ACL", ", ".join(refused))
+        self._subscribed.set()
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
+        if not self._stopping.is_set():
+            logger.warning(
+                "lost the broker %s (%s); reconnecting", self._settings.address.url, reason_code
+            )
+
+    def _on_message(self, _client, _userdata, message: paho.MQTTMessage) -> None:
+        try:
+            device_id, kind = parse_device_topic(message.topic)
+        except InvalidInputError as exc:
+            self._ignore(f"message on {message.topic!r}: {exc}")
+            return
+        if kind is TopicKind.TELEMETRY:
+            # Blocks when ingest falls behind: see the module docstring.
+            self._telemetry.put((device_id, message.payload))
+        elif kind is TopicKind.ARTIFACT_REQUEST:
+            # RuntimeError: stopping, so the executor no longer accepts work.
+            with contextlib.suppress(RuntimeError):
+                self._artifacts.submit(self._serve_chunk, device_id, message)
+        elif kind in (TopicKind.REGISTER, TopicKind.STATUS, TopicKind.PRESENCE):
+            self._control.put((device_id, kind, message))
+
+    def _ignore(self, what: str) -> None:
+        self._ignored += 1
+        if self._ignored % _WARN_EVERY == 1:
+            logger.warning("ignoring %s (%d ignored in all)", what, self._ignored)
+
+    # -- publishing -----------------------------------------------------------------
+
+    def publish(
+        self, topic: str, payload: bytes, retain: bool, properties: Properties | None = None
+    ) -> bool:
+        """Publish at QoS 1; returns False when paho could not queue the message."""
+        info = self._client.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            logger.warning("publishing to %s failed: %s", topic, paho.error_string(info.rc))
+            return False
+        return True
+
+    def _reply(
+        self,
+        topic: str,
+        request: paho.MQTTMessage,
+        payload: bytes = b"",
+        *,
+        error: Exception | None = None,
+    ) -> None:
+        correlation = getattr(getattr(request, "properties", None), "CorrelationData", None)
+        if error is None:
+            properties = reply_properties(correlation)
+        else:
+            properties = reply_properties(
+                correlation, status=status_name(error), message=str(error)
+            )
+        self.publish(topic, payload, False, properties)
+
+    # -- telemetry (mqtt-telemetry thread) -------------------------------------------
+
+    def _ingest_loop(self) -> None:
+        while not self._stopping.is_set() or not self._telemetry.empty():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            samples = []
+            for device_id, payload in batch:
+                try:
+                    samples.append((device_id, fleet_pb2.TelemetrySample.FromString(payload)))
+                except Exception as exc:  # protobuf's DecodeError
+                    self._ignore(f"undecodable telemetry from {device_id}: {exc}")
+            self.telemetry_received += len(batch)
+            try:
+                self._controller.ingest_telemetry_batch(samples)
+            except ControllerStateError:
+                return  # the controller is stopping
+            except Exception:
+                # NOTE: the broker already has the PUBACKs, so this batch is lost.
+                logger.exception("storing a batch of %d telemetry samples failed", len(samples))
+
+    def _next_batch(self) -> list[tuple[str, bytes]]:
+        try:
+            batch = [self._telemetry.get(timeout=0.5)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + TELEMETRY_BATCH_WAIT_S
+        while len(batch) < TELEMETRY_BATCH_MAX:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._telemetry.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    # -- registration, presence and status (mqtt-control thread) ----------------------
+
+    def _control_loop(self) -> None:
+        while (item := self._control.get()) is not None:
+            device_id, kind, message = item
+            try:
+                if kind is TopicKind.REGISTER:
+                    self._register(device_id, message)
+                elif kind is TopicKind.PRESENCE:
+                    self._presence(device_id, message.payload)
+                else:
+                    self._status(device_id, message.payload)
+            except ControllerStateError:
+                return
+            except Exception:
+                # One bad message must not stop the handling of every other device.
+                logger.exception("handling %s from device %s failed", kind.value, device_id)
+
+    def _register(self, device_id: str, message: paho.MQTTMessage) -> None:
+        reply_topic = DeviceTopics(device_id).topic(TopicKind.REGISTER_REPLY)
+        try:
+            request = fleet_pb2.RegisterRequest.FromString(message.payload)
+            if request.device_id != device_id:
+                # The broker's ACL ties a device's credentials to its topics, so the
+                # topic, not the payload, names the device.
+                raise InvalidInputError(
+                    f"device id {request.device_id!r} does not match the topic's {device_id!r}"
+                )
+            response = register_device(self._controller, request)
+        except (ControllerError, InvalidInputError) as exc:
+            logger.info("rejected the registration of device %s: %s", device_id, exc)
+            self._reply(reply_topic, message, error=_as_invalid(exc))
+            return
+        except Exception as exc:  # protobuf's DecodeError
+            self._reply(
+                reply_topic, message, error=InvalidInputError(f"undecodable request: {exc}")
+            )
+            return
+        self._reply(reply_topic, message, response.SerializeToString())
+
+    def _presence(self, device_id: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained presence
+        presence = fleet_pb2.Presence.FromString(payload)
+        if presence.state == fleet_pb2.PRESENCE_STATE_ONLINE:
+            session = MqttDeviceSession(device_id, self.publish)
+            try:
+                self._controller.open_session(
+                    session, current_variant_id=presence.current_variant_id
+                )
+            except UnknownDeviceError:
+                logger.warning("device %s is online but not registered; ignoring it", device_id)
+                return
+            self._sessions[device_id] = session
+        elif presence.state == fleet_pb2.PRESENCE_STATE_OFFLINE:
+            previous = self._sessions.pop(device_id, None)
+            if previous is not None:
+                self._controller.close_session(previous)
+
+    def _status(self, device_id: str, payload: bytes) -> None:
+        status = fleet_pb2.DeploymentStatus.FromString(payload)
+        self._controller.handle_status(device_id, status)
+
+    # -- artifacts (mqtt-artifacts threads) ---------------------------------------------
+
+    def _serve_chunk(self, device_id: str, message: paho.MQTTMessage) -> None:
+        reply_topic = DeviceTopics(device_id).topic(TopicKind.ARTIFACT_CHUNKS)
+        try:
+            request = fleet_pb2.ArtifactRequest.FromString(message.payload)
+            if request.device_id != device_id:
+                raise InvalidInputError(
+                    f"device id {request.device_id!r} does not match the topic's {device_id!r}"
+                )
+            chunk = read_artifact_chunk(self._controller, request)
+        except (ControllerError, InvalidInputError) as exc:
+            self._reply(reply_topic, message, error=exc)
+            return
+        except Exception as exc:
+            logger.exception("serving an artifact chunk to device %s failed", device_id)
+            self._reply(reply_topic, message, error=exc)
+            return
+        self._reply(reply_topic, message, chunk.SerializeToString())
+
+
+def _as_invalid(error: Exception) -> Exception:
+    # A registration fails either on its input or because the controller is stopping.
+    if isinstance(error, ControllerStateError | InvalidInputError):
+        return error
+    return InvalidInputError(str(error))

@@ -1,0 +1,108 @@
+"""Request handling that both endpoints share: registration and artifact reads.
+
+Each function validates an ``edgefleet.v1`` request, calls the ``Controller`` and returns
+the reply message, raising controller errors that the endpoint maps to its own status:
+gRPC status codes in ``grpc_server``, the same code names as MQTT 5 user properties in
+``mqtt_endpoint`` (see ``status_name``).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from edgefleet.controller.calibration import parse_calibration
+from edgefleet.controller.errors import (
+    ArtifactNotFoundError,
+    ArtifactRangeError,
+    ControllerStateError,
+    UnknownDeviceError,
+)
+from edgefleet.errors import InvalidInputError
+from edgefleet.ids import validate_device_id, validate_sha256
+from edgefleet.profiles import DeviceProfile
+from edgefleet.protos.limits import ARTIFACT_CHUNK_BYTES
+from edgefleet.protos.v1 import fleet_pb2
+
+if TYPE_CHECKING:
+    from edgefleet.controller.service import Controller
+
+__all__ = ["open_artifact", "read_artifact_chunk", "register_device", "status_name"]
+
+
+def register_device(
+    controller: Controller, request: fleet_pb2.RegisterRequest
+) -> fleet_pb2.RegisterResponse:
+    """Register the device of ``request``; raises ``InvalidInputError`` naming the bad field."""
+    device_id = validate_device_id(request.device_id)
+    if not request.HasField("profile"):
+        raise InvalidInputError("profile is required")
+    profile = DeviceProfile.from_proto(request.profile)
+    calibration = (
+        parse_calibration(request.calibration) if request.HasField("calibration") else None
+    )
+    controller.register_device(
+        device_id,
+        profile,
+        calibration=calibration,
+        agent_version=request.agent_version,
+        onnxruntime_version=request.onnxruntime_version,
+        current_variant_id=request.current_variant_id,
+    )
+    return fleet_pb2.RegisterResponse(
+        device_id=device_id,
+        telemetry_interval_s=controller.config.telemetry_interval_s,
+        profile_fingerprint=profile.fingerprint,
+    )
+
+
+def open_artifact(
+    controller: Controller, request: fleet_pb2.ArtifactRequest
+) -> tuple[int, Iterator[tuple[int, bytes]]]:
+    """Return the artifact's size and its ``(offset, data)`` chunks from ``request.offset``.
+
+    The chunk size is the requested one, capped at ``ARTIFACT_CHUNK_BYTES`` so that every
+    chunk message stays well under the 4 MiB message limit.
+    """
+    chunk_size = min(request.chunk_size or ARTIFACT_CHUNK_BYTES, ARTIFACT_CHUNK_BYTES)
+    validate_device_id(request.device_id)
+    validate_sha256(request.sha256)
+    controller.registry.get_device(request.device_id)
+    store = controller.artifacts
+    total = store.info(request.sha256).size_bytes
+    chunks = store.read_chunks(request.sha256, offset=request.offset, chunk_size=chunk_size)
+    return total, chunks
+
+
+def read_artifact_chunk(
+    controller: Controller, request: fleet_pb2.ArtifactRequest
+) -> fleet_pb2.ArtifactChunk:
+    """Return the one chunk at ``request.offset``, with its CRC-32; empty at the end."""
+    total, chunks = open_artifact(controller, request)
+    try:
+        offset, data = next(chunks, (total, b""))
+    finally:
+        chunks.close()  # type: ignore[attr-defined]  # a generator: closes the file
+    return fleet_pb2.ArtifactChunk(
+        sha256=request.sha256,
+        offset=offset,
+        total_size=total,
+        data=data,
+        crc32=zlib.crc32(data),
+    )
+
+
+def status_name(error: Exception) -> str:
+    """Return the gRPC status code name that stands for ``error`` on the wire."""
+    if isinstance(error, UnknownDeviceError):
+        return "FAILED_PRECONDITION"
+    if isinstance(error, ArtifactNotFoundError):
+        return "NOT_FOUND"
+    if isinstance(error, ArtifactRangeError):
+        return "OUT_OF_RANGE"
+    if isinstance(error, InvalidInputError):
+        return "INVALID_ARGUMENT"
+    if isinstance(error, ControllerStateError):
+        return "UNAVAILABLE"
+    return "INTERNAL"

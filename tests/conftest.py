@@ -1,0 +1,31 @@
+"""Fixtures shared by every test folder: a real Mosquitto broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mosquitto_support import MosquittoBroker
+
+
+@pytest.fixture
+def start_broker(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
+    """Factory starting a ``MosquittoBroker``; every broker stops at the end of the test."""
+    brokers: list[MosquittoBroker] = []
+
+    def start(*, settings: str = "allow_anonymous true\n") -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / f"broker-{len(brokers)}", settings=settings)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    yield start
+    for broker in brokers:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(start_broker: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    """A running broker that accepts anonymous clients."""
+    return start_broker()

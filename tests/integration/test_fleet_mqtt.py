@@ -1,0 +1,302 @@
+"""A real controller, real agent processes and a real Mosquitto: the whole loop over MQTT."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fleet_support import fleet_config, wait_for, write_profile
+from mosquitto_support import MqttProbe
+from onnx import TensorProto, helper, numpy_helper
+
+import edgefleet.controller.mqtt_endpoint as mqtt_endpoint
+from edgefleet.agent.errors import RegistrationRejected
+from edgefleet.agent.mqtt import MqttConnection
+from edgefleet.agent.tensors import array_to_tensor
+from edgefleet.controller.models import DeploymentState, DeviceState, PlanState
+from edgefleet.controller.registry import VariantRecord
+from edgefleet.controller.service import Controller
+from edgefleet.profiles import load_profile
+from edgefleet.protos.mqtt import BrokerAddress, BrokerSettings, DeviceTopics, TopicKind
+from edgefleet.protos.v1 import fleet_pb2
+
+ACL_FILE = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "acl"
+# 1100 x 1100 float32 weights make the ONNX file about 4.8 MB, over 4 MiB.
+FEATURES = 1100
+ARTIFACT_LIMIT = 4 * 1024 * 1024
+KEEPALIVE_S = 2
+
+
+def build_linear_variant(scale: float) -> tuple[bytes, fleet_pb2.VariantManifest]:
+    """Return an ONNX model computing ``x @ (scale * I)`` and its manifest with a self-test."""
+    weights = np.eye(FEATURES, dtype=np.float32) * np.float32(scale)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", FEATURES])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    data = model.SerializeToString()
+    sha256 = hashlib.sha256(data).hexdigest()
+    test_input = np.linspace(-1, 1, 2 * FEATURES, dtype=np.float32).reshape(2, FEATURES)
+    spec = fleet_pb2.TensorSpec(name="x", type=fleet_pb2.TENSOR_TYPE_FLOAT32, shape=[-1, FEATURES])
+    out = fleet_pb2.TensorSpec(name="y", type=fleet_pb2.TENSOR_TYPE_FLOAT32, shape=[-1, FEATURES])
+    manifest = fleet_pb2.VariantManifest(
+        variant_id=sha256[:16],
+        model_id="linear",
+        recipe_json="[]",
+        sha256=sha256,
+        size_bytes=len(data),
+        inputs=[spec],
+        outputs=[out],
+        self_test=fleet_pb2.SelfTest(
+            input=array_to_tensor(test_input),
+            expected_output=array_to_tensor(test_input * np.float32(scale)),
+            rtol=1e-5,
+            atol=1e-5,
+        ),
+        opset=13,
+    )
+    return data, manifest
+
+
+def store_ladder(controller: Controller, profile_path: Path) -> str:
+    """Store a one-rung ladder with a real 4.8 MB variant for the profile; returns its id."""
+    onnx.checker.check_model(onnx.load_from_string(build_linear_variant(2.0)[0]))
+    data, manifest = build_linear_variant(2.0)
+    profile = load_profile(profile_path)
+    registry = controller.registry
+    model = registry.register_model(
+        name="linear", digest="1" * 64, source="linear.onnx", data_path="x.npz", weights_path=None
+    )
+    registry.register_device("ladder-owner", profile)
+    controller.artifacts.put_bytes(data, expected_sha256=manifest.sha256)
+    manifest.model_id = model.id
+    record = VariantRecord(
+        variant_id=manifest.variant_id,
+        recipe_json="[]",
+        sha256=manifest.sha256,
+        size_bytes=len(data),
+        accuracy=0.9,
+        latency_p95_ms=1.0,
+        host_latency_p95_ms=1.0,
+        peak_memory_mb=30.0,
+        manifest=manifest.SerializeToString(),
+        ladder_rank=0,
+    )
+    plan = registry.create_plan(model.id, profile.fingerprint, latency_scale=1.0)
+    registry.store_variants(model.id, profile.fingerprint, [record], plan_id=plan.id)
+    registry.update_plan(plan.id, state=PlanState.DONE, reason="test ladder")
+    registry.delete_device("ladder-owner")
+    return manifest.variant_id
+
+
+@pytest.fixture
+def mqtt_fleet(broker, start_controller, tmp_path):
+    fleet = start_controller(fleet_config())
+    fleet.controller.serve_mqtt(BrokerSettings.from_options(broker.url))
+    profile = write_profile(tmp_path / "shared.toml", "mqtt-board")
+    return fleet.controller, profile
+
+
+def serving_variant(agent) -> str | None:
+    health = agent.health()
+    return health.get("variant_id") if health else None
+
+
+def device_state(controller: Controller, device_id: str) -> DeviceState | None:
+    device = controller.registry.find_device(device_id)
+    return device.state if device is not None else None
+
+
+def test_mqtt_agent_deploys_reports_and_dies(mqtt_fleet, broker, start_agent):
+    controller, profile = mqtt_fleet
+    variant_id = store_ladder(controller, profile)
+    agent = start_agent("pi-mqtt", broker=broker.url, keepalive_s=KEEPALIVE_S,
+                        profile_name="mqtt-board")  # fmt: skip
+
+    wait_for(lambda: serving_variant(agent) == variant_id, timeout_s=90, what="the deployment")
+    assert controller.registry.get_device("pi-mqtt").calibration is not None
+    assert controller.ladder("pi-mqtt")[0].size_bytes > ARTIFACT_LIMIT
+    deployment = controller.registry.latest_deployment("pi-mqtt")
+    assert deployment.state is DeploymentState.ACTIVE
+    wait_for(
+        lambda: controller.registry.count_telemetry("pi-mqtt") >= 3, timeout_s=15, what="telemetry"
+    )
+    assert device_state(controller, "pi-mqtt") is DeviceState.ONLINE
+
+    # The broker redelivers a QoS 1 command the agent may already have applied.
+    probe = MqttProbe(broker, "test-redeliver")
+    status_topic = DeviceTopics("pi-mqtt").topic(TopicKind.STATUS)
+    probe.subscribe(status_topic)
+    command = fleet_pb2.Command.FromString(
+        probe.subscribe(DeviceTopics("pi-mqtt").topic(TopicKind.DESIRED))
+        and wait_for(
+            lambda: probe.received(DeviceTopics("pi-mqtt").topic(TopicKind.DESIRED)),
+            timeout_s=5,
+            what="the retained desired variant",
+        )[0].payload
+    )
+    assert command.deploy.deployment_id == deployment.id
+    for _ in range(2):
+        probe.publish(
+            DeviceTopics("pi-mqtt").topic(TopicKind.COMMANDS), command.SerializeToString()
+        )
+    wait_for(
+        lambda: agent.log().count(f"ignoring command {command.command_id}") >= 2,
+        timeout_s=10,
+        what="the agent ignoring the redelivered command",
+    )
+    time.sleep(1.0)
+    assert probe.received(status_topic) == [], "a redelivered command must not run again"
+    assert serving_variant(agent) == variant_id
+    probe.close()
+
+    # kill -9: no clean DISCONNECT, so the broker publishes the agent's will.
+    agent.process.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(
+        lambda: device_state(controller, "pi-mqtt") is DeviceState.OFFLINE,
+        timeout_s=1.5 * KEEPALIVE_S + 2,
+        what="the will marking the device offline",
+    )
+    assert time.monotonic() - killed_at <= 1.5 * KEEPALIVE_S + 1
+
+
+def test_mqtt_frozen_agent_offline_within_keepalive(mqtt_fleet, broker, start_agent):
+    controller, _profile = mqtt_fleet
+    agent = start_agent("pi-frozen", broker=broker.url, keepalive_s=KEEPALIVE_S)
+    wait_for(
+        lambda: device_state(controller, "pi-frozen") is DeviceState.ONLINE,
+        timeout_s=30,
+        what="the agent coming online",
+    )
+
+    # SIGSTOP keeps the TCP connection open, so only the keepalive timer can notice.
+    agent.process.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    try:
+        wait_for(
+            lambda: device_state(controller, "pi-frozen") is DeviceState.OFFLINE,
+            timeout_s=1.5 * KEEPALIVE_S + 3,
+            what="the will after 1.5 x keepalive",
+        )
+        elapsed = time.monotonic() - stopped_at
+    finally:
+        agent.process.send_signal(signal.SIGCONT)
+    assert elapsed <= 1.5 * KEEPALIVE_S + 1.5
+
+
+def test_mqtt_download_resumes_after_broker_restart(mqtt_fleet, broker, start_agent, monkeypatch):
+    controller, profile = mqtt_fleet
+    variant_id = store_ladder(controller, profile)
+    served: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    original = mqtt_endpoint.read_artifact_chunk
+
+    def slow_chunk(ctrl, request):
+        # One chunk at a time, slowly, so the restart lands mid-transfer.
+        with lock:
+            time.sleep(0.15)
+            served.append((time.monotonic(), request.offset))
+            return original(ctrl, request)
+
+    monkeypatch.setattr(mqtt_endpoint, "read_artifact_chunk", slow_chunk)
+    agent = start_agent("pi-resume", broker=broker.url, profile_name="mqtt-board")
+    wait_for(lambda: len(served) >= 6, timeout_s=60, what="the first chunks")
+
+    broker.restart()
+    restarted_at = time.monotonic()
+
+    wait_for(lambda: serving_variant(agent) == variant_id, timeout_s=90, what="the deployment")
+    after = [offset for when, offset in served if when > restarted_at]
+    size = controller.ladder("pi-resume")[0].size_bytes
+    assert after, "no chunk was requested after the restart"
+    assert min(after) > 0, "the download started over instead of resuming"
+    assert "resuming download of" in agent.log()
+    assert sum(1 for _when, offset in served if offset == 0) == 1
+    assert len({offset for _when, offset in served}) * 256 * 1024 >= size
+
+
+# -- ACL of deploy/mosquitto -------------------------------------------------------------
+
+
+@pytest.fixture
+def acl_broker(start_broker, tmp_path):
+    passwords = tmp_path / "passwd"
+    users = {"edgefleet-controller": "controller-secret", "pi-a": "secret-a", "pi-b": "secret-b"}
+    for index, (user, password) in enumerate(users.items()):
+        create = ["-c"] if index == 0 else []
+        subprocess.run(
+            ["mosquitto_passwd", *create, "-b", str(passwords), user, password], check=True
+        )
+    passwords.chmod(0o644)
+    return start_broker(
+        settings=f"allow_anonymous false\npassword_file {passwords}\nacl_file {ACL_FILE}\n"
+    )
+
+
+def test_acl_confines_device_to_own_topics(acl_broker):
+    controller = MqttProbe(acl_broker, "controller", username="edgefleet-controller",
+                           password="controller-secret")  # fmt: skip
+    device_a = MqttProbe(acl_broker, "pi-a", username="pi-a", password="secret-a")
+    topics_a, topics_b = DeviceTopics("pi-a"), DeviceTopics("pi-b")
+    try:
+        shared = "$share/acl-test/edgefleet/v1/devices/+/telemetry"
+        assert not controller.subscribe(shared)[0].is_failure
+        assert not device_a.subscribe(topics_a.topic(TopicKind.COMMANDS))[0].is_failure
+
+        # Another device's topics, or all devices': Mosquitto 2.0.11 refuses some
+        # subscriptions outright and grants others, but then delivers nothing on them.
+        foreign = (
+            topics_b.topic(TopicKind.COMMANDS),
+            topics_b.topic(TopicKind.DESIRED),
+            "edgefleet/v1/devices/+/commands",
+            "edgefleet/v1/#",
+        )
+        for topic in foreign:
+            device_a.subscribe(topic)
+        controller.publish(topics_b.topic(TopicKind.COMMANDS), b"for pi-b")
+        controller.publish(topics_b.topic(TopicKind.DESIRED), b"for pi-b", retain=True)
+        controller.publish(topics_a.topic(TopicKind.COMMANDS), b"for pi-a")
+        wait_for(lambda: device_a.messages, timeout_s=5, what="pi-a's own command")
+        time.sleep(0.5)
+        # Overlapping subscriptions each deliver pi-a's own command; nothing else arrives.
+        assert {m.payload for m in device_a.messages} == {b"for pi-a"}
+        assert {m.topic for m in device_a.messages} == {topics_a.topic(TopicKind.COMMANDS)}
+
+        # Publishing as another device, or on a controller topic, is dropped.
+        device_a.publish(topics_b.topic(TopicKind.TELEMETRY), b"forged")
+        device_a.publish(topics_a.topic(TopicKind.COMMANDS), b"forged")
+        device_a.publish(topics_a.topic(TopicKind.TELEMETRY), b"genuine")
+        wait_for(lambda: controller.messages, timeout_s=5, what="the genuine sample")
+        time.sleep(0.5)
+        assert [m.payload for m in controller.messages] == [b"genuine"]
+        assert [m.topic for m in controller.messages] == [topics_a.topic(TopicKind.TELEMETRY)]
+    finally:
+        controller.close()
+        device_a.close()
+
+
+def test_acl_admits_agent_subscriptions_and_rejects_bad_password(acl_broker, tmp_path):
+    address = BrokerAddress.parse(f"mqtt://127.0.0.1:{acl_broker.port}")
+    good = MqttConnection(BrokerSettings(address, username="pi-a", password="secret-a"), "pi-a")
+    try:
+        good.connect()  # subscribes to every topic the agent reads
+    finally:
+        good.close()
+
+    bad = MqttConnection(BrokerSettings(address, username="pi-a", password="wrong"), "pi-a")
+    with pytest.raises(RegistrationRejected, match="user name and password"):
+        bad.connect()
+    bad.close()
