@@ -1,0 +1,569 @@
+"""A fleet simulator: many lightweight agents that speak the real protocol to one controller.
+
+Each ``SimulatedAgent`` uses the real transport classes: ``ControllerClient`` for gRPC
+and ``MqttConnection`` for MQTT. It registers with a ``DeviceProfile`` and a
+``Calibration``, opens a session with a hello and sends ``TelemetrySample`` messages with
+synthetic, psutil-like figures. A deploy command makes it download the artifact over the
+transport, check its size and SHA-256 and report each update state up to ACTIVE. It never
+loads the model in onnxruntime, so one host can simulate many devices.
+
+Agents are threads, spread over ``processes`` worker processes started with the
+``spawn`` method. Every agent stops by itself when ``duration_s`` has passed.
+
+NOTE: an agent costs two threads over gRPC and three over MQTT (with paho's network
+thread), so fleets of thousands need several processes. An asyncio transport would be
+lighter, but the real transport classes are blocking.
+
+The ingest figures of the report come from the controller's database (``db_url``): the
+telemetry rows of the simulated devices received during the run. Without a database URL
+they are None, because neither transport acknowledges a sample after the controller
+stored it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import multiprocessing
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import edgefleet
+from edgefleet.agent.backoff import Backoff
+from edgefleet.agent.errors import ArtifactError, ControllerUnavailable, RegistrationRejected
+from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.transport import ControllerClient, ControllerConnection, TransportKind
+from edgefleet.agent.update import UpdateState
+from edgefleet.errors import InvalidInputError
+from edgefleet.ids import validate_device_id, validate_sha256
+from edgefleet.profiles import CpuArch, DeviceProfile
+from edgefleet.protos.mqtt import BrokerSettings
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "AgentStats",
+    "SimulatedAgent",
+    "SimulationConfig",
+    "SimulationReport",
+    "run_simulation",
+]
+
+logger = logging.getLogger(__name__)
+
+# A mid-range ARM board, used when the caller passes no profile.
+DEFAULT_PROFILE = DeviceProfile(
+    name="simulated-board",
+    cpu_arch=CpuArch.AARCH64,
+    cpu_cores=4,
+    cpu_flags=("asimd", "neon"),
+    memory_mb=4096,
+    model_memory_budget_mb=256,
+    latency_budget_ms=50.0,
+)
+# The largest number of agents one run starts; each agent is at least one thread.
+MAX_AGENTS = 20_000
+_POLL_S = 0.2
+# After the agents stop, the controller may still be writing a batch of samples. So the
+# database is read again until the count stays the same for _SETTLE_QUIET_S, at most
+# for _SETTLE_MAX_S.
+_SETTLE_QUIET_S = 0.5
+_SETTLE_MAX_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    """Settings of one simulation run, validated on creation."""
+
+    agents: int
+    transport: TransportKind
+    duration_s: float
+    controller: str = ""  # host:port of the controller's gRPC endpoint
+    broker: BrokerSettings | None = None  # required by the MQTT transport
+    processes: int = 1
+    telemetry_interval_s: float = 1.0  # until the controller sets another
+    profile: DeviceProfile = DEFAULT_PROFILE
+    device_prefix: str = "sim"
+    db_url: str | None = None  # the controller's database, read for the ingest figures
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transport", TransportKind(self.transport))
+        if not 1 <= self.agents <= MAX_AGENTS:
+            raise InvalidInputError(f"agents must be 1-{MAX_AGENTS}, got {self.agents}")
+        if not 1 <= self.processes <= self.agents:
+            raise InvalidInputError(
+                f"processes must be between 1 and the number of agents, got {self.processes}"
+            )
+        for name in ("duration_s", "telemetry_interval_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise InvalidInputError(f"{name} must be a positive number of seconds, got {value}")
+        if self.transport is TransportKind.MQTT and self.broker is None:
+            raise InvalidInputError("the MQTT transport needs a broker URL (--broker)")
+        if self.transport is TransportKind.GRPC and not self.controller:
+            raise InvalidInputError("the gRPC transport needs a controller address (--controller)")
+        validate_device_id(self.device_id(self.agents - 1))
+
+    def device_id(self, index: int) -> str:
+        return f"{self.device_prefix}-{index:05d}"
+
+
+@dataclasses.dataclass(slots=True)
+class AgentStats:
+    """Counters and times of one simulated agent, in Unix seconds on the simulator's clock."""
+
+    device_id: str
+    connected: bool = False
+    telemetry_sent: int = 0
+    sessions: int = 0
+    errors: int = 0
+    deploy_started_at: float | None = None  # issue time of the first deploy command
+    active_at: float | None = None  # time the last deployment reached ACTIVE
+    deployments_failed: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimulationReport:
+    """Result of a run; ``telemetry_ingested`` and the ingest figures need a database URL.
+
+    ``ingest_msgs_per_s`` divides the rows ingested by the whole run, ramp-up included.
+    """
+
+    transport: str
+    agents: int
+    duration_s: float
+    agents_connected: int
+    telemetry_sent: int
+    telemetry_ingested: int | None
+    ingest_msgs_per_s: float | None
+    ingest_lag_p99_ms: float | None
+    deploy_seconds: float | None
+    agents_deployed: int
+    deployments_failed: int
+    errors: int
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+class SimulatedAgent:
+    """One simulated device; ``run`` returns its ``AgentStats`` at ``deadline`` (monotonic)."""
+
+    def __init__(self, config: SimulationConfig, index: int, *, work_dir: Path) -> None:
+        self.config = config
+        self.device_id = config.device_id(index)
+        self.stats = AgentStats(self.device_id)
+        self._rng = random.Random(config.seed * 1_000_003 + index)
+        self._telemetry = _TelemetryModel(config.profile, self._rng)
+        self._calibration = _calibration(config.profile, self._rng)
+        self._work_dir = work_dir / self.device_id
+        self._interval_s = config.telemetry_interval_s
+        self._variant_id = ""
+        self._sha256 = ""
+        self._applied: set[str] = set()
+        self._outbox = Outbox()
+        self._stopping = threading.Event()
+        self._call = None
+        self._deadline = 0.0
+
+    def stop(self) -> None:
+        self._stopping.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def run(self, deadline: float) -> AgentStats:
+        self._deadline = deadline
+        backoff = Backoff(initial_s=0.5, max_s=5.0, rng=self._rng)
+        while not self._stopping.is_set() and time.monotonic() < deadline:
+            connection = self._connect()
+            try:
+                self._register(connection)
+                backoff.reset()
+                self._run_session(connection)
+            except (ControllerUnavailable, RegistrationRejected) as exc:
+                self.stats.errors += 1
+                logger.warning("simulated agent %s: %s", self.device_id, exc)
+            finally:
+                connection.close()
+            self._stopping.wait(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
+        shutil.rmtree(self._work_dir, ignore_errors=True)
+        return self.stats
+
+    def _connect(self) -> ControllerConnection:
+        if self.config.transport is TransportKind.MQTT:
+            from edgefleet.agent.mqtt import MqttConnection
+
+            assert self.config.broker is not None
+            return MqttConnection(self.config.broker, self.device_id)
+        return ControllerClient(self.config.controller)
+
+    def _register(self, connection: ControllerConnection) -> None:
+        response = connection.register(
+            fleet_pb2.RegisterRequest(
+                device_id=self.device_id,
+                profile=self.config.profile.to_proto(),
+                calibration=self._calibration,
+                agent_version=edgefleet.__version__,
+                onnxruntime_version="simulated",
+                current_variant_id=self._variant_id,
+            )
+        )
+        if response.telemetry_interval_s > 0:
+            self._interval_s = response.telemetry_interval_s
+        self.stats.connected = True
+
+    def _run_session(self, connection: ControllerConnection) -> None:
+        closed = threading.Event()
+        call = connection.open_session(self._outgoing(closed))
+        self._call = call
+        self.stats.sessions += 1
+        if self._stopping.is_set():
+            call.cancel()
+        try:
+            for message in call:
+                if message.WhichOneof("body") == "command":
+                    self._handle(connection, message.command)
+        finally:
+            closed.set()
+            call.cancel()
+            self._call = None
+        self._deadline = 0.0
+
+    def _outgoing(self, closed: threading.Event) -> Iterator[fleet_pb2.AgentMessage]:
+        yield fleet_pb2.AgentMessage(
+            hello=fleet_pb2.SessionHello(
+                device_id=self.device_id, current_variant_id=self._variant_id
+            )
+        )
+        # The first sample goes out at a random point of the interval, so a fleet that
+        # connected together does not send in lockstep.
+        next_sample = time.monotonic() + self._rng.uniform(0, self._interval_s)
+        while not closed.is_set():
+            wait_s = min(_POLL_S, max(0.0, next_sample - time.monotonic()))
+            message = self._outbox.get(wait_s)
+            if message is not None:
+                if closed.is_set():
+                    # The session closed while this call waited, so the next one sends it.
+                    self._outbox.put_back(message)
+                    return
+                yield message
+                continue
+            if time.monotonic() >= next_sample and not closed.is_set():
+                next_sample += self._interval_s
+                self.stats.telemetry_sent += 1
+                yield fleet_pb2.AgentMessage(
+                    telemetry=self._telemetry.sample(self.device_id, self._variant_id)
+                )
+
+    # -- commands -----------------------------------------------------------------------
+
+    def _handle(self, connection: ControllerConnection, command: fleet_pb2.Command) -> None:
+        if command.command_id in self._applied:
+            return  # a redelivered or re-sent command is applied once
+        kind = command.WhichOneof("body")
+        if kind == "set_telemetry_interval":
+            self._interval_s = command.set_telemetry_interval.interval_s
+        elif kind == "deploy":
+            self._deploy(connection, command)
+        self._applied.add(command.command_id)
+
+    def _deploy(self, connection: ControllerConnection, command: fleet_pb2.Command) -> None:
+        deploy = command.deploy
+        manifest = deploy.manifest
+        issued_at = command.issued_at_ms / 1000 if command.issued_at_ms else time.time()
+        if self.stats.deploy_started_at is None:
+            self.stats.deploy_started_at = issued_at
+
+        report = _StatusReporter(self._outbox, self.device_id, deploy, self._variant_id)
+        report(UpdateState.PENDING)
+        try:
+            if manifest.sha256 != self._sha256:
+                self._fetch(connection, manifest, report)
+        except (ArtifactError, InvalidInputError) as exc:
+            self.stats.deployments_failed += 1
+            logger.warning(
+                "simulated agent %s failed deployment %s: %s",
+                self.device_id,
+                deploy.deployment_id,
+                exc,
+            )
+            report(UpdateState.FAILED, str(exc))
+            return
+        except ControllerUnavailable as exc:
+            # Not marked as applied: the controller re-sends the deployment after a reconnect.
+            report(UpdateState.FAILED, str(exc))
+            raise
+
+        self._variant_id = manifest.variant_id
+        self._sha256 = manifest.sha256
+        self.stats.active_at = time.time()
+        report(UpdateState.ACTIVE)
+
+    def _fetch(
+        self,
+        connection: ControllerConnection,
+        manifest: fleet_pb2.VariantManifest,
+        report: _StatusReporter,
+    ) -> None:
+        from edgefleet.agent.download import verify_artifact
+
+        sha256 = validate_sha256(manifest.sha256)
+        self._work_dir.mkdir(parents=True, exist_ok=True)
+        part_path = self._work_dir / f"{sha256}.part"
+        report(UpdateState.DOWNLOADING)
+        connection.fetch_artifact(
+            part_path,
+            device_id=self.device_id,
+            sha256=sha256,
+            size_bytes=manifest.size_bytes,
+            timeout_s=max(1.0, self._deadline - time.monotonic()),
+        )
+        report(UpdateState.VERIFYING)
+        verify_artifact(part_path, sha256=sha256, size_bytes=manifest.size_bytes)
+        # The simulator does not load the model; it keeps no copy, so disk use stays flat.
+        part_path.unlink(missing_ok=True)
+        report(UpdateState.LOADING)
+
+
+class _StatusReporter:
+    """Queues ``DeploymentStatus`` messages of one deployment for the session."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        device_id: str,
+        deploy: fleet_pb2.DeployCommand,
+        previous_variant_id: str,
+    ) -> None:
+        self._outbox = outbox
+        self._device_id = device_id
+        self._deploy = deploy
+        self._previous_variant_id = previous_variant_id
+
+    def __call__(self, state: UpdateState, message: str = "") -> None:
+        status = fleet_pb2.DeploymentStatus(
+            device_id=self._device_id,
+            deployment_id=self._deploy.deployment_id,
+            variant_id=self._deploy.manifest.variant_id,
+            state=state.to_proto(),
+            message=message,
+            previous_variant_id=self._previous_variant_id,
+            reported_at_ms=int(time.time() * 1000),
+        )
+        self._outbox.put(fleet_pb2.AgentMessage(status=status))
+
+
+class _TelemetryModel:
+    """Synthetic resource and latency figures that drift like a busy board's."""
+
+    def __init__(self, profile: DeviceProfile, rng: random.Random) -> None:
+        self._profile = profile
+        self._rng = rng
+        self._seq = 0
+        self._cpu = rng.uniform(10, 40)
+        self._available_mb = profile.memory_mb * rng.uniform(0.4, 0.7)
+        self._disk_free_mb = rng.uniform(8_000, 30_000)
+        self._temperature_c = rng.uniform(40, 55)
+        # Latency well inside the budget, so the controller's policy has nothing to do.
+        self._p50_ms = profile.latency_budget_ms * rng.uniform(0.1, 0.3)
+        self._last = time.monotonic()
+
+    def sample(self, device_id: str, variant_id: str) -> fleet_pb2.TelemetrySample:
+        rng = self._rng
+        self._seq += 1
+        now = time.monotonic()
+        window_s, self._last = max(now - self._last, 1e-3), now
+        self._cpu = min(100.0, max(0.0, self._cpu + rng.gauss(0, 5)))
+        self._temperature_c = min(85.0, max(30.0, self._temperature_c + rng.gauss(0, 0.5)))
+        available = self._available_mb * rng.uniform(0.97, 1.03)
+        cores = self._profile.cpu_cores
+        load = cores * self._cpu / 100
+
+        rps = rng.uniform(5, 20) if variant_id else 0.0
+        requests = int(rps * window_s)
+        p50 = self._p50_ms * rng.uniform(0.9, 1.1) if requests else 0.0
+        return fleet_pb2.TelemetrySample(
+            device_id=device_id,
+            seq=self._seq,
+            sampled_at_ms=int(time.time() * 1000),
+            cpu_percent=self._cpu,
+            memory_total_mb=float(self._profile.memory_mb),
+            memory_available_mb=min(available, float(self._profile.memory_mb)),
+            load_1m=load,
+            load_5m=load * 0.9,
+            load_15m=load * 0.8,
+            disk_free_mb=self._disk_free_mb,
+            temperature_c=self._temperature_c,
+            agent_rss_mb=rng.uniform(60, 90),
+            variant_id=variant_id,
+            requests=requests,
+            latency_p50_ms=p50,
+            latency_p95_ms=p50 * 1.3,
+            latency_p99_ms=p50 * 1.6,
+            throughput_rps=requests / window_s,
+            window_s=window_s,
+        )
+
+
+def _calibration(profile: DeviceProfile, rng: random.Random) -> fleet_pb2.Calibration:
+    """Return a plausible calibration of the real reference model, without running it."""
+    from edgefleet.agent.calibration import reference_sha256
+
+    p50 = rng.uniform(1.5, 3.0)
+    return fleet_pb2.Calibration(
+        reference_sha256=reference_sha256(),
+        threads=profile.inference_threads,
+        runs=200,
+        latency_p50_ms=p50,
+        latency_p95_ms=p50 * rng.uniform(1.1, 1.4),
+    )
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def run_agents(
+    config: SimulationConfig, indexes: Sequence[int], deadline_s: float
+) -> list[AgentStats]:
+    """Run the agents ``indexes`` as threads until ``deadline_s`` (Unix seconds).
+
+    This is one worker process's share of the fleet.
+    """
+    deadline = time.monotonic() + max(0.0, deadline_s - time.time())
+    work_dir = Path(tempfile.mkdtemp(prefix="edgefleet-simulate-"))
+    agents = [SimulatedAgent(config, index, work_dir=work_dir) for index in indexes]
+    results: dict[str, AgentStats] = {}
+
+    def run_one(agent: SimulatedAgent) -> None:
+        results[agent.device_id] = agent.run(deadline)
+
+    threads = [
+        threading.Thread(target=run_one, args=(agent,), name=agent.device_id, daemon=True)
+        for agent in agents
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        for agent in agents:
+            agent.stop()
+        for thread in threads:
+            # A transport call blocked past the deadline ends by its own timeouts. A thread
+            # still running after the join is left behind (a daemon), and the report takes
+            # its counters so far.
+            thread.join(timeout=15)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return [results.get(agent.device_id, agent.stats) for agent in agents]
+
+
+def run_simulation(config: SimulationConfig) -> SimulationReport:
+    """Run ``config.agents`` simulated agents for ``config.duration_s`` and report."""
+    started_at = datetime.now(UTC)
+    deadline_s = time.time() + config.duration_s
+    indexes = range(config.agents)
+    shares = [list(indexes[offset :: config.processes]) for offset in range(config.processes)]
+    logger.info(
+        "simulating %d agents over %s in %d processes for %.1f s",
+        config.agents,
+        config.transport.value,
+        config.processes,
+        config.duration_s,
+    )
+    if config.processes == 1:
+        stats = run_agents(config, shares[0], deadline_s)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(config.processes, mp_context=context) as pool:
+            futures = [pool.submit(run_agents, config, share, deadline_s) for share in shares]
+            stats = [agent for future in futures for agent in future.result()]
+    elapsed_s = (datetime.now(UTC) - started_at).total_seconds()
+    return _report(config, stats, started_at=started_at, elapsed_s=elapsed_s)
+
+
+def _report(
+    config: SimulationConfig, stats: list[AgentStats], *, started_at: datetime, elapsed_s: float
+) -> SimulationReport:
+    ingested, lag_p99_ms = (None, None)
+    if config.db_url is not None:
+        ingested, lag_p99_ms = read_ingest(config.db_url, config.device_prefix, since=started_at)
+    return SimulationReport(
+        transport=config.transport.value,
+        agents=config.agents,
+        duration_s=round(elapsed_s, 3),
+        agents_connected=sum(agent.connected for agent in stats),
+        telemetry_sent=sum(agent.telemetry_sent for agent in stats),
+        telemetry_ingested=ingested,
+        ingest_msgs_per_s=None if ingested is None else round(ingested / elapsed_s, 1),
+        ingest_lag_p99_ms=lag_p99_ms,
+        deploy_seconds=deploy_seconds(stats),
+        agents_deployed=sum(agent.active_at is not None for agent in stats),
+        deployments_failed=sum(agent.deployments_failed for agent in stats),
+        errors=sum(agent.errors for agent in stats),
+    )
+
+
+def deploy_seconds(stats: Sequence[AgentStats]) -> float | None:
+    """Return seconds from the first deploy command to the last agent ACTIVE.
+
+    None when no deploy command arrived, or when a connected agent never reached ACTIVE.
+    The start is the command's ``issued_at_ms`` on the controller's clock, so the figure
+    is exact only when the controller runs on the simulator's host.
+    """
+    starts = [agent.deploy_started_at for agent in stats if agent.deploy_started_at is not None]
+    connected = [agent for agent in stats if agent.connected]
+    if not starts or any(agent.active_at is None for agent in connected):
+        return None
+    last_active = max(agent.active_at for agent in connected if agent.active_at is not None)
+    return round(max(0.0, last_active - min(starts)), 3)
+
+
+def read_ingest(db_url: str, device_prefix: str, *, since: datetime) -> tuple[int, float | None]:
+    """Count the simulated devices' telemetry rows received since ``since``, with their p99 lag.
+
+    The lag of a row is ``received_at - sampled_at`` in milliseconds. Both clocks are the
+    simulator host's when the controller runs there too.
+    """
+    import numpy as np
+    import sqlalchemy as sa
+
+    from edgefleet.controller.db import open_database
+    from edgefleet.controller.models import TelemetryRow
+
+    database = open_database(db_url, migrate=False)
+    query = sa.select(TelemetryRow.sampled_at, TelemetryRow.received_at).where(
+        TelemetryRow.device_id.like(f"{device_prefix}-%"), TelemetryRow.received_at >= since
+    )
+    try:
+        rows = _settled_rows(database, query)
+    finally:
+        database.close()
+    if not rows:
+        return 0, None
+    lags_ms = [(received - sampled).total_seconds() * 1000 for sampled, received in rows]
+    return len(rows), round(float(np.percentile(lags_ms, 99)), 1)
+
+
+def _settled_rows(database, query) -> list:
+    """Read ``query`` until its row count stops growing, because the controller batches writes."""
+    give_up = time.monotonic() + _SETTLE_MAX_S
+    with database.session() as session:
+        rows = list(session.execute(query))
+    while time.monotonic() < give_up:
+        time.sleep(_SETTLE_QUIET_S)
+        with database.session() as session:
+            again = list(session.execute(query))
+        if len(again) == len(rows):
+            break
+        rows = again
+    return rows
