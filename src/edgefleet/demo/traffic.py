@@ -1,4 +1,4 @@
-"""Drive an agent's local inference API with held-out digits and score the answers."""
+"""Drive an agent's local inference API with held-out digits and score the predictions."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VariantScore:
-    """Answers one variant gave to real requests: how many, and how many were right."""
+    """Requests one variant served: how many, and how many it classified correctly."""
 
     served: int = 0
     correct: int = 0
