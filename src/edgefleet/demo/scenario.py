@@ -103,6 +103,7 @@ class DemoTimeouts:
     baseline_s: float = 12.0
     step_down_s: float = 90.0
     recovery_s: float = 45.0
+    settle_s: float = 20.0
 
 
 @dataclass
