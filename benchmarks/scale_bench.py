@@ -112,9 +112,9 @@ def render(reports: dict[str, dict], *, agents: int, duration_s: float, command:
 
 Command: `{command}`. Machine: {machine_description()}.
 Measured on {time.strftime("%Y-%m-%d")}. Simulated agents (`edgefleet simulate`) run on the
-same 2 cores as the controller and the broker, for {duration_s:.0f} s each, sharing one profile;
-the controller deploys the variant its planner chose for that profile to every one of them
-(the model's fp32 file is 4.8 MB). Ingest figures come from
+same 2 cores as the controller and the broker, for {duration_s:.0f} s each, and share one
+profile. The controller deploys the variant its planner chose for that profile to every one
+of them (the model's fp32 file is 4.8 MB). Ingest figures come from
 the controller's telemetry rows; the rate covers the whole run, ramp-up included.
 
 | transport | agents connected | telemetry sent | telemetry ingested | ingested msg/s \
