@@ -137,7 +137,7 @@ class MqttConnection:
 
         if not self._connack_ready.wait(CONNECT_TIMEOUT_S):
             raise ControllerUnavailable(
-                f"broker {self.peer} did not answer CONNECT within {CONNECT_TIMEOUT_S:g} s"
+                f"broker {self.peer} did not respond to CONNECT within {CONNECT_TIMEOUT_S:g} s"
             )
         reason = self._connack
         if reason is None:
@@ -162,7 +162,7 @@ class MqttConnection:
         ]
         if refused:
             raise RegistrationRejected(
-                f"broker {self.peer} refused the subscriptions {', '.join(refused)} of "
+                f"broker {self.peer} rejected the subscriptions {', '.join(refused)} of "
                 f"{self._device_id}; check the broker's ACL"
             )
 

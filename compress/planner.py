@@ -370,7 +370,7 @@ def build_ladder(
 def accuracy_tiers(reports: Sequence[VariantReport]) -> dict[str, int]:
     """Group variants whose accuracy differs by less than the validation noise.
 
-    Tier 0 holds the variants within one standard error of the best accuracy, tier 1
+    Tier 0 contains the variants within one standard error of the best accuracy, tier 1
     those within two, and so on. The standard error of an accuracy ``p`` measured on
     ``n`` samples is ``sqrt(p (1 - p) / n)``, floored at one sample (``1 / n``): on 360
     digits at 99%, 0.5 points. A variant that is one sample more accurate than fp32 is

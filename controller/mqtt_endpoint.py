@@ -198,8 +198,8 @@ class MqttEndpoint:
             if code.is_failure
         ]
         if refused:
-            self._connect_error = f"broker refused the subscriptions {', '.join(refused)}"
-            logger.error("broker refused the subscriptions %s; check the ACL", ", ".join(refused))
+            self._connect_error = f"broker rejected the subscriptions {', '.join(refused)}"
+            logger.error("broker rejected the subscriptions %s; check the ACL", ", ".join(refused))
         self._subscribed.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _properties) -> None:

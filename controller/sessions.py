@@ -3,7 +3,7 @@
 A ``DeviceSession`` is the controller's handle on one connected device: ``send`` delivers
 a ``ControllerMessage`` to it. ``StreamSession`` queues messages for a gRPC Session stream,
 whose handler thread blocks in ``outgoing``; ``edgefleet.controller.mqtt_endpoint``
-publishes them to the device's commands topic. The controller's logic sees only this
+publishes them to the device's commands topic. The controller's logic uses only this
 interface. A device that opens a second session replaces its first, which ends, so
 commands never go to a stream that its agent has abandoned.
 """
@@ -27,7 +27,7 @@ _POLL_INTERVAL_S = 1.0
 
 
 class DeviceSession(abc.ABC):
-    """One connected device, as the controller's logic sees it."""
+    """One connected device, as the controller's logic uses it."""
 
     # Transport name for logs and the device list ("grpc", "mqtt").
     transport: str = ""

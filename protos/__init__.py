@@ -1,6 +1,6 @@
 """Protocol messages and the gRPC service shared by the controller and its agents.
 
-``edgefleet.protos.v1`` holds the code generated from ``protos/edgefleet/v1/fleet.proto``;
+``edgefleet.protos.v1`` contains the code generated from ``protos/edgefleet/v1/fleet.proto``;
 ``python -m edgefleet.protos.generate`` regenerates it.
 """
 

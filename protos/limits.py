@@ -12,7 +12,7 @@ ARTIFACT_CHUNK_BYTES = 1024 * 1024
 
 # Keepalive pings every 20 s detect a half-open connection (a device that lost power, a
 # NAT that dropped the mapping) within about 30 s. The server must permit pings at that
-# rate and without active calls, or it answers them with GOAWAY "too_many_pings".
+# rate and without active calls, or it responds with GOAWAY "too_many_pings".
 KEEPALIVE_TIME_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 

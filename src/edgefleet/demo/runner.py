@@ -311,8 +311,11 @@ def _first_step_down(observer: FleetObserver, device_id: str, *, after: float) -
 
 
 def _recovered(observer: FleetObserver, device: DemoDevice, *, replaced: str | None) -> bool:
-    """Return whether the newest samples come from one variant other than ``replaced``
-    and are all under budget; the policy may have stepped down more than once."""
+    """Return whether the newest samples all come from one variant and are under budget.
+
+    That variant must differ from ``replaced``, the one served before the squeeze. It need
+    not be the first step's target, because the policy may step down more than once.
+    """
     samples = observer.serving_samples(device.device_id, limit=_RECOVERED_SAMPLES * 2)
     newest = samples[:_RECOVERED_SAMPLES]
     budget = device.profile.latency_budget_ms
