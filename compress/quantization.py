@@ -55,7 +55,9 @@ __all__ = [
     "ArrayCalibrationReader",
     "NodeSensitivity",
     "convert_weights_to_fp16",
+    "dynamic_quantization_for",
     "node_sensitivities",
+    "quantize_onnx_dynamic",
     "quantize_onnx_static",
     "quantize_static_step",
     "static_quantization_for",
@@ -177,6 +179,14 @@ def preprocess_for_quantization(source: Path, directory: Path) -> Path:
     prepared = directory / "prepared.onnx"
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
+        return prepared
+    except Exception as exc:  # shape inference raises bare Exception types
+        # Symbolic shape inference fails on some exported transformer graphs (for example
+        # all-MiniLM-L6-v2 from torch.onnx's dynamo exporter, onnxruntime 1.32). ONNX
+        # shape inference and graph optimization alone still prepare them.
+        logger.info("symbolic shape inference of %s failed (%s); skipping it", source, exc)
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     except Exception as exc:  # shape inference raises bare Exception types
         raise CompressError(f"preparing {source} for quantization failed: {exc}") from exc
     return prepared
@@ -333,16 +343,41 @@ def _fall_back(
     return logits, accuracy
 
 
-@register_handler(DynamicQuantizationConfig)
-def quantize_dynamic_step(
-    config: DynamicQuantizationConfig, source: Path, destination: Path, context: TechniqueContext
-) -> Path:
-    """Quantize weights of MatMul and Gemm nodes (and Conv with ``include_conv``) to int8.
+def dynamic_quantization_for(
+    profile: DeviceProfile, base: DynamicQuantizationConfig | None = None
+) -> DynamicQuantizationConfig:
+    """Return ``base`` with int8 weights and ``reduce_range`` chosen for ``profile``.
 
-    Raises ``VerificationError`` when validation accuracy drops by more than
-    ``config.max_accuracy_drop``.
+    Dynamic quantization runs U8S8 kernels (uint8 activations, int8 weights). On x86
+    without VNNI they add pairs of products into 16 bits, which can saturate, so those
+    profiles get 7-bit weights (``reduce_range=True``), as for static quantization.
     """
-    op_types = [*_DYNAMIC_LINEAR_OPS, *(("Conv",) if config.include_conv else ())]
+    base = base or DynamicQuantizationConfig()
+    has_vnni = bool(_X86_DOT_PRODUCT_FLAGS.intersection(profile.cpu_flags))
+    return dataclasses.replace(
+        base,
+        weight_type=QuantizedType.INT8,
+        reduce_range=profile.cpu_arch is CpuArch.X86_64 and not has_vnni,
+    )
+
+
+def quantize_onnx_dynamic(
+    source: Path,
+    destination: Path,
+    config: DynamicQuantizationConfig,
+    *,
+    nodes_to_exclude: Sequence[str] = (),
+) -> Path:
+    """Write a dynamically quantized version of ``source`` to ``destination``.
+
+    ``quant_pre_process`` runs first, so node names in ``nodes_to_exclude`` refer to the
+    preprocessed graph. Raises ``CompressError`` when onnxruntime fails.
+    """
+    op_types = [
+        *_DYNAMIC_LINEAR_OPS,
+        *(("Conv",) if config.include_conv else ()),
+        *(("Gather",) if config.include_gather else ()),
+    ]
     with tempfile.TemporaryDirectory(prefix="edgefleet-dynamic-") as scratch:
         prepared = preprocess_for_quantization(source, Path(scratch))
         try:
@@ -353,10 +388,24 @@ def quantize_dynamic_step(
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
                 weight_type=_QUANT_TYPES[config.weight_type],
+                nodes_to_exclude=list(nodes_to_exclude),
             )
         except Exception as exc:  # onnxruntime.quantization raises bare Exception types
             raise CompressError(f"dynamic quantization of {source} failed: {exc}") from exc
     check_onnx_file(destination, error=ExportError)
+    return destination
+
+
+@register_handler(DynamicQuantizationConfig)
+def quantize_dynamic_step(
+    config: DynamicQuantizationConfig, source: Path, destination: Path, context: TechniqueContext
+) -> Path:
+    """Quantize weights of MatMul and Gemm nodes (and Conv, Gather if enabled) to int8.
+
+    Raises ``VerificationError`` when validation accuracy drops by more than
+    ``config.max_accuracy_drop``.
+    """
+    quantize_onnx_dynamic(source, destination, config)
     _gate_accuracy(config.describe(), config.max_accuracy_drop, source, destination, context)
     return destination
 

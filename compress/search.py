@@ -32,7 +32,7 @@ from torch import nn
 
 from edgefleet.compress.configs import Stage, TechniqueConfig, _coerce, register_config
 from edgefleet.compress.dataset import Dataset
-from edgefleet.compress.distillation import DistillationConfig, distill, record_teacher
+from edgefleet.compress.distillation import DistillationConfig, distill
 from edgefleet.compress.errors import ConfigError
 from edgefleet.compress.export import export_onnx
 from edgefleet.compress.handlers import TechniqueContext, register_handler
@@ -183,7 +183,6 @@ def searched_architecture_step(
     context.details.update(searched_macs=float(macs), searched_params=float(params))
     context.progress(f"{config.describe()}: {macs:,} MACs, {params:,} parameters")
     distill(student, teacher, context.dataset, config.distillation(), progress=context.progress)
-    record_teacher(student, teacher)
     return student.eval()
 
 

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from edgefleet.compress.configs import Stage, TechniqueConfig, register_config
-from edgefleet.compress.distillation import record_teacher, teacher_of
 from edgefleet.compress.errors import ConfigError
 from edgefleet.compress.handlers import TechniqueContext, register_handler
 from edgefleet.compress.training import train_classifier
@@ -135,7 +134,6 @@ def sparsity_step(
     sparsity = weight_sparsity(student)
     context.details["weight_sparsity"] = sparsity
     context.progress(f"{config.describe()}: {sparsity:.1%} of weights are zero")
-    record_teacher(student, teacher_of(module) or module)
     return student.eval()
 
 

@@ -40,7 +40,6 @@ from edgefleet.compress.configs import (
     TechniqueConfig,
     register_config,
 )
-from edgefleet.compress.distillation import record_teacher, teacher_of
 from edgefleet.compress.errors import ConfigError, ExportError, ModelLoadError
 from edgefleet.compress.handlers import TechniqueContext, register_handler
 from edgefleet.compress.training import train_classifier
@@ -379,7 +378,6 @@ def transformer_pruning_step(
             batch_size=config.batch_size,
             progress=context.progress,
         )
-    record_teacher(student, teacher_of(module) or module)
     return student.eval()
 
 

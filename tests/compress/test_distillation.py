@@ -40,6 +40,35 @@ def test_distillation_without_teacher_is_rejected(tmp_path):
         distill_step(DistillationConfig(epochs=1), torch.nn.Linear(4, 3), context)
 
 
+def test_distillation_of_teacher_itself_is_rejected(tmp_path):
+    dataset = random_classification(32, (4,), classes=3)
+    teacher = torch.nn.Linear(4, 3)
+    context = TechniqueContext(
+        dataset=dataset, work_dir=tmp_path, progress=lambda _line: None, teacher=teacher
+    )
+    with pytest.raises(ConfigError, match="no teacher"):
+        distill_step(DistillationConfig(epochs=1), teacher, context)
+
+
+def test_distillation_moves_student_toward_context_teacher(tmp_path):
+    torch.manual_seed(0)
+    dataset = random_classification(64, (4,), classes=3)
+    teacher, student = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    context = TechniqueContext(
+        dataset=dataset, work_dir=tmp_path, progress=lambda _line: None, teacher=teacher
+    )
+    inputs = torch.from_numpy(dataset.x_train)
+
+    distilled = distill_step(
+        DistillationConfig(epochs=20, alpha=1.0, learning_rate=0.05), student, context
+    )
+
+    with torch.no_grad():
+        before = torch.mean((student(inputs) - teacher(inputs)) ** 2)
+        after = torch.mean((distilled(inputs) - teacher(inputs)) ** 2)
+    assert after < before / 2
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("temperature", 0.0), ("alpha", 1.5), ("epochs", 0), ("learning_rate", 2.0)],
