@@ -45,10 +45,16 @@ def compress_command(
         "--latency-scale",
         help="Device p95 latency per host millisecond (device p50 / host p50 of a reference).",
     ),
+    search_seconds: float | None = typer.Option(
+        None,
+        "--search-seconds",
+        help="Run architecture search for about this many seconds and plan its best "
+        "candidates too (torch models only).",
+    ),
 ) -> None:
     """Compress MODEL for one device profile and write every verified variant to OUT."""
     try:
-        report = _run(model, data, profile, out, weights, latency_scale)
+        report = _run(model, data, profile, out, weights, latency_scale, search_seconds)
     except InvalidInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_INVALID_INPUT) from None
@@ -71,12 +77,17 @@ def _run(
     out: Path,
     weights: Path | None,
     latency_scale: float,
+    search_seconds: float | None = None,
 ) -> dict[str, Any]:
     from edgefleet.profiles import load_profile
 
     if not (latency_scale > 0 and latency_scale != float("inf")):
         raise InvalidInputError(
             f"invalid --latency-scale {latency_scale}; pass a positive number such as 1.0"
+        )
+    if search_seconds is not None and not (0 < search_seconds < float("inf")):
+        raise InvalidInputError(
+            f"invalid --search-seconds {search_seconds}; pass a positive number such as 120"
         )
     device_profile = load_profile(profile_path)
     if out.exists() and not out.is_dir():
@@ -104,6 +115,7 @@ def _run(
             latency_scale=latency_scale,
             progress=log_line,
             on_step=on_step,
+            search_seconds=search_seconds,
         )
     return result.to_dict()
 

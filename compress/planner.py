@@ -40,6 +40,7 @@ from edgefleet.compress.latency_model import (
 from edgefleet.compress.pipeline import apply_recipe
 from edgefleet.compress.quantization import dynamic_quantization_for, static_quantization_for
 from edgefleet.compress.runtime import create_session, run_batched
+from edgefleet.compress.search import search_architectures
 from edgefleet.compress.variants import VariantReport, measure_variant
 from edgefleet.profiles import DeviceProfile
 
@@ -58,6 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRUNING_RATIOS = (0.25, 0.5, 0.7)
+# Searched architectures a plan with search_seconds adds to its recipes, each compressed
+# alone and with int8.
+MAX_SEARCHED_CANDIDATES = 3
 # tighter_recipes never proposes pruning more than this fraction of channels.
 MAX_PRUNING_RATIO = 0.95
 # A model with at least this share of its MACs in convolutions gets no dynamic int8
@@ -118,14 +122,17 @@ def default_recipes(
     profile: DeviceProfile | None = None,
     *,
     conv_heavy: bool = True,
+    searched: Sequence[TechniqueConfig] = (),
 ) -> list[Recipe]:
     """Return the candidate recipes ``plan`` tries when none are given.
 
     Torch models get channel pruning at each of ``DEFAULT_PRUNING_RATIOS`` (fine-tuned with
-    distillation), static int8, and each pruning ratio followed by int8. ONNX models get
-    static int8 only. With a ``profile``, static int8 uses the settings that
-    ``static_quantization_for`` derives from its CPU flags. Models that are not
-    ``conv_heavy`` also get dynamic int8 of their MatMul and Gemm nodes.
+    distillation), each ``searched`` architecture config, static int8, and each pruning
+    ratio or searched architecture followed by int8. ONNX models get static int8 only.
+    With a ``profile``, static and dynamic int8 use the settings that
+    ``static_quantization_for`` and ``dynamic_quantization_for`` derive from its CPU
+    flags. Models that are not ``conv_heavy`` also get dynamic int8 of their MatMul and
+    Gemm nodes.
     """
     int8 = static_quantization_for(profile) if profile is not None else StaticQuantizationConfig()
     quantizers: list[TechniqueConfig] = [int8]
@@ -138,7 +145,8 @@ def default_recipes(
     if source_format is SourceFormat.ONNX:
         return [Recipe([step]) for step in quantizers]
     pruned = [StructuredPruningConfig(ratio=ratio) for ratio in DEFAULT_PRUNING_RATIOS]
-    return recipe_grid([[], *([step] for step in pruned)], [[], *([step] for step in quantizers)])
+    torch_candidates = [[], *([step] for step in pruned), *([step] for step in searched)]
+    return recipe_grid(torch_candidates, [[], *([step] for step in quantizers)])
 
 
 def recipe_grid(
@@ -172,6 +180,7 @@ def plan(
     progress: Callable[[str], None] | None = None,
     latency_runs: int = 200,
     on_step: Callable[[int, int, str], None] | None = None,
+    search_seconds: float | None = None,
 ) -> PlanReport:
     """Build and measure the fp32 baseline and every recipe's variant for ``profile``.
 
@@ -181,6 +190,11 @@ def plan(
     ``<variant_id>.onnx``; the artifact cache defaults to ``out_dir / "cache"``. A recipe
     whose variant fails verification is left out and named in ``notes``, and so is a
     dynamic int8 recipe for a convolutional model (see ``CONV_HEAVY_FRACTION``).
+
+    With ``search_seconds`` and a torch model, architecture search
+    (``search_architectures``) runs for about that many seconds at the profile's thread
+    count first, and up to ``MAX_SEARCHED_CANDIDATES`` members of its Pareto front join
+    the recipes, alone and followed by int8.
 
     ``progress`` receives one line per step; ``on_step(done, total, label)`` is called
     before each variant and once at the end with ``done == total``, for progress bars.
@@ -218,8 +232,14 @@ def plan(
     baseline = measure(Recipe())
     conv_fraction = _conv_fraction(baseline.onnx_path)
     conv_heavy = conv_fraction >= CONV_HEAVY_FRACTION
+    searched: list[TechniqueConfig] = []
+    if search_seconds is not None and isinstance(model, nn.Module):
+        searched = _searched_configs(model, dataset, profile, search_seconds, report)
     if recipes is None:
-        recipes = default_recipes(source_format, profile, conv_heavy=conv_heavy)
+        recipes = default_recipes(source_format, profile, conv_heavy=conv_heavy, searched=searched)
+    else:
+        int8 = static_quantization_for(profile)
+        recipes = [*recipes, *recipe_grid([[c] for c in searched], [[], [int8]])]
     candidates, notes = _applicable_recipes(recipes, source_format)
     if conv_heavy:
         candidates = _drop_dynamic_quantization(candidates, conv_fraction, notes)
@@ -252,6 +272,31 @@ def plan(
         notes=tuple(notes),
         predictor=_model_summary([baseline, *variants], threads=profile.inference_threads),
     )
+
+
+def _searched_configs(
+    model: nn.Module,
+    dataset: Dataset,
+    profile: DeviceProfile,
+    seconds: float,
+    report: Callable[[str], None],
+) -> list[TechniqueConfig]:
+    """Return the configs of the most accurate, the fastest and the median front members."""
+    result = search_architectures(
+        model,
+        dataset,
+        threads=profile.inference_threads,
+        time_limit_s=seconds,
+        progress=report,
+    )
+    front = sorted(result.front, key=lambda candidate: candidate.latency_ms)
+    picks = {0, len(front) // 2, max(range(len(front)), key=lambda i: front[i].accuracy)}
+    chosen = [front[index].config for index in sorted(picks)][:MAX_SEARCHED_CANDIDATES]
+    report(
+        f"architecture search: {len(result.candidates)} candidates in "
+        f"{result.elapsed_s:.0f} s, {len(front)} on the Pareto front, {len(chosen)} planned"
+    )
+    return chosen
 
 
 def _conv_fraction(path: Path) -> float:

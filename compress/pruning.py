@@ -351,4 +351,3 @@ def _accumulate_gradients(module: nn.Module, dataset: Dataset, batch_size: int) 
     for start in range(0, min(len(x_train), batch_size * _TAYLOR_BATCHES), batch_size):
         logits = module(x_train[start : start + batch_size])
         F.cross_entropy(logits, y_train[start : start + batch_size]).backward()
-

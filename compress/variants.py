@@ -183,7 +183,7 @@ def _compatible_copy(
         return path, artifact.sha256, compatibility
 
     check_onnx_file(converted)
-    samples = dataset.x_val[:SELF_TEST_SAMPLES * 8]
+    samples = dataset.x_val[: SELF_TEST_SAMPLES * 8]
     expected = run_batched(create_session(artifact.path, threads=1), samples)
     actual = run_batched(create_session(converted, threads=1), samples)
     if not np.allclose(actual, expected, rtol=FP32_RTOL, atol=FP32_ATOL):

@@ -21,7 +21,8 @@ from edgefleet.compress import (
     tighter_recipes,
     train_digits_cnn,
 )
-from edgefleet.compress.planner import DEFAULT_PRUNING_RATIOS
+from edgefleet.compress.planner import DEFAULT_PRUNING_RATIOS, MAX_SEARCHED_CANDIDATES
+from edgefleet.compress.search import SearchedArchitectureConfig
 from edgefleet.compress.variants import measure_variant
 from edgefleet.profiles import load_profile
 
@@ -223,6 +224,36 @@ def test_default_recipes_offer_dynamic_only_without_convolutions():
 
     assert not dynamic(conv)
     assert len(dynamic(linear)) == 1 + len(DEFAULT_PRUNING_RATIOS)
+
+
+def test_default_recipes_include_searched_candidates():
+    searched = SearchedArchitectureConfig(widths=(16, 16, 24), depths=(1, 1, 1), epochs=2)
+    profile = make_profile()
+    recipes = default_recipes(SourceFormat.TORCH, profile, searched=[searched])
+
+    assert Recipe([searched]) in recipes
+    searched_int8 = [r for r in recipes if r[0] == searched and len(r) == 2]
+    assert len(searched_int8) == 1
+    assert isinstance(searched_int8[0][1], StaticQuantizationConfig)
+
+
+@pytest.mark.slow
+def test_plan_with_search_measures_searched_variants(small_cnn, small_digits, tmp_path):
+    report = plan(
+        small_cnn,
+        small_digits,
+        make_profile(latency_budget_ms=50.0),
+        out_dir=tmp_path,
+        recipes=[],
+        latency_runs=20,
+        search_seconds=5.0,
+    )
+
+    searched = [v for v in report.variants if isinstance(v.recipe[0], SearchedArchitectureConfig)]
+    assert searched, report.notes
+    assert len(searched) <= 2 * MAX_SEARCHED_CANDIDATES
+    assert any(len(v.recipe) == 2 for v in searched)
+    assert report.chosen is not None, report.reason
 
 
 def test_recipe_grid_combines_every_candidate():

@@ -80,8 +80,16 @@ def test_digits_pruned_with_distillation_within_one_point(digits_cnn, digits, tm
     pruned = apply_recipe(digits_cnn, recipe, digits, cache=cache)
 
     mac_reduction = pruned.details["macs_before"] / pruned.details["macs_after"]
-    assert 1.8 <= mac_reduction <= 2.5
+    assert mac_reduction >= 2.0
     assert fp32.accuracy - pruned.accuracy <= 0.01
+    # Channel counts rounded to 16 keep onnxruntime's blocked kernels, so latency falls
+    # nearly as fast as MACs. Alternating the two models spreads host load over both.
+    fp32_p50, pruned_p50 = [], []
+    for _ in range(3):
+        fp32_p50.append(measure_latency(fp32.path, threads=1, runs=300, warmup=30).p50_ms)
+        pruned_p50.append(measure_latency(pruned.path, threads=1, runs=300, warmup=30).p50_ms)
+    speedup = min(fp32_p50) / min(pruned_p50)
+    assert speedup >= 0.8 * mac_reduction, f"{speedup:.2f}x faster, {mac_reduction:.2f}x fewer MACs"
 
 
 # --- quantization techniques on tiny graphs -------------------------------------------

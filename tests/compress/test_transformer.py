@@ -4,12 +4,15 @@ import json
 import struct
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from compress_helpers import random_classification
 from torch import nn
 
+from edgefleet.compress.configs import DynamicQuantizationConfig
 from edgefleet.compress.handlers import TechniqueContext
+from edgefleet.compress.quantization import quantize_onnx_dynamic
 from edgefleet.compress.runtime import create_session
 from edgefleet.compress.transformer import (
     BertEncoder,
@@ -131,3 +134,37 @@ def test_tokenizer_requires_special_tokens(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n")
     with pytest.raises(Exception, match=r"\[CLS\]"):
         WordPieceTokenizer(tmp_path / "vocab.txt")
+
+
+def _initializer_types(path) -> dict[str, int]:
+    model = onnx.load(str(path))
+    return {tensor.name: tensor.data_type for tensor in model.graph.initializer}
+
+
+@pytest.mark.parametrize("include_gather", [False, True])
+def test_encoder_dynamic_int8_keeps_embeddings(include_gather, tmp_path):
+    torch.manual_seed(0)
+    config = dict(TINY_BERT, vocab_size=2000, hidden_size=64, intermediate_size=128)
+    model = SentenceEncoder(config).eval()
+    fp32 = export_sentence_encoder(model, tmp_path / "encoder.onnx", length=8)
+    batch = {
+        "input_ids": np.random.default_rng(0).integers(4, 2000, (16, 8)),
+        "attention_mask": np.ones((16, 8), dtype=np.int64),
+    }
+
+    int8 = quantize_onnx_dynamic(
+        fp32, tmp_path / "int8.onnx", DynamicQuantizationConfig(include_gather=include_gather)
+    )
+
+    types = _initializer_types(int8)
+    embedding = {name: kind for name, kind in types.items() if name.startswith("word_embeddings")}
+    assert embedding
+    eight_bit = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    assert any(kind in eight_bit for kind in embedding.values()) is include_gather
+    expected = create_session(fp32, threads=1).run(None, batch)[0]
+    actual = create_session(int8, threads=1).run(None, batch)[0]
+    cosine = np.sum(expected * actual, axis=1)  # both outputs are L2-normalised
+    assert cosine.min() > 0.98
+    # The embedding table is most of this encoder, as it is of MiniLM.
+    limit = fp32.stat().st_size / (2.5 if include_gather else 1.0)
+    assert int8.stat().st_size < limit
