@@ -34,7 +34,7 @@ import onnxruntime
 import torch
 from onnxruntime.quantization import quantize_dynamic
 
-from edgefleet.compress import digits_dataset, export_onnx, train_digits_cnn
+from edgefleet.compress import DigitsCNN, digits_dataset, export_onnx, train_digits_cnn
 from edgefleet.compress.cache import ArtifactCache
 from edgefleet.compress.configs import (
     DynamicQuantizationConfig,
@@ -44,13 +44,18 @@ from edgefleet.compress.configs import (
 )
 from edgefleet.compress.distillation import DistillationConfig
 from edgefleet.compress.export import INPUT_NAME
-from edgefleet.compress.measure import measure_latency
+from edgefleet.compress.latency_model import graph_features, leave_one_out
+from edgefleet.compress.measure import (
+    measure_latency,
+    measure_p50_interleaved,
+    measure_peak_memory,
+)
 from edgefleet.compress.mobilenet import MobileNetV2Family, mobilenet_v2_spec
 from edgefleet.compress.pipeline import apply_recipe
 from edgefleet.compress.pruning import ChannelPruningConfig, count_macs_and_params, prune_channels
 from edgefleet.compress.quantization import quantize_onnx_dynamic, quantize_onnx_static
 from edgefleet.compress.runtime import create_session, onnx_accuracy
-from edgefleet.compress.search import search_architectures
+from edgefleet.compress.search import SearchedArchitectureConfig, search_architectures
 from edgefleet.compress.sparsity import MagnitudeSparsityConfig
 from edgefleet.compress.transformer import (
     distill_embeddings,
@@ -64,6 +69,8 @@ HEADING = "## Compression techniques"
 # Pruned channel counts round to multiples of 16, the block width of onnxruntime's
 # AVX-512 convolution kernels (see ChannelPruningConfig).
 PRUNING_ROUND_TO = 16
+# Architecture search time per profile inside the planner.
+PLANNER_SEARCH_SECONDS = 60.0
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("compress_bench")
 
@@ -90,8 +97,10 @@ def main() -> int:
         work = Path(scratch)
         results["digits"] = bench_digits(work / "digits", args)
         results["mobilenet"] = bench_mobilenet(work / "mobilenet")
+        results["latency_model"] = bench_latency_model(work / "latency-model")
         results["minilm"] = bench_minilm(work / "minilm")
     results["elapsed_s"] = time.monotonic() - started
+    results["load_end"] = os.getloadavg()[0]
     (REPO / "benchmarks" / "compress_bench.json").write_text(json.dumps(results, indent=2))
     command = "python benchmarks/compress_bench.py --out docs/benchmarks.md"
     if args.search_seconds != 300.0:
@@ -218,6 +227,7 @@ def bench_planner(teacher: torch.nn.Module, dataset, work: Path) -> list[dict[st
                 out_dir=work / profile.name,
                 cache_dir=work / "cache",
                 latency_runs=100,
+                search_seconds=PLANNER_SEARCH_SECONDS,
             )
         except Exception as exc:  # report the failure in the table instead of stopping
             rows.append({"profile": profile.name, "error": f"{type(exc).__name__}: {exc}"})
@@ -236,6 +246,10 @@ def bench_planner(teacher: torch.nn.Module, dataset, work: Path) -> list[dict[st
                 "fp32_accuracy": report.baseline.accuracy,
                 "fp32_p95_ms": report.baseline.latency_p95_ms,
                 "variants": len(report.variants),
+                "searched_variants": sum(
+                    isinstance(v.recipe[0], SearchedArchitectureConfig) for v in report.variants
+                ),
+                "p50_within_10": (report.predictor or {}).get("latency_p50_within_10pct"),
                 "reason": report.reason,
             }
         )
@@ -265,6 +279,7 @@ def digits_row(name: str, path: Path, accuracy: float | None, details: dict) -> 
         "size_bytes": len(data),
         "gzip_bytes": len(gzip.compress(data, compresslevel=9)),
         "macs": details.get("macs_after") or details.get("searched_macs"),
+        "macs_before": details.get("macs_before"),
     }
 
 
@@ -324,6 +339,55 @@ def bench_mobilenet(work: Path) -> dict[str, object]:
             }
         )
     return {"rows": rows, "macs": macs}
+
+
+# ---------------------------------------------------------------- latency model
+
+# Widths of the digits CNN family the latency and memory models are scored on; each
+# width is measured as float32 and as static int8 (the same family as the test).
+FAMILY_WIDTHS = [
+    (8, 16, 16),
+    (16, 32, 32),
+    (24, 48, 48),
+    (32, 32, 64),
+    (32, 64, 64),
+    (48, 96, 96),
+    (64, 96, 128),
+    (64, 128, 128),
+    (96, 160, 192),
+]
+
+
+def bench_latency_model(work: Path) -> dict[str, object]:
+    work.mkdir(parents=True)
+    dataset = digits_dataset(seed=0)
+    paths, names = [], []
+    for widths in FAMILY_WIDTHS:
+        torch.manual_seed(0)
+        source = export_onnx(DigitsCNN(widths).eval(), dataset.x_val, work / f"{widths}.onnx")
+        quantized = quantize_onnx_static(
+            source,
+            work / f"{widths}-int8.onnx",
+            StaticQuantizationConfig(),
+            input_name=INPUT_NAME,
+            calibration_inputs=dataset.x_train,
+        )
+        paths += [source, quantized]
+        names += [f"{widths} fp32", f"{widths} int8"]
+    features = [graph_features(path) for path in paths]
+    p50 = measure_p50_interleaved(paths, threads=1, rounds=5, runs=100)
+    memory = [measure_peak_memory(path, threads=1) for path in paths]
+    p50_errors = leave_one_out(features, p50)
+    memory_errors = leave_one_out(features, memory, memory=True)
+    return {
+        "variants": [
+            {"name": name, "p50_ms": latency, "p50_error": float(error), "peak_mib": peak}
+            for name, latency, error, peak in zip(names, p50, p50_errors, memory, strict=True)
+        ],
+        "p50_within_10": float(np.mean(np.abs(p50_errors) <= 0.10)),
+        "p50_median_error": float(np.median(np.abs(p50_errors))),
+        "memory_within_10": float(np.mean(np.abs(memory_errors) <= 0.10)),
+    }
 
 
 # ---------------------------------------------------------------- MiniLM
@@ -542,16 +606,37 @@ def render(results: dict, *, command: str) -> str:
     lines = [
         HEADING,
         "",
-        f"Machine: {results['machine']}.",
-        f"Command: `{command}` "
-        f"({results['elapsed_s'] / 60:.0f} min). Latency is batch-1 at one onnxruntime "
-        "thread; other jobs shared the host, so latencies carry contention noise.",
+        f"Machine: {results['machine']}; at the end {results['load_end']:.1f}.",
+        f"Command: `{command}` ({results['elapsed_s'] / 60:.0f} min). Latency is batch-1 at "
+        "one onnxruntime thread. Variants of one model are timed interleaved (each in turn, "
+        "in several rounds), so load from other jobs on the shared host falls on all of "
+        "them alike and the ratios stay comparable; absolute milliseconds carry that noise.",
         "",
     ]
-    lines += [
+    lines += render_digits(digits)
+    lines += render_mobilenet(mobilenet)
+    lines += render_latency_model(results["latency_model"])
+    lines += render_minilm(minilm)
+    return "\n".join(lines) + "\n"
+
+
+def render_digits(digits: dict) -> list[str]:
+    rows = {row["name"]: row for row in digits["rows"]}
+    fp32 = digits["rows"][0]
+    tune = next(name for name in rows if name.startswith("prune + fine-tune"))
+    distil = next(name for name in rows if name.startswith("prune + distil") and "int8" not in name)
+    one_shot = rows["prune uniform magnitude, no fine-tuning (baseline)"]
+    int8 = rows["int8 static (QDQ, per-channel)"]
+    mac_ratio = one_shot["macs_before"] / one_shot["macs"]
+    speedup = fp32["p50_ms"] / one_shot["p50_ms"]
+    lost = fp32["accuracy"] - rows[tune]["accuracy"]
+    recovered = rows[distil]["accuracy"] - rows[tune]["accuracy"]
+    recovery = f"{recovered / lost:.0%}" if lost > 0 else "n/a (fine-tuning lost nothing)"
+    lines = [
         "### Digits CNN (scikit-learn digits, 360 validation images)",
         "",
-        f"Pruning ratio {digits['ratio_2x']:.2f} of channels per layer gives 2x fewer MACs.",
+        f"Pruning: ratio {digits['ratio_2x']:.2f} is the smallest uniform ratio that cuts "
+        f"MACs at least 2x with kept channels rounded down to multiples of {PRUNING_ROUND_TO}.",
         "",
         "| variant | accuracy | size (bytes) | gzip (bytes) | p50 ms | p95 ms | MACs |",
         "|---|---|---|---|---|---|---|",
@@ -561,6 +646,25 @@ def render(results: dict, *, command: str) -> str:
             f"| {row['name']} | {row['accuracy']:.4f} | {row['size_bytes']:,} | "
             f"{row['gzip_bytes']:,} | {row['p50_ms']:.3f} | {row['p95_ms']:.3f} | "
             f"{_int(row['macs'])} |"
+        )
+    lines += [
+        "",
+        f"- int8 static against fp32: {fp32['size_bytes'] / int8['size_bytes']:.2f}x smaller, "
+        f"{fp32['p50_ms'] / int8['p50_ms']:.2f}x faster (p50), accuracy "
+        f"{(fp32['accuracy'] - int8['accuracy']) * 100:+.2f} points lost.",
+        f"- Pruning: {mac_ratio:.2f}x fewer MACs, {speedup:.2f}x faster (p50); speed-up over "
+        f"MAC reduction {speedup / mac_ratio:.2f}.",
+        f"- Accuracy lost after pruning: {lost * 100:.2f} points with plain fine-tuning, "
+        f"{(fp32['accuracy'] - rows[distil]['accuracy']) * 100:.2f} points with distillation "
+        f"(same epochs); distillation recovers {recovery} of the loss fine-tuning leaves.",
+    ]
+    sparse = next((row for name, row in rows.items() if name.startswith("sparsity")), None)
+    if sparse is not None:
+        lines.append(
+            "- Unstructured sparsity keeps dense tensors, so only compressed downloads shrink: "
+            f"file {fp32['size_bytes'] / sparse['size_bytes']:.2f}x smaller, gzip "
+            f"{fp32['gzip_bytes'] / sparse['gzip_bytes']:.2f}x smaller, "
+            f"{fp32['p50_ms'] / sparse['p50_ms']:.2f}x faster (p50)."
         )
     search = digits["search"]
     lines += [
@@ -577,44 +681,98 @@ def render(results: dict, *, command: str) -> str:
     if "planner" in digits:
         lines += [
             "",
-            "Planner's choice per shipped profile (default recipes):",
+            "Planner's choice per shipped profile: default recipes plus up to three searched "
+            f"architectures from a {PLANNER_SEARCH_SECONDS:.0f} s search at the profile's "
+            "thread count, each alone and with int8. Variants slower than fp32 are dropped. "
+            "The last column is the share of the profile's variants whose host p50 the "
+            "latency model predicts within 10% when left out of the fit.",
             "",
-            "| profile | budget | chosen | accuracy | size | p95 ms (fp32 p95) |",
-            "|---|---|---|---|---|---|",
+            "| profile | budget | chosen | accuracy | size | p95 ms (fp32 p95) | variants "
+            "(searched) | p50 within 10% |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in digits["planner"]:
             if "error" in row:
-                lines.append(f"| {row['profile']} | | failed: {row['error'][:200]} | | | |")
-            elif row["chosen"] is None:
-                budget = f"{row['budget_ms']:g} ms, {row['budget_mb']} MB"
-                lines.append(f"| {row['profile']} | {budget} | none: {row['reason'][:200]} | | | |")
+                lines.append(f"| {row['profile']} | | failed: {row['error'][:200]} | | | | | |")
+                continue
+            budget = f"{row['budget_ms']:g} ms, {row['budget_mb']} MB"
+            counts = f"{row['variants']} ({row['searched_variants']})"
+            within = "" if row["p50_within_10"] is None else f"{row['p50_within_10']:.0%}"
+            if row["chosen"] is None:
+                lines.append(
+                    f"| {row['profile']} | {budget} | none: {row['reason'][:300]} | | | | "
+                    f"{counts} | {within} |"
+                )
             else:
                 lines.append(
-                    f"| {row['profile']} | {row['budget_ms']:g} ms, {row['budget_mb']} MB | "
-                    f"{row['chosen']} | {row['accuracy']:.4f} | {row['size_bytes']:,} | "
-                    f"{row['p95_ms']:.3f} ({row['fp32_p95_ms']:.3f}) |"
+                    f"| {row['profile']} | {budget} | {row['chosen']} | {row['accuracy']:.4f} | "
+                    f"{row['size_bytes']:,} | {row['p95_ms']:.3f} ({row['fp32_p95_ms']:.3f}) | "
+                    f"{counts} | {within} |"
                 )
+    return lines
+
+
+def render_mobilenet(mobilenet: dict) -> list[str]:
     base = mobilenet["rows"][0]
-    lines += [
+    lines = [
         "",
         "### MobileNetV2 (width 1.0, 224x224, random weights)",
         "",
-        "| variant | size (bytes) | p50 ms | speed-up | MAC reduction |",
-        "|---|---|---|---|---|",
+        f"Each variant timed {base['runs']} times. The last column is the speed-up divided "
+        "by the MAC reduction.",
+        "",
+        "| variant | size (bytes) | p50 ms | speed-up | MAC reduction | speed-up / MACs |",
+        "|---|---|---|---|---|---|",
     ]
     for row in mobilenet["rows"]:
+        speedup = base["p50_ms"] / row["p50_ms"]
+        reduction = base["macs"] / row["macs"]
         lines.append(
             f"| {row['name']} | {row['size_bytes']:,} | {row['p50_ms']:.2f} | "
-            f"{base['p50_ms'] / row['p50_ms']:.2f}x | {base['macs'] / row['macs']:.2f}x |"
+            f"{speedup:.2f}x | {reduction:.2f}x | {speedup / reduction:.2f} |"
         )
+    return lines
+
+
+def render_latency_model(model: dict) -> list[str]:
+    lines = [
+        "",
+        "### Latency and memory model (digits CNN family)",
+        "",
+        f"{len(model['variants'])} variants: {len(FAMILY_WIDTHS)} widths of the digits CNN, "
+        "each as fp32 and static int8. Each p50 is the least median of 5 interleaved rounds "
+        "of 100 runs. Each variant is predicted by a model fitted on the others "
+        "(leave-one-out).",
+        "",
+        f"- Latency: p50 predicted within +-10% for {model['p50_within_10']:.0%} of the "
+        f"variants (criterion: at least 90%); median error {model['p50_median_error']:.1%}.",
+        f"- Peak memory: within +-10% for {model['memory_within_10']:.0%} of the variants.",
+        "",
+        "| variant | p50 ms | prediction error | peak MiB |",
+        "|---|---|---|---|",
+    ]
+    for row in model["variants"]:
+        lines.append(
+            f"| {row['name']} | {row['p50_ms']:.3f} | {row['p50_error']:+.1%} | "
+            f"{row['peak_mib']:.1f} |"
+        )
+    return lines
+
+
+def render_minilm(minilm: dict) -> list[str]:
     base = minilm["rows"][0]
-    lines += [
+    fused = ", ".join(f"{count} {op}" for op, count in minilm["fused"].items()) or "nothing"
+    lines = [
         "",
         f"### MiniLM-L6 sentence encoder (all-MiniLM-L6-v2, sequence length {minilm['length']})",
         "",
         f"Quality: cosine similarity to the fp32 embeddings on {minilm['sentences']['test']} "
-        "held-out first sentences of standard-library docstrings; distillation used "
-        f"{minilm['sentences']['train']} others.",
+        "held-out first sentences of standard-library docstrings (on average "
+        f"{minilm['tokens_mean']:.0f} tokens before padding to {minilm['length']}); "
+        f"distillation used {minilm['sentences']['train']} others. Latency: batch 1, one "
+        f"thread, {base['runs']} runs per variant in 10 interleaved rounds. onnxruntime's "
+        f"transformer optimizer (model_type bert) fused {fused} in the exported graph; it "
+        "found no attention subgraph to fuse.",
         "",
         "| variant | size (bytes) | size ratio | p50 ms | speed-up | mean cosine | min cosine |",
         "|---|---|---|---|---|---|---|",
@@ -626,7 +784,7 @@ def render(results: dict, *, command: str) -> str:
             f"{row['p50_ms']:.2f} | {base['p50_ms'] / row['p50_ms']:.2f}x | "
             f"{row['cosine_mean']:.4f} | {row['cosine_min']:.4f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _int(value: object) -> str:

@@ -64,7 +64,12 @@ if TYPE_CHECKING:
         graph_features,
         leave_one_out,
     )
-    from edgefleet.compress.measure import LatencyStats, measure_latency, measure_peak_memory
+    from edgefleet.compress.measure import (
+        LatencyStats,
+        measure_latency,
+        measure_p50_interleaved,
+        measure_peak_memory,
+    )
     from edgefleet.compress.mobilenet import (
         MobileNetSpec,
         MobileNetV2Family,
@@ -193,6 +198,7 @@ __all__ = [
     "load_torch_model",
     "make_compatible",
     "measure_latency",
+    "measure_p50_interleaved",
     "measure_peak_memory",
     "mobilenet_v2_spec",
     "node_sensitivities",
@@ -289,6 +295,7 @@ _EXPORTS = {
     "load_torch_model": "modelio",
     "make_compatible": "compat",
     "measure_latency": "measure",
+    "measure_p50_interleaved": "measure",
     "measure_peak_memory": "measure",
     "mobilenet_v2_spec": "mobilenet",
     "node_sensitivities": "quantization",

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,13 @@ import numpy as np
 from edgefleet.compress.errors import MeasurementError
 from edgefleet.compress.runtime import create_session
 
-__all__ = ["LatencyStats", "measure_latency", "measure_peak_memory", "sample_input"]
+__all__ = [
+    "LatencyStats",
+    "measure_latency",
+    "measure_p50_interleaved",
+    "measure_peak_memory",
+    "sample_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +91,39 @@ def measure_latency(
     return LatencyStats(
         p50_ms=float(p50), p95_ms=float(p95), p99_ms=float(p99), runs=runs, threads=threads
     )
+
+
+def measure_p50_interleaved(
+    paths: Sequence[str | Path], *, threads: int, rounds: int = 5, runs: int = 100
+) -> list[float]:
+    """Return each model's batch-1 p50 in ms, the least of ``rounds`` interleaved rounds.
+
+    Every round times ``runs`` inferences of each model in turn, so a burst of load from
+    other processes hits all models alike, and the least round median is the one least
+    disturbed by it. Use it to compare models measured on a shared host.
+    """
+    if rounds < 1 or runs < 1:
+        raise MeasurementError(f"rounds and runs must be >= 1, got {rounds} and {runs}")
+    sessions, feeds = [], []
+    for path in paths:
+        session = create_session(path, threads=threads)
+        graph_input = session.get_inputs()[0]
+        shape = tuple(dim if isinstance(dim, int) else -1 for dim in graph_input.shape)
+        feed = {graph_input.name: sample_input(shape)}
+        for _ in range(max(runs // 10, 1)):
+            session.run(None, feed)
+        sessions.append(session)
+        feeds.append(feed)
+    best = [float("inf")] * len(sessions)
+    timings = np.empty(runs, dtype=np.float64)
+    for _ in range(rounds):
+        for index, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
+            for run in range(runs):
+                start = time.perf_counter_ns()
+                session.run(None, feed)
+                timings[run] = (time.perf_counter_ns() - start) / 1e6
+            best[index] = min(best[index], float(np.median(timings)))
+    return best
 
 
 # Runs in a fresh interpreter. The peak resident set size is VmHWM from /proc/self/status
