@@ -52,6 +52,7 @@ from edgefleet.compress.measure import (
 )
 from edgefleet.compress.mobilenet import MobileNetV2Family, mobilenet_v2_spec
 from edgefleet.compress.pipeline import apply_recipe
+from edgefleet.compress.planner import plan
 from edgefleet.compress.pruning import ChannelPruningConfig, count_macs_and_params, prune_channels
 from edgefleet.compress.quantization import quantize_onnx_dynamic, quantize_onnx_static
 from edgefleet.compress.runtime import create_session, onnx_accuracy
@@ -64,13 +65,14 @@ from edgefleet.compress.transformer import (
     load_sentence_encoder,
     prune_transformer,
 )
+from edgefleet.profiles import load_profile
 
 HEADING = "## Compression techniques"
 # Pruned channel counts round to multiples of 16, the block width of onnxruntime's
 # AVX-512 convolution kernels (see ChannelPruningConfig).
 PRUNING_ROUND_TO = 16
 # Architecture search time per profile inside the planner.
-PLANNER_SEARCH_SECONDS = 60.0
+PLANNER_SEARCH_SECONDS = 30.0
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("compress_bench")
 
@@ -212,9 +214,6 @@ def bench_digits(work: Path, args: argparse.Namespace) -> dict[str, object]:
 
 
 def bench_planner(teacher: torch.nn.Module, dataset, work: Path) -> list[dict[str, object]]:
-    from edgefleet.compress.planner import plan
-    from edgefleet.profiles import load_profile
-
     rows = []
     for path in sorted((REPO / "deploy" / "profiles").glob("*.toml")):
         profile = load_profile(path)
