@@ -246,7 +246,7 @@ def test_plan_with_search_measures_searched_variants(small_cnn, small_digits, tm
         out_dir=tmp_path,
         recipes=[],
         latency_runs=20,
-        search_seconds=5.0,
+        search_seconds=1.0,
     )
 
     searched = [v for v in report.variants if isinstance(v.recipe[0], SearchedArchitectureConfig)]
