@@ -284,7 +284,12 @@ class Controller:
             reason=f"registered with profile {profile.name}",
             details={"profile_fingerprint": profile.fingerprint, "agent_version": agent_version},
         )
-        logger.info("registered device %s with profile %s", device_id, profile.name)
+        logger.info(
+            "registered device %s with profile %s",
+            device_id,
+            profile.name,
+            extra={"device_id": device_id},
+        )
 
         if calibration is not None:
             scale = self.host_calibration.latency_scale(calibration)
@@ -333,6 +338,7 @@ class Controller:
             device_id,
             session.transport,
             device.current_variant_id or "nothing",
+            extra={"device_id": device_id},
         )
         self._resume_deployment(device)
 
@@ -348,7 +354,9 @@ class Controller:
         except ControllerStateError:
             # Shutting down: shutdown() marks every device offline itself.
             return
-        logger.info("device %s disconnected", session.device_id)
+        logger.info(
+            "device %s disconnected", session.device_id, extra={"device_id": session.device_id}
+        )
 
     def ingest_telemetry(
         self, device_id: str, sample: fleet_pb2.TelemetrySample
@@ -765,7 +773,12 @@ class Controller:
             if last is not None and (now - last).total_seconds() < self.config.policy.cooldown_s:
                 return
             runtime.last_alert_at = now
-        logger.warning("alert for device %s: %s", device.device_id, decision.reason)
+        logger.warning(
+            "alert for device %s: %s",
+            device.device_id,
+            decision.reason,
+            extra={"device_id": device.device_id},
+        )
         self.registry.record_event(
             EventKind.ALERT,
             device_id=device.device_id,
@@ -784,6 +797,7 @@ class Controller:
             decision.action.value,
             device.device_id,
             decision.reason,
+            extra={"device_id": device.device_id},
         )
         self.registry.record_event(
             kind,

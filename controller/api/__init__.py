@@ -38,7 +38,7 @@ Endpoints and shapes (``Device`` and the other names are the schemas in ``schema
     GET    /metrics                                -> Prometheus text exposition
 
 Following events: call ``GET /api/v1/events?after_id=N&wait=30`` with the ``last_id`` of
-the previous answer. It returns at once when newer events exist, else it waits up to
+the previous response. It returns at once when newer events exist, else it waits up to
 ``wait`` seconds (at most 60) for one and returns an empty list on timeout.
 
 Every error is JSON with a status code::

@@ -29,8 +29,11 @@ __all__ = [
     "PinRequest",
     "ProfileVariants",
     "Rollout",
+    "RolloutActionRequest",
+    "RolloutDevice",
     "RolloutList",
     "RolloutRequest",
+    "RolloutWave",
     "TelemetryHistory",
     "TelemetryPoint",
     "TelemetrySample",
@@ -98,9 +101,10 @@ class Device(BaseModel):
     latency_budget_ms: float
     model_memory_budget_mb: float
     within_budget: bool | None = Field(
-        description="Whether the newest sample that served requests has p95 latency within "
-        "the budget and more available memory than the policy's margin; null before such "
-        "a sample arrived."
+        description="Whether the newest sample is within budget as the policy judges it: "
+        "p95 latency within the budget when the sample served requests, and more memory "
+        "available than the served variant's peak plus the policy's margin. Null before "
+        "the first sample."
     )
     latency_scale: float | None = Field(
         description="Device p50 over host p50 on the reference model; null until measured."
@@ -144,6 +148,9 @@ class TelemetryHistory(BaseModel):
     until: datetime | None
     step_s: int | None = Field(description="Bucket width in seconds; null for raw samples.")
     points: list[TelemetryPoint] = Field(description="Oldest first, by received time.")
+    truncated: bool = Field(
+        description="More points fall in the range than limit; the newest ones are returned."
+    )
 
 
 class Variant(BaseModel):
@@ -255,25 +262,79 @@ class EventList(BaseModel):
 
 
 class RolloutRequest(_Body):
-    variant_id: str | None = Field(
+    model_id: str | None = Field(
+        default=None, max_length=32, description="Model to roll out; null: the active model."
+    )
+    target: str = Field(
+        default="all",
+        max_length=10_000,
+        description="Devices to cover: 'all', 'profile:NAME' or 'devices:ID,ID,...'.",
+    )
+    waves: list[str | int] | str | None = Field(
         default=None,
-        max_length=64,
-        description="Variant to roll out; null rolls out each device's best ladder rung.",
+        description="Cumulative wave sizes, device counts or shares of the target, the last "
+        "one 100%: ['1', '25%', '100%'] or '1,25%,100%'. Null uses 1, 25%, 100%.",
     )
-    device_ids: list[str] | None = Field(
-        default=None, description="Devices to include; null means every registered device."
+    variants: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variant id per profile name; other profiles get the starting rung of "
+        "the model's ladder.",
     )
-    wave_sizes: list[int] | None = Field(
-        default=None, description="Devices per wave, in order; null uses the default waves."
+    gates: dict[str, float | int] = Field(
+        default_factory=dict,
+        description="Health gate settings: max_failure_rate, max_p95_regression, soak_s, "
+        "min_samples, baseline_s, deploy_timeout_s.",
     )
-    reason: str = Field(default="started through the HTTP API", max_length=500)
+
+
+class RolloutActionRequest(_Body):
+    reason: str = Field(default="", max_length=500, description="Recorded in the event.")
+
+
+class RolloutDevice(BaseModel):
+    device_id: str
+    wave: int
+    state: str = Field(
+        description="pending, deploying, updated, unchanged, failed, reverting, reverted, "
+        "revert_failed or skipped."
+    )
+    variant_id: str
+    previous_variant_id: str | None
+    deployment_id: str | None
+    revert_deployment_id: str | None
+    baseline_p95_ms: float | None
+    soak_p95_ms: float | None
+    reason: str
+    updated_at: datetime
+
+
+class RolloutWave(BaseModel):
+    index: int
+    spec: str = Field(description="The wave as requested: a device count or a share, '25%'.")
+    size: int = Field(description="Devices this wave adds.")
+    state: str = Field(description="pending, deploying, soaking, passed, failed or cancelled.")
+    device_ids: list[str]
+    started_at: datetime | None
+    soak_started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] = Field(description="The health gate's figures and verdict.")
 
 
 class Rollout(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
     rollout_id: str
-    state: str
+    model_id: str
+    state: str = Field(description="running, paused, succeeded, halted or aborted.")
+    target: dict[str, Any]
+    gates: dict[str, Any]
+    variants: dict[str, str]
+    current_wave: int
+    reason: str
+    settled: bool = Field(description="No deployment or revert of the rollout is in flight.")
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    waves: list[RolloutWave]
+    devices: list[RolloutDevice]
 
 
 class RolloutList(BaseModel):
