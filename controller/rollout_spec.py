@@ -170,13 +170,14 @@ class Wave:
             )
         text = value.strip()
         try:
-            if text.endswith("%"):
-                return cls(percent=float(text[:-1]))
-            return cls(count=int(text))
+            number = float(text[:-1]) if text.endswith("%") else int(text)
         except ValueError:
             raise InvalidRolloutError(
                 f"invalid wave {value!r}: use a device count such as 1 or a share such as '25%'"
             ) from None
+        if text.endswith("%"):
+            return cls(percent=number)
+        return cls(count=int(number))
 
     def describe(self) -> str:
         """Return the wave in the form ``parse`` reads: ``"3"`` or ``"25%"``."""

@@ -344,17 +344,20 @@ class RolloutManager:
 
     def get(self, rollout_id: str) -> Rollout:
         """Return a snapshot of the rollout; raises ``UnknownRolloutError``."""
-        row = self._store.get(rollout_id)
-        return _snapshot(row, self._store.waves(row.id), self._store.devices(row.id))
+        with self._lock:
+            row = self._store.get(rollout_id)
+            return _snapshot(row, self._store.waves(row.id), self._store.devices(row.id))
 
     def list(
         self, *, states: Iterable[RolloutState] | None = None, limit: int | None = None
     ) -> builtins.list[Rollout]:
         """Return rollouts, newest first, optionally only those in ``states``."""
-        rows = self._store.list(states=states, limit=limit)
-        return [
-            _snapshot(row, self._store.waves(row.id), self._store.devices(row.id)) for row in rows
-        ]
+        with self._lock:
+            rows = self._store.list(states=states, limit=limit)
+            return [
+                _snapshot(row, self._store.waves(row.id), self._store.devices(row.id))
+                for row in rows
+            ]
 
     def rollout_of(self, device_id: str) -> str | None:
         """Return the id of the rollout that controls the device, or None.
