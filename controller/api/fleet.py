@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller.api import queries
@@ -133,10 +133,10 @@ def _resolve_profile(value: str, names: dict[str, str]) -> str:
 @router.post("/models", response_model=Model, status_code=201, summary="Register a model")
 async def register_model(
     controller: ControllerDep,
-    model: Annotated[UploadFile, Form(description="The trained model as an .onnx file.")],
+    model: Annotated[UploadFile, File(description="The trained model as an .onnx file.")],
     data: Annotated[
         UploadFile,
-        Form(description="Evaluation data: .npz with x_train, y_train, x_val and y_val."),
+        File(description="Evaluation data: .npz with x_train, y_train, x_val and y_val."),
     ],
     name: Annotated[
         str | None, Form(max_length=128, description="Display name; default: file stem.")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import numpy as np
 from controller_support import make_record, store_fake_ladder
+from fastapi import FastAPI
 
 from edgefleet.controller.api import HttpServer, create_app
 from edgefleet.controller.models import ModelRow
@@ -26,6 +27,7 @@ class ApiFleet:
     """A running controller, its HTTP server and a client bound to it."""
 
     controller: Controller
+    app: FastAPI
     server: HttpServer
     client: httpx.Client
     model: ModelRow
@@ -41,11 +43,12 @@ def serve_api(
 ) -> Iterator[ApiFleet]:
     """Store a fake ladder for ``profile``, serve the API on a free port, yield a client."""
     model, ladder = store_fake_ladder(controller, profile)
-    server = HttpServer(create_app(controller, max_upload_bytes=max_upload_bytes), port=0)
+    app = create_app(controller, max_upload_bytes=max_upload_bytes)
+    server = HttpServer(app, port=0)
     port = server.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield ApiFleet(controller, server, client, model, ladder)
+            yield ApiFleet(controller, app, server, client, model, ladder)
     finally:
         server.stop()
 
