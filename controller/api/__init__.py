@@ -26,16 +26,20 @@ Endpoints and shapes (``Device`` and the other names are the schemas in ``schema
     GET    /api/v1/deployments                     ?device_id&state&limit
                                                    -> {"deployments": [Deployment]}
     GET    /api/v1/deployments/{deployment_id}     -> Deployment
-    GET    /api/v1/rollouts                        -> {"rollouts": [Rollout]}
-    POST   /api/v1/rollouts                        RolloutRequest -> 201 Rollout
+    GET    /api/v1/rollouts                        ?state&limit -> {"rollouts": [Rollout]}
+    POST   /api/v1/rollouts                        {"model_id"?, "target", "waves"?,
+                                                   "variants"?, "gates"?} -> 201 Rollout
     GET    /api/v1/rollouts/{rollout_id}           -> Rollout
-    POST   /api/v1/rollouts/{rollout_id}/pause     -> Rollout
+    POST   /api/v1/rollouts/{rollout_id}/pause     {"reason"?} -> Rollout
     POST   /api/v1/rollouts/{rollout_id}/resume    -> Rollout
-    POST   /api/v1/rollouts/{rollout_id}/abort     -> Rollout
+    POST   /api/v1/rollouts/{rollout_id}/abort     {"reason"?} -> Rollout
     GET    /api/v1/events                          ?device_id&kind&since&after_id&limit&wait
                                                    -> {"events": [Event], "last_id"}
     GET    /api/v1/openapi.json                    -> the OpenAPI 3.1 document
     GET    /metrics                                -> Prometheus text exposition
+
+``create_app(controller)`` builds the application and ``HttpServer(app, host=..., port=...)``
+serves it on a thread; ``edgefleet controller serve --http-port`` does both.
 
 Following events: call ``GET /api/v1/events?after_id=N&wait=30`` with the ``last_id`` of
 the previous response. It returns at once when newer events exist, else it waits up to

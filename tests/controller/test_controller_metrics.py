@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -140,3 +143,29 @@ def test_metrics_sum_drops_of_unregistered_devices(api: ApiFleet) -> None:
     assert value(samples, "edgefleet_telemetry_dropped_total", device_id="") == 2
     dropped_ids = {dict(key)["device_id"] for key in samples["edgefleet_telemetry_dropped_total"]}
     assert "stray-1" not in dropped_ids
+
+
+GRAFANA_DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "edgefleet-fleet.json"
+
+
+def test_grafana_dashboard_uses_served_metrics(api: ApiFleet) -> None:
+    api.controller.ingest_telemetry("dev-1", make_sample("dev-1", temperature_c=40.0))
+    response = api.client.get("/metrics")
+    served = {
+        name
+        for family in text_string_to_metric_families(response.text)
+        for name in (family.name, *(sample.name for sample in family.samples))
+    }
+    dashboard = json.loads(GRAFANA_DASHBOARD.read_text())
+
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        for target in panel["targets"]:
+            used |= set(re.findall(r"edgefleet_[a-z0-9_]+", target["expr"]))
+    variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+
+    assert used, "the dashboard queries no edgefleet metric"
+    assert used <= served, sorted(used - served)
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
