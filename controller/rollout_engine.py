@@ -13,8 +13,9 @@ after a controller restart continues where the last process stopped:
 4. a passed wave starts the next one, unless the rollout is paused; the last one ends
    the rollout SUCCEEDED.
 
-Halting or aborting sends each device that the rollout updated, or was updating, back to
-its previous variant, and ``follow_reverts`` follows those deployments until they end.
+Halting or aborting sends each device that the rollout updated, or may still update (its
+deployment is in flight or timed out), back to its previous variant, and
+``follow_reverts`` follows those deployments until they end.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class RolloutEngine:
                 self._store.update_device(
                     rollout.id, device.device_id, state=RolloutDeviceState.SKIPPED
                 )
-            elif device.state in (RolloutDeviceState.DEPLOYING, RolloutDeviceState.UPDATED):
+            elif self._needs_revert(device):
                 self._revert(rollout, device, reason=reason)
 
     def follow_reverts(self, rollout_id: str) -> None:
@@ -401,6 +402,16 @@ class RolloutEngine:
             to_variant=previous,
             details={"rollout_id": rollout.id, "deployment_id": deployment.id},
         )
+
+    def _needs_revert(self, device: RolloutDeviceRow) -> bool:
+        if device.state in (RolloutDeviceState.DEPLOYING, RolloutDeviceState.UPDATED):
+            return True
+        # A deployment that timed out is still pending: the agent may be installing it, or
+        # get it when it reconnects. Sending the previous variant supersedes it.
+        if device.state is not RolloutDeviceState.FAILED or device.deployment_id is None:
+            return False
+        deployment = self._registry.find_deployment(device.deployment_id)
+        return deployment is not None and not deployment.state.is_terminal
 
     def _revert_failed(self, rollout: RolloutRow, device: RolloutDeviceRow, reason: str) -> None:
         logger.error(

@@ -239,16 +239,22 @@ def test_abort_reverts_updated_devices(controller, fleet):
 
 
 def test_deploy_timeout_counts_as_failure(controller, fleet):
-    model_id, _, _ = fleet
+    model_id, ladder, _ = fleet
     gates = GateConfig(soak_s=0.0, deploy_timeout_s=0.2)
     rollout = controller.rollouts.start(model_id, "devices:dev-2", waves="100%", gates=gates)
 
     wait_for(lambda: controller.rollouts.get(rollout.id).state is RolloutState.HALTED)
 
     halted = controller.rollouts.get(rollout.id)
-    assert "no report within 0.2 s" in halted.device("dev-2").reason
-    # The device never reported, so it may still install the variant: it is sent back.
-    assert states(halted)["dev-2"] == "failed"
+    assert "1 of 1 deployments failed" in halted.reason
+    assert "no report within 0.2 s" in halted.reason
+    # The device never reported, so it may still install the variant: it is sent back,
+    # and that revert times out too because the device is offline.
+    assert controller.registry.get_device("dev-2").desired_variant_id == ladder[1]
+    wait_for(lambda: controller.rollouts.get(rollout.id).settled)
+    device = controller.rollouts.get(rollout.id).device("dev-2")
+    assert device.state.value == "revert_failed"
+    assert "sends it again when the device reconnects" in device.reason
 
 
 def test_rollout_continues_after_restart(tmp_path: Path, controller_config, profile):
