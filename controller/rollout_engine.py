@@ -113,11 +113,15 @@ class RolloutEngine:
         rollout = self._store.get(rollout_id)
         timeout_s = GateConfig.from_mapping(rollout.gates).deploy_timeout_s
         now = utc_now()
-        for device in self._store.devices(rollout_id):
-            if device.state is not RolloutDeviceState.REVERTING:
-                continue
+        reverting = [
+            device
+            for device in self._store.devices(rollout_id)
+            if device.state is RolloutDeviceState.REVERTING
+        ]
+        deployments = self._store.deployments(d.revert_deployment_id for d in reverting)
+        for device in reverting:
             assert device.revert_deployment_id is not None
-            deployment = self._registry.find_deployment(device.revert_deployment_id)
+            deployment = deployments.get(device.revert_deployment_id)
             if deployment is not None and deployment.state is DeploymentState.ACTIVE:
                 self._set_device(
                     rollout,
@@ -203,11 +207,15 @@ class RolloutEngine:
         )
 
     def _follow_deployments(self, rollout: RolloutRow, gates: GateConfig, *, now: datetime) -> None:
-        for device in self._store.devices(rollout.id):
-            if device.state is not RolloutDeviceState.DEPLOYING:
-                continue
+        deploying = [
+            device
+            for device in self._store.devices(rollout.id)
+            if device.state is RolloutDeviceState.DEPLOYING
+        ]
+        deployments = self._store.deployments(d.deployment_id for d in deploying)
+        for device in deploying:
             assert device.deployment_id is not None and device.deployed_at is not None
-            deployment = self._registry.find_deployment(device.deployment_id)
+            deployment = deployments.get(device.deployment_id)
             if deployment is not None and deployment.state is DeploymentState.ACTIVE:
                 self._store.update_device(
                     rollout.id,

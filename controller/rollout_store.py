@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from edgefleet.controller.db import Database
 from edgefleet.controller.errors import UnknownRolloutError
 from edgefleet.controller.models import (
+    DeploymentRow,
     RolloutDeviceRow,
     RolloutDeviceState,
     RolloutRow,
@@ -188,6 +189,15 @@ class RolloutStore:
             return list(session.scalars(query))
 
     # -- lookups for the engine -----------------------------------------------------
+
+    def deployments(self, deployment_ids: Iterable[str | None]) -> dict[str, DeploymentRow]:
+        """Return the deployments with these ids by id, in one query; None ids are skipped."""
+        ids = [deployment_id for deployment_id in deployment_ids if deployment_id is not None]
+        if not ids:
+            return {}
+        query = sa.select(DeploymentRow).where(DeploymentRow.id.in_(ids))
+        with self._database.session() as session:
+            return {row.id: row for row in session.scalars(query)}
 
     def find_variant_model(
         self, profile_fingerprint: str, variant_id: str, *, prefer_model_id: str | None = None
