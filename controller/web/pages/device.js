@@ -179,12 +179,15 @@ function legend() {
 
 function telemetryCharts(device, history, events, windowSeconds) {
   const points = history.points.map((point) => ({ ...point, t: Date.parse(point.at) }));
-  const now = Date.now();
-  const windowStart = now - windowSeconds * 1000;
-  const domain = [points.length ? Math.max(windowStart, points[0].t) : windowStart, now];
   const marks = events
     .filter((event) => MARKED_EVENTS.has(event.kind))
     .map((event) => ({ t: Date.parse(event.at), kind: event.kind, label: event.reason }));
+  // The time axis spans the data and the marked events, within the chosen window, so a
+  // young device's few minutes of data fill the chart instead of its right edge.
+  const now = Date.now();
+  const windowStart = now - windowSeconds * 1000;
+  const earliest = Math.min(...points.map((p) => p.t), ...marks.map((m) => m.t), now);
+  const domain = [Math.max(windowStart, earliest), now];
   // A bucket that served no request has no latency to show, so the line breaks there.
   const latency = points.map((p) => ({ t: p.t, v: p.requests > 0 ? p.latency_p95_ms : null }));
   const specs = [
