@@ -99,7 +99,7 @@ class RolloutEngine:
             reason=f"rollout {rollout.id}: {reason}",
             details={"rollout_id": rollout.id, "wave": rollout.current_wave},
         )
-        logger.warning("rollout %s %s: %s", rollout.id, state.value, reason)
+        logger.warning("rollout %s %s: %s", rollout.id, state.value, reason, extra=_ids(rollout))
         for device in self._store.devices(rollout.id):
             if device.state is RolloutDeviceState.PENDING:
                 self._store.update_device(
@@ -160,6 +160,7 @@ class RolloutEngine:
             wave.index + 1,
             wave.spec,
             len(devices),
+            extra=_ids(rollout),
         )
         gates = GateConfig.from_mapping(rollout.gates)
         for device in devices:
@@ -277,6 +278,7 @@ class RolloutEngine:
                 rollout.id,
                 wave.index + 1,
                 gates.soak_s,
+                extra=_ids(rollout),
             )
             wave = self._store.waves(rollout.id)[wave.index]
         assert wave.soak_started_at is not None
@@ -351,7 +353,12 @@ class RolloutEngine:
             reason=f"rollout {rollout.id} wave {wave.index + 1} ({wave.spec}) passed its gate",
             details={"rollout_id": rollout.id, "wave": wave.index, **result},
         )
-        logger.info("rollout %s: wave %d passed its health gate", rollout.id, wave.index + 1)
+        logger.info(
+            "rollout %s: wave %d passed its health gate",
+            rollout.id,
+            wave.index + 1,
+            extra=_ids(rollout),
+        )
         waves = self._store.waves(rollout.id)
         if wave.index + 1 < len(waves):
             self._store.update(rollout.id, current_wave=wave.index + 1)
@@ -363,7 +370,7 @@ class RolloutEngine:
             reason=f"rollout {rollout.id} of model {rollout.model_id} reached every device",
             details={"rollout_id": rollout.id},
         )
-        logger.info("rollout %s succeeded", rollout.id)
+        logger.info("rollout %s succeeded", rollout.id, extra=_ids(rollout))
 
     def _fail_wave(
         self, rollout: RolloutRow, wave: RolloutWaveRow, *, reason: str, result: dict[str, Any]
@@ -428,6 +435,7 @@ class RolloutEngine:
             device.device_id,
             device.previous_variant_id,
             reason,
+            extra=_ids(rollout, device),
         )
         self._set_device(rollout, device, RolloutDeviceState.REVERT_FAILED, reason=reason)
 
@@ -442,8 +450,21 @@ class RolloutEngine:
         self._store.update_device(rollout.id, device.device_id, state=state, reason=reason)
         if state in (RolloutDeviceState.FAILED, RolloutDeviceState.REVERT_FAILED):
             logger.warning(
-                "rollout %s: device %s %s: %s", rollout.id, device.device_id, state.value, reason
+                "rollout %s: device %s %s: %s",
+                rollout.id,
+                device.device_id,
+                state.value,
+                reason,
+                extra=_ids(rollout, device),
             )
+
+
+def _ids(rollout: RolloutRow, device: RolloutDeviceRow | None = None) -> dict[str, str]:
+    # Context fields of structured log lines (edgefleet.logs.CONTEXT_FIELDS).
+    ids = {"rollout_id": rollout.id}
+    if device is not None:
+        ids["device_id"] = device.device_id
+    return ids
 
 
 def _deploy_reason(rollout: RolloutRow, device: RolloutDeviceRow) -> str:

@@ -289,6 +289,7 @@ class RolloutManager:
                 model.id,
                 target.describe(),
                 len(devices),
+                extra={"rollout_id": rollout.id},
             )
             self._refresh_controlled()
             self._engine.advance(rollout.id)
@@ -307,7 +308,12 @@ class RolloutManager:
                 reason=reason or f"rollout {row.id} paused by an operator",
                 details={"rollout_id": row.id, "wave": row.current_wave},
             )
-            logger.info("paused rollout %s at wave %d", row.id, row.current_wave)
+            logger.info(
+                "paused rollout %s at wave %d",
+                row.id,
+                row.current_wave,
+                extra={"rollout_id": row.id},
+            )
             return self.get(row.id)
 
     def resume(self, rollout_id: str) -> Rollout:
@@ -320,7 +326,12 @@ class RolloutManager:
                 reason=f"rollout {row.id} resumed by an operator",
                 details={"rollout_id": row.id, "wave": row.current_wave},
             )
-            logger.info("resumed rollout %s at wave %d", row.id, row.current_wave)
+            logger.info(
+                "resumed rollout %s at wave %d",
+                row.id,
+                row.current_wave,
+                extra={"rollout_id": row.id},
+            )
             self._engine.advance(row.id)
             return self.get(row.id)
 
