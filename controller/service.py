@@ -31,6 +31,7 @@ from edgefleet.controller.errors import (
     ControllerStateError,
     InvalidTelemetryError,
     PlanningError,
+    RolloutConflictError,
 )
 from edgefleet.controller.models import (
     DeploymentRow,
@@ -488,10 +489,18 @@ class Controller:
         """Deploy a variant of the active model to a device.
 
         Raises ``UnknownDeviceError`` or ``UnknownVariantError``, and
-        ``ControllerStateError`` when no model is registered.
+        ``ControllerStateError`` when no model is registered. Raises
+        ``RolloutConflictError`` while a rollout controls the device, because a manual
+        deployment would replace the rollout's and count as its failure.
         """
         assert self._deployer is not None
         device = self.registry.get_device(device_id)
+        rollout_id = self.rollouts.rollout_of(device_id)
+        if rollout_id is not None:
+            raise RolloutConflictError(
+                f"device {device_id} belongs to rollout {rollout_id}; wait for it to end, "
+                "or abort it first"
+            )
         model = self.registry.active_model()
         if model is None:
             raise ControllerStateError("no model is registered; register a model first")

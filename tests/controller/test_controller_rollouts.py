@@ -418,6 +418,15 @@ def test_device_in_running_rollout_conflicts(controller, fleet):
         controller.rollouts.start(model_id, "devices:dev-1,dev-2", waves="100%")
 
 
+def test_manual_deploy_to_rollout_device_rejected(controller, fleet):
+    model_id, ladder, _ = fleet
+    rollout = controller.rollouts.start(model_id, "devices:dev-0", waves="100%")
+
+    with pytest.raises(RolloutConflictError, match=f"belongs to rollout {rollout.id}"):
+        controller.deploy("dev-0", ladder[2], reason="manual")
+    assert controller.deploy("dev-1", ladder[2], reason="manual").variant_id == ladder[2]
+
+
 def test_unknown_rollout_id_rejected(controller):
     with pytest.raises(UnknownRolloutError, match="no rollout with id 'r-1'"):
         controller.rollouts.get("r-1")
