@@ -208,15 +208,26 @@ class RolloutEngine:
         )
 
     def _follow_deployments(self, rollout: RolloutRow, gates: GateConfig, *, now: datetime) -> None:
-        deploying = [
+        followed = [
             device
             for device in self._store.devices(rollout.id)
-            if device.state is RolloutDeviceState.DEPLOYING
+            if device.state in (RolloutDeviceState.DEPLOYING, RolloutDeviceState.UPDATED)
         ]
-        deployments = self._store.deployments(d.deployment_id for d in deploying)
-        for device in deploying:
+        deployments = self._store.deployments(d.deployment_id for d in followed)
+        for device in followed:
             assert device.deployment_id is not None and device.deployed_at is not None
             deployment = deployments.get(device.deployment_id)
+            if device.state is RolloutDeviceState.UPDATED:
+                # The agent may still roll an active variant back, when its health check
+                # fails after activation; the device then counts as failed.
+                if deployment is not None and deployment.state is DeploymentState.ROLLED_BACK:
+                    self._set_device(
+                        rollout,
+                        device,
+                        RolloutDeviceState.FAILED,
+                        reason=f"rolled back after activation: {deployment.reason}",
+                    )
+                continue
             if deployment is not None and deployment.state is DeploymentState.ACTIVE:
                 self._store.update_device(
                     rollout.id,

@@ -8,16 +8,27 @@ from edgefleet.protos.v1 import fleet_pb2
 
 ACTIVE = fleet_pb2.DEPLOYMENT_STATE_ACTIVE
 FAILED = fleet_pb2.DEPLOYMENT_STATE_FAILED
+ROLLED_BACK = fleet_pb2.DEPLOYMENT_STATE_ROLLED_BACK
 
 
 def report(
-    controller: Controller, device_id: str, deployment_id: str, state: int, message: str = ""
+    controller: Controller,
+    device_id: str,
+    deployment_id: str,
+    state: int,
+    message: str = "",
+    *,
+    previous_variant_id: str = "",
 ) -> None:
     """Apply a deployment status report, as the agent's session would deliver it."""
     controller.handle_status(
         device_id,
         fleet_pb2.DeploymentStatus(
-            device_id=device_id, deployment_id=deployment_id, state=state, message=message
+            device_id=device_id,
+            deployment_id=deployment_id,
+            state=state,
+            message=message,
+            previous_variant_id=previous_variant_id,
         ),
     )
 

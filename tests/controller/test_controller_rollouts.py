@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 from controller_support import store_fake_ladder, wait_for
-from rollout_support import ACTIVE, FAILED, report_deploying, send_latency, states
+from rollout_support import (
+    ACTIVE,
+    FAILED,
+    ROLLED_BACK,
+    report,
+    report_deploying,
+    send_latency,
+    states,
+)
 
 from edgefleet.controller.config import ControllerConfig
 from edgefleet.controller.errors import (
@@ -127,6 +135,32 @@ def test_failed_canary_halts_before_next_wave(controller, fleet):
     halted_events = controller.registry.list_events(kinds=[EventKind.ROLLOUT_HALTED])
     assert len(halted_events) == 1
     assert halted_events[0].details["rollout_id"] == rollout.id
+
+
+def test_rollback_after_activation_halts(controller, fleet):
+    model_id, ladder, _ = fleet
+    rollout = controller.rollouts.start(
+        model_id, "all", waves="1,100%", gates=GateConfig(soak_s=60.0)
+    )
+    report_deploying(controller, rollout.id, ACTIVE)
+    wait_for(lambda: controller.rollouts.get(rollout.id).waves[0].state is WaveState.SOAKING)
+    deployment_id = controller.rollouts.get(rollout.id).device("dev-0").deployment_id
+
+    # The agent names the variant it went back to, as a real one does.
+    report(
+        controller,
+        "dev-0",
+        deployment_id,
+        ROLLED_BACK,
+        "health check failed",
+        previous_variant_id=ladder[1],
+    )
+    wait_for(lambda: controller.rollouts.get(rollout.id).state is RolloutState.HALTED)
+
+    halted = controller.rollouts.get(rollout.id)
+    assert halted.device("dev-0").state.value == "failed"
+    assert "rolled back after activation: health check failed" in halted.reason
+    assert controller.registry.get_device("dev-0").current_variant_id == ladder[1]
 
 
 def test_latency_regression_halts_and_reverts(controller, fleet):
