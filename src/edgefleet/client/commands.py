@@ -3,8 +3,8 @@
 ``edgefleet devices``, ``device``, ``telemetry``, ``models``, ``variants``, ``deploy``,
 ``pin``, ``unpin``, ``rollouts ...`` and ``events``. Each prints rich tables, or the API's
 JSON with ``--json``. Only typer and the standard library are imported at module level, so
-``edgefleet agent run`` still starts on a device without httpx and rich; a missing module
-surfaces as the root CLI's message about the ``controller`` extra.
+``edgefleet agent run`` still starts on a device without httpx and rich. There, a missing
+module surfaces as the root CLI's message about the ``controller`` extra.
 """
 
 from __future__ import annotations
@@ -188,7 +188,9 @@ def telemetry_command(
     step: Annotated[
         int | None, typer.Option(help="Average samples into buckets of this many seconds.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Most points returned; the newest are kept.")] = 200,
+    limit: Annotated[
+        int, typer.Option(help="Maximum number of points returned; the newest are kept.")
+    ] = 200,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
     json_output: JsonOutput = False,
 ) -> None:
@@ -293,7 +295,7 @@ def deploy_command(
     variant_id: Annotated[
         str,
         typer.Argument(
-            help="Variant id, or a unique prefix of a ladder rung (`edgefleet device DEVICE`)."
+            help="Variant id, or a unique prefix of one (`edgefleet variants` lists them)."
         ),
     ],
     reason: Annotated[str, typer.Option(help="Recorded with the deployment.")] = (
@@ -410,7 +412,9 @@ def events_command(
         str | None,
         typer.Option(help="Only events after this: a duration (10m, 2h) or an ISO time."),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Most events printed before following.")] = 50,
+    limit: Annotated[
+        int, typer.Option(help="Maximum number of events printed before following.")
+    ] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events until interrupted.")
     ] = False,

@@ -3,8 +3,8 @@
 Errors::
 
     ClientError                  base of the client's errors (an ``EdgefleetError``)
-    ├── ControllerUnreachableError  no HTTP answer from the URL: refused, timed out, bad name
-    └── ApiResponseError         the API answered with an error; carries status, code, field
+    ├── ControllerUnreachableError  no HTTP response from the URL: refused, timed out, bad name
+    └── ApiResponseError         the API returned an error; carries status, code, field
 
 ``ApiResponseError.message`` is the API's own message, which names the rejected value and
 the fix; ``hint`` adds the command that lists valid ids for a ``*_not_found`` code.
@@ -212,7 +212,7 @@ class ControllerClient:
             "limit": limit,
             "wait": wait_s,
         }
-        # A long poll holds the request open for wait_s, so the read timeout must exceed it.
+        # A long poll keeps the request open for wait_s, so the read timeout must exceed it.
         timeout = None if wait_s is None else wait_s + 10.0
         return self.request("GET", "/events", params=params, timeout_s=timeout)
 

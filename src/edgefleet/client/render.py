@@ -38,8 +38,11 @@ def short_id(value: str | None) -> str:
 def _ms(value: float | None) -> str:
     if value is None:
         return "-"
-    digits = 1 if value >= 10 else 2 if value >= 1 else 3
-    return f"{value:.{digits}f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
 
 
 def _clock(iso: str | None) -> str:
