@@ -1,6 +1,6 @@
 """The web dashboard in headless Chromium against a real fleet.
 
-A controller serves the HTTP API and the dashboard on loopback; two agent processes serve
+A controller serves the HTTP API and the dashboard on loopback. Two agent processes serve
 the planned variant and report real telemetry while a thread sends them digits. The
 tests load each page, compare what the charts draw with the API's data, and click the
 actions and check their result through the API.
@@ -31,7 +31,7 @@ INSTALL_HINT = (
 # both profiles get a ladder, but the agent serves it in about 0.15 ms: the second device
 # is over its budget and the first within it.
 DEVICES = {"cam-1": 50.0, "cam-2": 0.05}
-# Longest wait for the page to show what the API already has (refreshes run every 5 s).
+# Maximum wait for the page to show what the API already has (refreshes run every 5 s).
 PAGE_TIMEOUT_MS = 15_000
 
 
@@ -105,7 +105,8 @@ def test_dashboard_index_served_at_root(fleet):
         body = response.read().decode()
     assert response.headers["content-type"].startswith("text/html")
     assert '<script type="module" src="app.js"></script>' in body
-    assert "http://" not in body and "https://" not in body, "no external resources"
+    assert "http://" not in body, "no external resources"
+    assert "https://" not in body, "no external resources"
 
 
 def test_fleet_page_counts_devices_and_budgets(page, fleet):
@@ -353,7 +354,7 @@ def test_unknown_device_shows_api_error(page, fleet, page_errors):
     open_page(page, fleet, "/devices/missing-1")
     page.locator("#notice.error").wait_for(timeout=PAGE_TIMEOUT_MS)
     assert "missing-1" in page.locator("#notice").inner_text()
-    # The browser logs the API's 404 answers; the page itself raised nothing.
+    # The browser logs the API's 404 responses, but the page itself raised nothing.
     assert page_errors
     assert all("404" in error for error in page_errors)
     page_errors.clear()
