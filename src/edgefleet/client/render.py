@@ -64,6 +64,13 @@ def _age(iso: str | None, *, now: datetime | None = None) -> str:
     return f"{round(seconds / 3600)} h ago"
 
 
+def _served_p95(sample: dict[str, Any] | None) -> str:
+    # A sample that served no request carries no latency.
+    if not sample or sample["requests"] == 0:
+        return "-"
+    return _ms(sample["latency_p95_ms"])
+
+
 def budget_text(within_budget: bool | None) -> Text:
     if within_budget is None:
         return Text("no data", style="dim")
@@ -107,9 +114,7 @@ def devices_table(devices: list[dict[str, Any]]) -> Table:
             budget_text(device["within_budget"]),
             short_id(device["current_variant_id"]),
             "pinned" if device["pinned"] else "",
-            f"{_ms(sample['latency_p95_ms'])} / {_ms(device['latency_budget_ms'])}"
-            if sample
-            else f"- / {_ms(device['latency_budget_ms'])}",
+            f"{_served_p95(sample)} / {_ms(device['latency_budget_ms'])}",
             f"{sample['cpu_percent']:.0f}" if sample else "-",
             f"{sample['memory_available_mb']:.0f}" if sample else "-",
             _age(device["last_seen"]),
@@ -132,7 +137,7 @@ def device_table(device: dict[str, Any]) -> Table:
         ("serving", device["current_variant_id"] or "-"),
         ("target", device["desired_variant_id"] or "-"),
         ("pinned", "yes" if device["pinned"] else "no"),
-        ("latest p95", f"{_ms(sample.get('latency_p95_ms'))} ms"),
+        ("latest p95", f"{_served_p95(sample or None)} ms"),
         ("latest CPU", f"{sample['cpu_percent']:.0f} %" if sample else "-"),
         ("memory free", f"{sample['memory_available_mb']:.0f} MB" if sample else "-"),
         ("temperature", f"{temperature:.1f} °C" if temperature is not None else "-"),
