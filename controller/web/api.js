@@ -21,7 +21,7 @@ async function request(method, path, body) {
   try {
     response = await fetch(BASE + path, options);
   } catch (error) {
-    throw new ApiError(0, "unreachable", `the controller did not answer (${error.message})`);
+    throw new ApiError(0, "unreachable", `no response from the controller (${error.message})`);
   }
   const payload = await response.json().catch(() => null);
   if (!response.ok) {

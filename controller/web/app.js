@@ -1,5 +1,5 @@
 // The dashboard shell: a hash router over the pages, the notice line and page timers.
-// Every page is a module whose `render(view, params, page)` fills `view`; `page.every`
+// Every page is a module whose `render(view, params, page)` fills `view`, and `page.every`
 // registers a refresh that stops when the operator navigates away.
 
 import * as fleet from "./pages/fleet.js";

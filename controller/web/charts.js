@@ -107,7 +107,7 @@ function describe(svg, title, description) {
 }
 
 /**
- * Draw a time series. `points` are {t: epoch milliseconds, v: number or null}; null values
+ * Draw a time series. `points` are {t: epoch milliseconds, v: number or null}, and null values
  * (a sample without a temperature, say) break the line. `budget` draws a dashed limit line.
  * `events` are {t, kind, label} drawn as vertical markers with a tooltip.
  */
@@ -194,7 +194,7 @@ export function timeSeriesChart({
 
 /**
  * Draw variants as points of accuracy against latency. `variants` are
- * {id, latency, accuracy, onLadder, current, label}; ladder points are joined by the front
+ * {id, latency, accuracy, onLadder, current, label}. Ladder points are joined by the front
  * line, most accurate first, and `budget` draws the latency limit.
  */
 export function paretoChart({ title, variants, budget = null, width = 560, height = 280 }) {

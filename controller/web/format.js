@@ -44,8 +44,9 @@ export function time(iso) {
 // A budget or measurement in milliseconds, with enough digits for sub-millisecond values.
 export function millis(value) {
   if (value === null || value === undefined) return "n/a";
-  const digits = value >= 10 ? 1 : value >= 1 ? 2 : 3;
-  return Number(value).toFixed(digits);
+  if (value >= 10) return Number(value).toFixed(1);
+  if (value >= 1) return Number(value).toFixed(2);
+  return Number(value).toFixed(3);
 }
 
 export function ago(iso, now = Date.now()) {
@@ -56,7 +57,7 @@ export function ago(iso, now = Date.now()) {
   return `${Math.round(seconds / 3600)} h ago`;
 }
 
-// A badge states its meaning in text; colour only repeats it.
+// A badge states its meaning in text, and its colour only repeats it.
 export function badge(text, tone) {
   return element("span", { class: `badge badge-${tone}` }, text);
 }

@@ -15,7 +15,7 @@ const WINDOWS = [
   { label: "last 6 hours", seconds: 6 * 3600, step: 30 },
   { label: "last 24 hours", seconds: 24 * 3600, step: 120 },
 ];
-// Event kinds drawn on the charts; the rest only appear in the event table.
+// Event kinds drawn on the charts. The others appear only in the event table.
 const MARKED_EVENTS = new Set([
   "deployed", "deploy_failed", "rolled_back", "stepped_down", "stepped_up", "recompressed",
   "alert", "rollout_revert",
@@ -100,7 +100,7 @@ function facts(device) {
       entry("Serving", element("code", {}, shortId(device.current_variant_id))),
       entry("Target", element("code", {}, shortId(device.desired_variant_id))),
       entry("Pinned", device.pinned ? "yes" : "no"),
-      entry("Latest p95", sample ? `${millis(sample.latency_p95_ms)} ms` : "n/a"),
+      entry("Latest p95", sample && sample.requests > 0 ? `${millis(sample.latency_p95_ms)} ms` : "no requests served"),
       entry("Latency scale", device.latency_scale === null ? "not measured" : number(device.latency_scale, 3)),
       entry("Agent", device.agent_version || "unknown"),
       entry("Last seen", ago(device.last_seen)),
@@ -229,7 +229,7 @@ function ladderTable(device, ladder) {
   return scrolling(node);
 }
 
-// Recipe fields worth showing in a table cell; the full recipe is in the cell's tooltip.
+// Recipe fields worth showing in a table cell. The full recipe is in the cell's tooltip.
 const RECIPE_KEYS = ["ratio", "sparsity", "weight_type", "width", "epochs"];
 
 export function recipeText(recipe) {

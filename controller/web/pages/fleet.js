@@ -1,4 +1,4 @@
-// Fleet overview: counts, then one table per device profile; refreshed every 5 s.
+// Fleet overview: counts, then one table per device profile, refreshed every 5 s.
 
 import { api } from "../api.js";
 import { ago, budgetBadge, element, millis, number, shortId, stateBadge, table } from "../format.js";
@@ -69,7 +69,8 @@ function deviceRow(device) {
     stateBadge(device.online),
     budgetBadge(device.within_budget),
     element("span", {}, element("code", {}, shortId(device.current_variant_id)), moving, " ", pinned),
-    sample ? `${millis(sample.latency_p95_ms)} / ${millis(device.latency_budget_ms)}` : "n/a",
+    // A sample that served no request carries no latency.
+    `${sample && sample.requests > 0 ? millis(sample.latency_p95_ms) : "n/a"} / ${millis(device.latency_budget_ms)}`,
     sample ? `${number(sample.cpu_percent, 0)}%` : "n/a",
     sample ? `${number(sample.memory_available_mb, 0)} MB` : "n/a",
     sample && sample.temperature_c !== null ? `${number(sample.temperature_c, 1)} °C` : "n/a",

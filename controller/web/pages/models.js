@@ -26,7 +26,8 @@ export async function render(view, { modelId }, page) {
     }
     const [variants, { devices }] = await Promise.all([api.variants(shown), api.devices()]);
     if (!page.isCurrent()) return;
-    detail.replaceChildren(...profileSections(shown, variants, devices));
+    const model = models.find((m) => m.model_id === shown);
+    detail.replaceChildren(...profileSections(shown, variants, devices, model));
   });
 }
 
@@ -44,9 +45,13 @@ function modelTable(models) {
   });
 }
 
-function profileSections(modelId, variants, devices) {
+function profileSections(modelId, variants, devices, model) {
   if (!variants.profiles.length) {
-    return [element("p", { class: "muted" }, `Model ${modelId} has no variants yet; planning runs when devices register.`)];
+    const plans = Object.values(model?.plans ?? {});
+    const status = plans.length
+      ? `planning is under way (plans: ${plans.join(", ")})`
+      : "planning starts when a device registers";
+    return [element("p", { class: "muted", id: "model-status" }, `Model ${modelId} has no variants yet: ${status}.`)];
   }
   const grid = element("div", { class: "profiles" });
   const profiles = variants.profiles.slice().sort((a, b) => a.profile_name.localeCompare(b.profile_name));
