@@ -106,6 +106,16 @@ function describe(svg, title, description) {
   svg.append(svgElement("desc", { id: `${id}-desc` }, description));
 }
 
+// The top of a chart with a budget line: a few peaks far above the budget would squeeze
+// the budget line and the ordinary samples against the bottom, so the axis stops at four
+// times the budget, or 1.5 times the 90th percentile when that is higher.
+function valueCap(values, budget) {
+  if (budget === null || !values.length) return Infinity;
+  const sorted = values.slice().sort((a, b) => a - b);
+  const p90 = sorted[Math.floor(0.9 * (sorted.length - 1))];
+  return Math.max(budget * 4, p90 * 1.5);
+}
+
 /**
  * Draw a time series. `points` are {t: epoch milliseconds, v: number or null}, and null values
  * (a sample without a temperature, say) break the line. `budget` draws a dashed limit line.
@@ -128,7 +138,10 @@ export function timeSeriesChart({
 
   const times = points.map((p) => p.t);
   const [t0, t1] = domain ?? [Math.min(...times), Math.max(...times)];
-  const yMax = Math.max(budget ?? 0, ...values.map((p) => p.v), 0) * 1.1 || 1;
+  const peak = Math.max(...values.map((p) => p.v), 0);
+  const cap = valueCap(values.map((p) => p.v), budget);
+  const yMax = Math.max(budget ?? 0, Math.min(peak, cap)) * 1.1 || 1;
+  const clipped = values.filter((p) => p.v > yMax).length;
   const x = linearScale([t0, t1], [box.left, box.right]);
   const y = linearScale([0, yMax], [box.bottom, box.top]);
 
@@ -137,6 +150,7 @@ export function timeSeriesChart({
     `${values.length} samples`,
     latest === null ? "no values" : `latest ${formatNumber(latest)} ${unit}`,
     budget === null ? null : `${budgetLabel} ${formatNumber(budget)} ${unit}`,
+    clipped ? `${clipped} samples above the axis, up to ${formatNumber(peak)} ${unit}` : null,
     events.length ? `${events.length} controller events marked` : null,
   ].filter(Boolean).join(", ");
   describe(svg, title, summary);
@@ -163,10 +177,15 @@ export function timeSeriesChart({
       penDown = false;
       continue;
     }
-    d += `${penDown ? "L" : "M"}${x(point.t).toFixed(1)},${y(point.v).toFixed(1)}`;
+    // Values above the axis are drawn at its top; the note below gives the peak.
+    d += `${penDown ? "L" : "M"}${x(point.t).toFixed(1)},${y(Math.min(point.v, yMax)).toFixed(1)}`;
     penDown = true;
   }
   svg.append(svgElement("path", { class: "series", d, "data-count": values.length }));
+  if (clipped) {
+    svg.append(svgElement("text", { class: "clipped", x: box.left + 6, y: box.top + 10, "data-count": clipped },
+      `▲ ${clipped} peaks above the axis, up to ${formatNumber(peak)} ${unit}`));
+  }
 
   if (budget !== null) {
     const by = y(budget);

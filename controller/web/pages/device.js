@@ -244,7 +244,7 @@ export function recipeText(recipe) {
 }
 
 export function recipeCell(recipe) {
-  return element("span", { title: JSON.stringify(recipe) }, recipeText(recipe));
+  return element("span", { class: "recipe", title: JSON.stringify(recipe) }, recipeText(recipe));
 }
 
 function deploymentTable(deployments) {
