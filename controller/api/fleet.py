@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -192,27 +192,35 @@ def _store_and_register(
     with tempfile.TemporaryDirectory(dir=uploads) as staging:
         staged_model = Path(staging) / model_name
         staged_data = Path(staging) / data_name
-        digest = hashlib.sha256()
+        key = hashlib.sha256()
         for upload, target in ((model, staged_model), (data, staged_data)):
-            upload.file.seek(0)
-            with target.open("wb") as out:
-                while chunk := upload.file.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
+            key.update(f"{target.name}={_copy_upload(upload, target)}\n".encode())
         _check_onnx(staged_model)
         _check_dataset(staged_data)
 
-        # Content-addressed, so uploading the same files again reuses the folder.
-        folder = uploads / digest.hexdigest()[:16]
-        if not folder.is_dir():
-            folder.mkdir()
-            shutil.move(staged_model, folder / model_name)
-            shutil.move(staged_data, folder / data_name)
+        # Keyed by the files' names and contents, so uploading the same files again
+        # reuses the folder. os.replace is atomic: two identical uploads at once leave
+        # one complete copy.
+        folder = uploads / key.hexdigest()[:16]
+        folder.mkdir(exist_ok=True)
+        os.replace(staged_model, folder / model_name)
+        os.replace(staged_data, folder / data_name)
     row = controller.register_model(
         str(folder / model_name), data_path=folder / data_name, name=name or None
     )
     logger.info("model %s (%s) registered through the HTTP API", row.name, row.id)
     return row
+
+
+def _copy_upload(upload: UploadFile, target: Path) -> str:
+    """Copy an uploaded file to ``target`` and return its sha256."""
+    digest = hashlib.sha256()
+    upload.file.seek(0)
+    with target.open("wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
 
 
 def _check_onnx(path: Path) -> None:

@@ -413,6 +413,24 @@ def test_register_model_upload(controller: Controller, profile: DeviceProfile) -
         assert events["events"][-1]["details"]["model_id"] == model["model_id"]
 
 
+def test_register_same_model_twice(controller: Controller, profile: DeviceProfile) -> None:
+    data = npz_bytes()
+    with serve_api(controller, profile) as fleet:
+        responses = [
+            fleet.client.post(
+                "/api/v1/models",
+                files={"model": (filename, REFERENCE_ONNX.read_bytes()), "data": ("d.npz", data)},
+            )
+            for filename in ("reference.onnx", "reference.onnx", "renamed.onnx")
+        ]
+        models = fleet.client.get("/api/v1/models").json()["models"]
+
+    for response in responses:
+        assert response.status_code == 201, response.text
+    assert len({response.json()["model_id"] for response in responses}) == 1
+    assert len(models) == 2  # the fake ladder's model and the uploaded one
+
+
 def test_register_model_rejects_bad_files(controller: Controller, profile: DeviceProfile) -> None:
     with serve_api(controller, profile) as fleet:
 
