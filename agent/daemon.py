@@ -284,7 +284,12 @@ class Agent:
         # The record stays, marked FAILED, so its load attempt count survives until the
         # controller re-sends the deployment.
         self.store.record_update(dataclasses.replace(update, state=UpdateState.FAILED))
-        logger.warning("deployment %s %s", update.deployment_id, message)
+        logger.warning(
+            "deployment %s %s",
+            update.deployment_id,
+            message,
+            extra={"deployment_id": update.deployment_id},
+        )
         self._queue_status(
             fleet_pb2.DeploymentStatus(
                 device_id=self.config.device_id,

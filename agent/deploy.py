@@ -116,6 +116,12 @@ class Deployer:
 
         self._store.mark_applied(command.command_id)
         self._store.record_update(None)
+        logger.info(
+            "deployment %s is active: serving variant %s",
+            deploy.deployment_id,
+            manifest.variant_id,
+            extra={"deployment_id": deploy.deployment_id},
+        )
         return UpdateState.ACTIVE
 
     def _install_and_activate(self, step: _Step, manifest: fleet_pb2.VariantManifest) -> None:
@@ -199,7 +205,12 @@ class _Step:
 
     def enter(self, state: UpdateState, message: str = "") -> None:
         self.save(state=state)
-        logger.debug("deployment %s entered %s", self.record.deployment_id, state.value)
+        logger.debug(
+            "deployment %s entered %s",
+            self.record.deployment_id,
+            state.value,
+            extra={"deployment_id": self.record.deployment_id},
+        )
         self.report(self._status(state, message))
 
     def advance(self, event: UpdateEvent, message: str = "") -> None:
@@ -212,6 +223,7 @@ class _Step:
             self.record.variant_id,
             self.record.state.value,
             reason,
+            extra={"deployment_id": self.record.deployment_id},
         )
         self.enter(next_state(self.record.state, UpdateEvent.FAILED), reason)
 

@@ -1,4 +1,4 @@
-"""The edgefleet controller: registry, gRPC endpoint, planner and policy engine.
+"""The edgefleet controller: registry, gRPC endpoint, planner, policy and rollout engines.
 
 Names are imported on first use (PEP 562), so ``import edgefleet.controller.cli`` stays
 light: the ``edgefleet`` command must start without loading SQLAlchemy, gRPC or torch.
@@ -22,14 +22,27 @@ if TYPE_CHECKING:
         ControllerError,
         ControllerStateError,
         DatabaseError,
+        InvalidRolloutError,
         InvalidTelemetryError,
         PlanningError,
+        RolloutConflictError,
+        RolloutError,
+        RolloutStateError,
         UnknownDeviceError,
         UnknownModelError,
+        UnknownRolloutError,
         UnknownVariantError,
     )
     from edgefleet.controller.grpc_server import FleetServicer, create_server
-    from edgefleet.controller.models import DeploymentState, DeviceState, EventKind, PlanState
+    from edgefleet.controller.models import (
+        DeploymentState,
+        DeviceState,
+        EventKind,
+        PlanState,
+        RolloutDeviceState,
+        RolloutState,
+        WaveState,
+    )
     from edgefleet.controller.policy import (
         Decision,
         DeviceView,
@@ -39,6 +52,8 @@ if TYPE_CHECKING:
         evaluate,
     )
     from edgefleet.controller.registry import Registry, VariantRecord
+    from edgefleet.controller.rollout_spec import GateConfig, Target, Wave
+    from edgefleet.controller.rollouts import Rollout, RolloutDevice, RolloutManager, RolloutWave
     from edgefleet.controller.service import Controller, ControllerState
     from edgefleet.controller.telemetry import TelemetryRecord, validate_sample
 
@@ -63,18 +78,33 @@ __all__ = [
     "DeviceView",
     "EventKind",
     "FleetServicer",
+    "GateConfig",
+    "InvalidRolloutError",
     "InvalidTelemetryError",
     "PlanState",
     "PlanningError",
     "PolicyAction",
     "PolicyConfig",
     "Registry",
+    "Rollout",
+    "RolloutConflictError",
+    "RolloutDevice",
+    "RolloutDeviceState",
+    "RolloutError",
+    "RolloutManager",
+    "RolloutState",
+    "RolloutStateError",
+    "RolloutWave",
     "Rung",
+    "Target",
     "TelemetryRecord",
     "UnknownDeviceError",
     "UnknownModelError",
+    "UnknownRolloutError",
     "UnknownVariantError",
     "VariantRecord",
+    "Wave",
+    "WaveState",
     "create_server",
     "evaluate",
     "load_config",
@@ -104,18 +134,33 @@ _EXPORTS = {
     "DeviceView": "policy",
     "EventKind": "models",
     "FleetServicer": "grpc_server",
+    "GateConfig": "rollout_spec",
+    "InvalidRolloutError": "errors",
     "InvalidTelemetryError": "errors",
     "PlanState": "models",
     "PlanningError": "errors",
     "PolicyAction": "policy",
     "PolicyConfig": "policy",
     "Registry": "registry",
+    "Rollout": "rollouts",
+    "RolloutConflictError": "errors",
+    "RolloutDevice": "rollouts",
+    "RolloutDeviceState": "models",
+    "RolloutError": "errors",
+    "RolloutManager": "rollouts",
+    "RolloutState": "models",
+    "RolloutStateError": "errors",
+    "RolloutWave": "rollouts",
     "Rung": "policy",
+    "Target": "rollout_spec",
     "TelemetryRecord": "telemetry",
     "UnknownDeviceError": "errors",
     "UnknownModelError": "errors",
+    "UnknownRolloutError": "errors",
     "UnknownVariantError": "errors",
     "VariantRecord": "registry",
+    "Wave": "rollout_spec",
+    "WaveState": "models",
     "create_server": "grpc_server",
     "evaluate": "policy",
     "load_config": "config",

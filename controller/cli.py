@@ -12,9 +12,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+from edgefleet.logs import LogFormat, configure_logging
+
+if TYPE_CHECKING:
+    from edgefleet.controller.service import Controller
 
 app = typer.Typer(help="Run the fleet controller.", no_args_is_help=True)
 
@@ -45,9 +50,23 @@ def serve(
     grpc_port: Annotated[
         int, typer.Option(help="Port of the gRPC server; 0 picks a free one and prints it.")
     ] = 50051,
+    http_host: Annotated[
+        str,
+        typer.Option(
+            help="Address the HTTP API binds to. The API has no authentication: bind it "
+            "elsewhere only behind a proxy that has."
+        ),
+    ] = "127.0.0.1",
     http_port: Annotated[
-        int | None, typer.Option(help="Port of the HTTP API (not available yet).")
+        int | None,
+        typer.Option(
+            help="Serve the HTTP API, Prometheus /metrics and the dashboard on this port; "
+            "0 picks a free one and prints it. Off by default."
+        ),
     ] = None,
+    http_max_upload_mb: Annotated[
+        float, typer.Option(help="Largest model upload the HTTP API accepts, in MiB.")
+    ] = 512.0,
     mqtt_url: Annotated[
         str | None,
         typer.Option(
@@ -85,9 +104,21 @@ def serve(
     weights: Annotated[
         Path | None, typer.Option(help="PyTorch state dict loaded into the --model factory.")
     ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="Log line format on stderr: text, or json (one object a line with "
+            "device_id, deployment_id and rollout_id fields)."
+        ),
+    ] = LogFormat.TEXT,
 ) -> None:
     """Serve devices over gRPC (and MQTT with --mqtt-url) until SIGTERM or SIGINT."""
-    _reject_unavailable(http_port=http_port)
+    if log_format is LogFormat.JSON:
+        configure_logging(log_format)
+    if http_port is not None and not 0 <= http_port <= 65535:
+        _fail(f"--http-port {http_port} is not a port; use 1-65535, or 0 for a free one")
+    if not http_max_upload_mb > 0:
+        _fail(f"--http-max-upload-mb must be positive, got {http_max_upload_mb:g}")
     if model is not None and data is None:
         _fail("--model needs --data with the evaluation data")
     if model is None and (data is not None or weights is not None):
@@ -114,6 +145,7 @@ def serve(
         _fail(str(exc))
 
     controller = Controller(settings, data_dir=data_dir, database_url=db)
+    http = None
     stop = threading.Event()
     _install_signal_handlers(stop)
     try:
@@ -124,6 +156,13 @@ def serve(
         port = controller.serve_grpc(host=grpc_host, port=grpc_port)
         if broker is not None:
             controller.serve_mqtt(broker, group=mqtt_group)
+        if http_port is not None:
+            http = _start_http(
+                controller,
+                host=http_host,
+                port=http_port,
+                max_upload_bytes=int(http_max_upload_mb * 1024 * 1024),
+            )
     except (EdgefleetError, OSError) as exc:
         controller.shutdown(grace_s=0)
         _fail(str(exc), code=1)
@@ -132,15 +171,25 @@ def serve(
     typer.echo(f"edgefleet controller listening on {grpc_host}:{port}")
     if broker is not None:
         typer.echo(f"edgefleet controller serving MQTT devices through {broker.address.url}")
+    if http is not None:
+        typer.echo(f"edgefleet controller HTTP API on http://{http_host}:{http.port}/api/v1")
     sys.stdout.flush()
     stop.wait()
     logger.info("received a stop signal")
+    if http is not None:
+        http.stop()
     controller.shutdown()
 
 
-def _reject_unavailable(*, http_port: int | None) -> None:
-    if http_port is not None:
-        _fail("--http-port: the HTTP API is not available yet; serve without it", code=2)
+def _start_http(controller: Controller, *, host: str, port: int, max_upload_bytes: int) -> Any:
+    """Serve the HTTP API; raises ``OSError`` when the address cannot be bound."""
+    from edgefleet.controller.api import HttpServer, create_app
+
+    web_dir = Path(__file__).parent / "web"
+    app = create_app(controller, max_upload_bytes=max_upload_bytes, web_dir=web_dir)
+    server = HttpServer(app, host=host, port=port)
+    server.start()
+    return server
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

@@ -9,6 +9,7 @@
     grpc_max_workers = 64               # threads serving RPCs, one per open session stream
     shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
     host_calibration_duration_s = 2.0   # how long the host runs the reference model
+    rollout_check_interval_s = 1.0      # how often rollouts check deployments and gates
 
     [policy]
     breach_samples = 3
@@ -50,6 +51,8 @@ class ControllerConfig:
     grpc_max_workers: int = 64
     shutdown_grace_s: float = 5.0
     host_calibration_duration_s: float = 2.0
+    # Device reports wake the rollout engine at once; this bounds how late a soak ends.
+    rollout_check_interval_s: float = 1.0
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,7 @@ class ControllerConfig:
             "telemetry_retention_s",
             "retention_check_interval_s",
             "host_calibration_duration_s",
+            "rollout_check_interval_s",
         ):
             _require_positive(name, getattr(self, name))
         if not _is_number(self.shutdown_grace_s) or self.shutdown_grace_s < 0:

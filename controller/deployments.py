@@ -87,12 +87,14 @@ class Deployer:
                 ),
             )
         )
+        ids = {"device_id": deployment.device_id, "deployment_id": deployment.id}
         if self._sessions.send(deployment.device_id, message):
             logger.info(
                 "sent deployment %s of variant %s to device %s",
                 deployment.id,
                 deployment.variant_id,
                 deployment.device_id,
+                extra=ids,
             )
         else:
             logger.info(
@@ -100,6 +102,7 @@ class Deployer:
                 deployment.device_id,
                 deployment.id,
                 deployment.variant_id,
+                extra=ids,
             )
 
     def handle_status(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> bool:
@@ -113,12 +116,18 @@ class Deployer:
                 "device %s reported status for unknown deployment %r; ignoring it",
                 device_id,
                 status.deployment_id,
+                extra={"device_id": device_id, "deployment_id": status.deployment_id},
             )
             return False
         try:
             state = DeploymentState.from_proto(status.state)
         except ValueError as exc:
-            logger.warning("device %s sent an invalid deployment status: %s", device_id, exc)
+            logger.warning(
+                "device %s sent an invalid deployment status: %s",
+                device_id,
+                exc,
+                extra={"device_id": device_id, "deployment_id": deployment.id},
+            )
             return False
 
         if deployment.state is not DeploymentState.SUPERSEDED:
@@ -150,6 +159,7 @@ class Deployer:
             device_id,
             device.current_variant_id,
             deployment.id,
+            extra={"device_id": device_id, "deployment_id": deployment.id},
         )
 
     def _on_failed(
@@ -184,4 +194,5 @@ class Deployer:
             "failed" if kind is EventKind.DEPLOY_FAILED else "was rolled back",
             status.message or "no reason given",
             current or "no variant",
+            extra={"device_id": device_id, "deployment_id": deployment.id},
         )

@@ -15,6 +15,11 @@ status code that ``grpc_server`` returns where an RPC can raise the error::
     │   ├── ArtifactDigestError      content does not match the expected sha256
     │   └── ArtifactRangeError       offset beyond the end of an artifact    OUT_OF_RANGE
     ├── PlanningError                compressing a model for a profile failed
+    ├── RolloutError                 rollout failures
+    │   ├── InvalidRolloutError      bad target, waves, gates or variants
+    │   ├── UnknownRolloutError      no rollout with that id
+    │   ├── RolloutStateError        the rollout's state forbids the call
+    │   └── RolloutConflictError     a target device is in another rollout
     ├── DatabaseError                the database is unreachable or cannot be migrated
     └── ControllerStateError         the controller is not running           UNAVAILABLE
 
@@ -35,10 +40,15 @@ __all__ = [
     "ControllerError",
     "ControllerStateError",
     "DatabaseError",
+    "InvalidRolloutError",
     "InvalidTelemetryError",
     "PlanningError",
+    "RolloutConflictError",
+    "RolloutError",
+    "RolloutStateError",
     "UnknownDeviceError",
     "UnknownModelError",
+    "UnknownRolloutError",
     "UnknownVariantError",
 ]
 
@@ -89,6 +99,26 @@ class ArtifactRangeError(ArtifactError, InvalidInputError):
 
 class PlanningError(ControllerError):
     """Compressing a model for a device profile failed."""
+
+
+class RolloutError(ControllerError):
+    """Base class of the errors of staged rollouts."""
+
+
+class InvalidRolloutError(RolloutError, InvalidInputError):
+    """A rollout request has an invalid target, wave list, gate setting or variant."""
+
+
+class UnknownRolloutError(RolloutError, InvalidInputError):
+    """No rollout with the given id exists."""
+
+
+class RolloutStateError(RolloutError):
+    """The rollout is in a state that forbids the call (resuming a finished one, say)."""
+
+
+class RolloutConflictError(RolloutError):
+    """A target device already belongs to another rollout that has not finished."""
 
 
 class DatabaseError(ControllerError):

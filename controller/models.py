@@ -32,8 +32,14 @@ __all__ = [
     "PlanRow",
     "PlanState",
     "ProfileRow",
+    "RolloutDeviceRow",
+    "RolloutDeviceState",
+    "RolloutRow",
+    "RolloutState",
+    "RolloutWaveRow",
     "TelemetryRow",
     "VariantRow",
+    "WaveState",
     "utc_now",
 ]
 
@@ -145,6 +151,59 @@ class EventKind(StrEnum):
     STEPPED_DOWN = "stepped_down"
     STEPPED_UP = "stepped_up"
     RECOMPRESSED = "recompressed"  # the ladder ran out and a tighter plan was started
+    ROLLOUT_STARTED = "rollout_started"
+    ROLLOUT_WAVE_STARTED = "rollout_wave_started"
+    ROLLOUT_WAVE_PASSED = "rollout_wave_passed"
+    ROLLOUT_PAUSED = "rollout_paused"
+    ROLLOUT_RESUMED = "rollout_resumed"
+    ROLLOUT_HALTED = "rollout_halted"  # a wave failed its health gate
+    ROLLOUT_ABORTED = "rollout_aborted"  # an operator aborted the rollout
+    ROLLOUT_SUCCEEDED = "rollout_succeeded"
+    ROLLOUT_REVERT = "rollout_revert"  # a device is sent back to its previous variant
+
+
+class RolloutState(StrEnum):
+    """Lifecycle of a rollout: running or paused, then succeeded, halted or aborted."""
+
+    RUNNING = "running"
+    PAUSED = "paused"  # no new deployments start; those in flight finish
+    SUCCEEDED = "succeeded"
+    HALTED = "halted"  # a wave failed its health gate; updated devices are reverted
+    ABORTED = "aborted"  # an operator aborted it; updated devices are reverted
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RolloutState.SUCCEEDED, RolloutState.HALTED, RolloutState.ABORTED)
+
+
+class WaveState(StrEnum):
+    """Lifecycle of one wave of a rollout."""
+
+    PENDING = "pending"
+    DEPLOYING = "deploying"  # deployments sent, waiting for the devices' reports
+    SOAKING = "soaking"  # every device reported; telemetry is gathered for the latency gate
+    PASSED = "passed"
+    FAILED = "failed"  # the health gate failed and halted the rollout
+    CANCELLED = "cancelled"  # the rollout ended before this wave finished
+
+
+class RolloutDeviceState(StrEnum):
+    """Where one device of a rollout stands."""
+
+    PENDING = "pending"  # its wave has not started
+    DEPLOYING = "deploying"
+    UPDATED = "updated"  # serving the rollout's variant
+    UNCHANGED = "unchanged"  # already served the rollout's variant; nothing was sent
+    FAILED = "failed"  # the deployment failed or timed out; the agent kept its variant
+    REVERTING = "reverting"  # the previous variant was sent back
+    REVERTED = "reverted"  # serving its previous variant again
+    REVERT_FAILED = "revert_failed"  # the previous variant could not be restored
+    SKIPPED = "skipped"  # the rollout ended before its wave started
+
+    @property
+    def is_settled(self) -> bool:
+        """Whether no deployment of the rollout is in flight to this device."""
+        return self not in (RolloutDeviceState.DEPLOYING, RolloutDeviceState.REVERTING)
 
 
 def _enum_column(enum: type[Enum]) -> sa.Enum:
@@ -335,3 +394,76 @@ class EventRow(Base):
     from_variant: Mapped[str | None] = mapped_column(sa.String(64))
     to_variant: Mapped[str | None] = mapped_column(sa.String(64))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RolloutRow(Base):
+    """A staged rollout of a model to a set of devices, in waves gated on health."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    model_id: Mapped[str] = mapped_column(sa.ForeignKey("models.id", ondelete="CASCADE"))
+    state: Mapped[RolloutState] = mapped_column(_enum_column(RolloutState))
+    # ``rollout_spec.Target.to_dict()``.
+    target: Mapped[dict[str, Any]]
+    # ``rollout_spec.GateConfig.to_dict()``.
+    gates: Mapped[dict[str, Any]]
+    # Variant id per profile name chosen by the operator; other profiles get the
+    # starting rung of the model's ladder.
+    variants: Mapped[dict[str, Any]]
+    # Index of the wave in progress (or the last one, once the rollout ended).
+    current_wave: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now)
+    finished_at: Mapped[datetime | None]
+
+
+class RolloutWaveRow(Base):
+    """One wave of a rollout and the result of its health gate."""
+
+    __tablename__ = "rollout_waves"
+
+    rollout_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    # The operator's wave, as ``Wave.describe()`` writes it: "1" or "25%".
+    spec: Mapped[str] = mapped_column(sa.String(16))
+    # Devices this wave adds.
+    size: Mapped[int]
+    state: Mapped[WaveState] = mapped_column(_enum_column(WaveState))
+    started_at: Mapped[datetime | None]
+    # When the last device of the wave reported; the soak runs from here.
+    soak_started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    # The gate's figures and verdict.
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RolloutDeviceRow(Base):
+    """One device of a rollout: its wave, target variant and progress."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (sa.Index("ix_rollout_devices_device", "device_id"),)
+
+    rollout_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Not a foreign key, like events: the record outlives a deleted device.
+    device_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    wave: Mapped[int]
+    state: Mapped[RolloutDeviceState] = mapped_column(_enum_column(RolloutDeviceState))
+    variant_id: Mapped[str] = mapped_column(sa.String(64))
+    previous_variant_id: Mapped[str | None] = mapped_column(sa.String(64))
+    # Model of the previous variant, needed to send it back.
+    previous_model_id: Mapped[str | None] = mapped_column(sa.String(32))
+    deployment_id: Mapped[str | None] = mapped_column(sa.String(32))
+    revert_deployment_id: Mapped[str | None] = mapped_column(sa.String(32))
+    deployed_at: Mapped[datetime | None]
+    active_at: Mapped[datetime | None]
+    # Median served p95 on the previous variant before, and on the new one during the soak.
+    baseline_p95_ms: Mapped[float | None]
+    soak_p95_ms: Mapped[float | None]
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utc_now)

@@ -69,6 +69,11 @@ class Registry:
     def __init__(self, database: Database) -> None:
         self._database = database
 
+    @property
+    def database(self) -> Database:
+        """The database, for read queries this class does not offer (HTTP API, metrics)."""
+        return self._database
+
     # -- devices and profiles -------------------------------------------------------
 
     def register_device(

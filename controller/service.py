@@ -31,6 +31,7 @@ from edgefleet.controller.errors import (
     ControllerStateError,
     InvalidTelemetryError,
     PlanningError,
+    RolloutConflictError,
 )
 from edgefleet.controller.models import (
     DeploymentRow,
@@ -45,6 +46,7 @@ from edgefleet.controller.models import (
 from edgefleet.controller.planning import PlanJob, Planner, PlannerWorker, PlanOutcome, model_digest
 from edgefleet.controller.policy import Decision, DeviceView, PolicyAction, Rung, evaluate
 from edgefleet.controller.registry import Registry
+from edgefleet.controller.rollouts import RolloutManager
 from edgefleet.controller.sessions import DeviceSession, SessionRegistry
 from edgefleet.controller.telemetry import DropCounter, TelemetryRecord, validate_sample
 from edgefleet.errors import InvalidInputError
@@ -116,6 +118,7 @@ class Controller:
         self._deployer: Deployer | None = None
         self._planner: Planner | None = None
         self._worker: PlannerWorker | None = None
+        self._rollouts: RolloutManager | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -135,6 +138,13 @@ class Controller:
         assert self._artifacts is not None
         return self._artifacts
 
+    @property
+    def rollouts(self) -> RolloutManager:
+        """Staged rollouts: start, pause, resume, abort and inspect them."""
+        self._require_running()
+        assert self._rollouts is not None
+        return self._rollouts
+
     def start(self) -> None:
         """Open and migrate the database, then start the planner and retention threads."""
         with self._state_lock:
@@ -152,11 +162,19 @@ class Controller:
                 cache_dir=self.data_dir / "compress-cache",
             )
             self._worker = PlannerWorker()
+            self._rollouts = RolloutManager(
+                self._registry,
+                self._database,
+                self._deployer,
+                choose_variant=self._starting_rung,
+                check_interval_s=self.config.rollout_check_interval_s,
+            )
             self._state = ControllerState.RUNNING
 
         # A previous process may have died with devices online and plans running.
         self._registry.mark_all_devices_offline()
         self._resume_interrupted_plans()
+        self._rollouts.start_engine()
         self._retention_thread = threading.Thread(
             target=self._retention_loop, name="telemetry-retention", daemon=True
         )
@@ -219,6 +237,8 @@ class Controller:
             stopped.wait()
         self._stop.set()
         assert self._worker is not None and self._registry is not None
+        assert self._rollouts is not None
+        self._rollouts.stop_engine(timeout_s=grace + 1)
         if not self._worker.shutdown(timeout_s=grace):
             logger.warning("a plan is still running; it is abandoned and replanned at next start")
         if self._retention_thread is not None:
@@ -265,7 +285,12 @@ class Controller:
             reason=f"registered with profile {profile.name}",
             details={"profile_fingerprint": profile.fingerprint, "agent_version": agent_version},
         )
-        logger.info("registered device %s with profile %s", device_id, profile.name)
+        logger.info(
+            "registered device %s with profile %s",
+            device_id,
+            profile.name,
+            extra={"device_id": device_id},
+        )
 
         if calibration is not None:
             scale = self.host_calibration.latency_scale(calibration)
@@ -314,6 +339,7 @@ class Controller:
             device_id,
             session.transport,
             device.current_variant_id or "nothing",
+            extra={"device_id": device_id},
         )
         self._resume_deployment(device)
 
@@ -329,7 +355,9 @@ class Controller:
         except ControllerStateError:
             # Shutting down: shutdown() marks every device offline itself.
             return
-        logger.info("device %s disconnected", session.device_id)
+        logger.info(
+            "device %s disconnected", session.device_id, extra={"device_id": session.device_id}
+        )
 
     def ingest_telemetry(
         self, device_id: str, sample: fleet_pb2.TelemetrySample
@@ -392,6 +420,8 @@ class Controller:
             # judges the new variant on fresh samples only.
             with self._state_lock:
                 self._device_runtime(device_id).last_action_at = utc_now()
+            assert self._rollouts is not None
+            self._rollouts.notify()
 
     def dropped_samples(self, device_id: str | None = None) -> int:
         """Return how many invalid telemetry samples were dropped (for one device or all)."""
@@ -459,10 +489,18 @@ class Controller:
         """Deploy a variant of the active model to a device.
 
         Raises ``UnknownDeviceError`` or ``UnknownVariantError``, and
-        ``ControllerStateError`` when no model is registered.
+        ``ControllerStateError`` when no model is registered. Raises
+        ``RolloutConflictError`` while a rollout controls the device, because a manual
+        deployment would replace the rollout's and count as its failure.
         """
         assert self._deployer is not None
         device = self.registry.get_device(device_id)
+        rollout_id = self.rollouts.rollout_of(device_id)
+        if rollout_id is not None:
+            raise RolloutConflictError(
+                f"device {device_id} belongs to rollout {rollout_id}; wait for it to end, "
+                "or abort it first"
+            )
         model = self.registry.active_model()
         if model is None:
             raise ControllerStateError("no model is registered; register a model first")
@@ -613,11 +651,21 @@ class Controller:
 
     def _assign_start(self, device: DeviceRow, model_id: str) -> None:
         """Deploy the device's starting rung unless it already targets a ladder variant."""
-        assert self._deployer is not None
-        if device.pinned:
+        assert self._deployer is not None and self._rollouts is not None
+        if device.pinned or self._rollouts.rollout_of(device.device_id):
             return
         ladder = self.registry.ladder(model_id, device.profile_fingerprint)
         if not ladder or device.desired_variant_id in {rung.variant_id for rung in ladder}:
+            return
+        if self._rollouts.serves_other_model(device, model_id):
+            # A rollout moves it, in waves gated on health.
+            logger.info(
+                "device %s serves variant %s of another model; start a rollout of model %s "
+                "to move it",
+                device.device_id,
+                device.current_variant_id,
+                model_id,
+            )
             return
         target, reason = self._starting_rung(device, ladder)
         if device.current_variant_id == target.variant_id:
@@ -716,7 +764,8 @@ class Controller:
                 deployment_in_flight=device.desired_variant_id is not None
                 and device.desired_variant_id != device.current_variant_id,
                 recompress_in_flight=key in self._recompressing,
-                pinned=device.pinned,
+                # A rollout judges the variant it deployed; the policy waits until it ends.
+                pinned=device.pinned or self.rollouts.rollout_of(device_id) is not None,
             )
         decision = evaluate(self.config.policy, view, samples, now=now)
         if decision.action is PolicyAction.NONE:
@@ -733,7 +782,12 @@ class Controller:
             if last is not None and (now - last).total_seconds() < self.config.policy.cooldown_s:
                 return
             runtime.last_alert_at = now
-        logger.warning("alert for device %s: %s", device.device_id, decision.reason)
+        logger.warning(
+            "alert for device %s: %s",
+            device.device_id,
+            decision.reason,
+            extra={"device_id": device.device_id},
+        )
         self.registry.record_event(
             EventKind.ALERT,
             device_id=device.device_id,
@@ -752,6 +806,7 @@ class Controller:
             decision.action.value,
             device.device_id,
             decision.reason,
+            extra={"device_id": device.device_id},
         )
         self.registry.record_event(
             kind,

@@ -165,6 +165,11 @@ class DropCounter:
             )
         return count
 
+    def counts(self) -> dict[str, int]:
+        """Return the drop count of every device that had a sample dropped."""
+        with self._lock:
+            return dict(self._counts)
+
     def count(self, device_id: str | None = None) -> int:
         """Return the drops of one device, or of all devices when ``device_id`` is None."""
         with self._lock:

@@ -14,6 +14,7 @@ import typer
 
 from edgefleet.agent.cli import app as agent_app
 from edgefleet.agent.simulate_cli import simulate_command
+from edgefleet.client.commands import register_commands as register_operator_commands
 from edgefleet.compress.cli import compress_command
 from edgefleet.controller.cli import app as controller_app
 from edgefleet.demo import demo_command
@@ -37,6 +38,8 @@ app.add_typer(controller_app, name="controller")
 app.command("compress")(compress_command)
 app.command("demo")(demo_command)
 app.command("simulate")(simulate_command)
+# devices, device, telemetry, models, variants, deploy, pin, unpin, events, rollouts
+register_operator_commands(app)
 
 
 @app.callback()
@@ -53,6 +56,7 @@ def configure(
 CONTROLLER_EXTRA_MODULES = frozenset(
     {
         "alembic",
+        "httpx",
         "onnx",
         "onnxscript",
         "rich",

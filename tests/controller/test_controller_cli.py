@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
+import httpx
 from controller_support import PROFILE_FIELDS
 
 from edgefleet.protos.limits import CHANNEL_OPTIONS
@@ -17,14 +20,70 @@ from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 _COMMAND = [sys.executable, "-m", "edgefleet", "controller", "serve"]
 
 
-def test_serve_rejects_http_option(tmp_path: Path) -> None:
-    http = subprocess.run(
-        [*_COMMAND, "--data-dir", str(tmp_path), "--http-port", "8080"],
+def test_serve_http_api_with_json_logs(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*_COMMAND, "--data-dir", str(tmp_path), "--grpc-port", "0", "--http-port", "0",
+         "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        grpc_line = process.stdout.readline()
+        http_line = process.stdout.readline()
+        grpc_port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", grpc_line).group(1))
+        match = re.search(r"HTTP API on (http://127\.0\.0\.1:\d+)/api/v1", http_line)
+        assert match, http_line
+        base_url = match.group(1)
+        from edgefleet.profiles import parse_profile
+
+        profile = parse_profile(PROFILE_FIELDS).to_proto()
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=CHANNEL_OPTIONS) as channel:
+            fleet_pb2_grpc.FleetServiceStub(channel).Register(
+                fleet_pb2.RegisterRequest(device_id="dev-1", profile=profile), timeout=10
+            )
+        health = httpx.get(f"{base_url}/api/v1/health", timeout=10)
+        devices = httpx.get(f"{base_url}/api/v1/devices", timeout=10).json()["devices"]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert health.json()["status"] == "ok"
+    assert [device["device_id"] for device in devices] == ["dev-1"]
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
+    assert lines, "no log lines"
+    for entry in lines:
+        assert {"time", "level", "logger", "message", "device_id", "deployment_id"} <= set(entry)
+    registered = [e for e in lines if e["message"].startswith("registered device dev-1")]
+    assert registered[0]["device_id"] == "dev-1"
+    assert any(e["message"].startswith("HTTP API listening") for e in lines)
+
+
+def test_serve_rejects_bad_http_port(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*_COMMAND, "--data-dir", str(tmp_path), "--http-port", "70000"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
-    assert http.returncode == 2
-    assert "HTTP API is not available yet" in http.stderr
+    assert result.returncode == 2
+    assert "--http-port 70000" in result.stderr
+
+
+def test_serve_reports_http_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*_COMMAND, "--data-dir", str(tmp_path), "--grpc-port", "0",
+             "--http-port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    assert result.returncode == 1
+    assert "in use" in result.stderr
 
 
 def test_serve_rejects_model_without_data(tmp_path: Path) -> None:

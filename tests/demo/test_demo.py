@@ -27,8 +27,12 @@ EVENT_KEYS = {"kind", "device_id", "reason", "from_variant", "to_variant", "at"}
 
 def test_demo_json_meets_every_check(tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    command = [
+        sys.executable, "-m", "edgefleet", "demo", "--json",
+        "--workdir", str(tmp_path / "run"), "--http-port", "0",
+    ]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "edgefleet", "demo", "--json", "--workdir", str(tmp_path / "run")],
+        command,
         capture_output=True,
         text=True,
         env=env,
@@ -36,6 +40,7 @@ def test_demo_json_meets_every_check(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "dashboard: http://127.0.0.1:" in result.stderr
     summary = json.loads(result.stdout)
     assert len(summary["devices"]) == 3
     for device in summary["devices"]:
@@ -47,3 +52,14 @@ def test_demo_json_meets_every_check(tmp_path):
     kinds = [event["kind"] for event in summary["events"]]
     assert "stepped_down" in kinds or "recompressed" in kinds
     assert all(check["passed"] for check in summary["checks"]), summary["checks"]
+
+
+def test_demo_rejects_invalid_http_port():
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "demo", "--http-port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--http-port 70000 is not a port" in result.stderr

@@ -21,8 +21,16 @@ def demo_command(
         None,
         help="Folder for the database, logs and agent state; a new temporary folder by default.",
     ),
+    http_port: int | None = typer.Option(
+        None,
+        help="Serve the controller's HTTP API and dashboard on this loopback port while the "
+        "demo runs; 0 picks a free one.",
+    ),
 ) -> None:
     """Compress a digits CNN per device profile, serve it on three agents, squeeze one."""
     from edgefleet.demo.runner import run_demo
 
-    raise typer.Exit(run_demo(workdir=workdir, json_output=json_output))
+    if http_port is not None and not 0 <= http_port <= 65535:
+        typer.echo(f"error: --http-port {http_port} is not a port; use 1-65535, or 0", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(run_demo(workdir=workdir, json_output=json_output, http_port=http_port))

@@ -58,7 +58,11 @@ class Check:
 
 
 def run_demo(
-    *, workdir: Path | None, json_output: bool, timeouts: DemoTimeouts | None = None
+    *,
+    workdir: Path | None,
+    json_output: bool,
+    timeouts: DemoTimeouts | None = None,
+    http_port: int | None = None,
 ) -> int:
     """Run every phase; return 0 when every check passed, 1 otherwise."""
     timeouts = timeouts or DemoTimeouts()
@@ -82,7 +86,9 @@ def run_demo(
 
     run = DemoRun(workdir=workdir, devices=devices)
     try:
-        _, db_url = start_fleet(run, model_args=model.controller_args(), say=console.print)
+        _, db_url = start_fleet(
+            run, model_args=model.controller_args(), say=console.print, http_port=http_port
+        )
         observer = FleetObserver(db_url)
         try:
             feed = EventFeed(observer, console)

@@ -176,9 +176,16 @@ def make_workdir(requested: Path | None) -> Path:
 
 
 def start_fleet(
-    run: DemoRun, *, model_args: list[str], say: Callable[[str], None]
+    run: DemoRun,
+    *,
+    model_args: list[str],
+    say: Callable[[str], None],
+    http_port: int | None = None,
 ) -> tuple[int, str]:
-    """Start the controller and the agents; return the gRPC port and the database URL."""
+    """Start the controller and the agents; return the gRPC port and the database URL.
+
+    With ``http_port`` the controller also serves its HTTP API and dashboard on loopback.
+    """
     log_dir = run.workdir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     config_path = run.workdir / "controller.toml"
@@ -200,6 +207,7 @@ def start_fleet(
             str(run.workdir / "controller"),
             "--config",
             str(config_path),
+            *(["--http-port", str(http_port)] if http_port is not None else []),
             *model_args,
         ],
         log_dir=log_dir,
@@ -210,6 +218,8 @@ def start_fleet(
         log = tail(run.controller.log_path)
         raise DemoError(f"controller did not start: {exc}\n{log}") from exc
     say(f"controller listening on 127.0.0.1:{grpc_port} (log: {run.controller.log_path})")
+    if http_port is not None:
+        say(f"dashboard: {_dashboard_url(run.controller.log_path, timeout_s=30)}")
 
     for device, cores in zip(run.devices, device_cores, strict=True):
         device.cores = cores
@@ -235,6 +245,21 @@ def start_fleet(
         pinned = f"core {sorted(cores)}" if cores else "all cores"
         say(f"agent {device.device_id} ({device.profile.name}, {pinned}) pid {device.process.pid}")
     return grpc_port, db_url
+
+
+def _dashboard_url(log_path: Path, *, timeout_s: float) -> str:
+    """Return the dashboard URL that the controller printed once its HTTP API listened.
+
+    The controller prints the bound port, which matters when the demo asked for port 0.
+    """
+    marker = "edgefleet controller HTTP API on "
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log_path.read_text(errors="replace").splitlines():
+            if line.startswith(marker):
+                return line.removeprefix(marker).removesuffix("/api/v1").strip() + "/"
+        time.sleep(0.2)
+    raise DemoError(f"the controller did not report its HTTP port; see {log_path}")
 
 
 def wait_until(

@@ -1,0 +1,250 @@
+"""``ControllerClient``: the controller's HTTP API (``/api/v1``) as Python calls.
+
+Errors::
+
+    ClientError                  base of the client's errors (an ``EdgefleetError``)
+    ├── ControllerUnreachableError  no HTTP response from the URL: refused, timed out, bad name
+    └── ApiResponseError         the API returned an error; carries status, code, field
+
+``ApiResponseError.message`` is the API's own message, which names the rejected value and
+the fix; ``hint`` adds the command that lists valid ids for a ``*_not_found`` code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from edgefleet.client import DEFAULT_CONTROLLER_URL
+from edgefleet.errors import EdgefleetError, InvalidInputError
+
+__all__ = [
+    "DEFAULT_CONTROLLER_URL",
+    "ApiResponseError",
+    "ClientError",
+    "ControllerClient",
+    "ControllerUnreachableError",
+    "validate_controller_url",
+]
+
+# The command that lists valid ids, per not-found error code of the API.
+_LISTING_HINTS = {
+    "device_not_found": "`edgefleet devices` lists the registered devices",
+    "model_not_found": "`edgefleet models` lists the registered models",
+    "variant_not_found": "`edgefleet device DEVICE` shows the ladder of a device, "
+    "`edgefleet variants MODEL` every variant",
+    "rollout_not_found": "`edgefleet rollouts list` lists the rollouts",
+    "deployment_not_found": "`edgefleet device DEVICE` lists a device's deployments",
+}
+
+
+class ClientError(EdgefleetError):
+    """A request to the controller's HTTP API failed."""
+
+
+class ControllerUnreachableError(ClientError):
+    """No HTTP response came from the controller's URL."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        super().__init__(
+            f"cannot reach the controller at {url} ({cause}). Start it with "
+            "`edgefleet controller serve --http-port 8080 ...`, or point at a running one "
+            "with --controller-url URL or the EDGEFLEET_CONTROLLER_URL environment variable"
+        )
+        self.url = url
+
+
+class ApiResponseError(ClientError):
+    """The API returned an error status with its JSON error body."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        hint = _LISTING_HINTS.get(code)
+        super().__init__(f"{message} ({hint})" if hint else message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.hint = hint
+
+
+def validate_controller_url(url: str) -> str:
+    """Return ``url`` without a trailing slash; raises ``InvalidInputError`` unless http(s)."""
+    parsed = httpx.URL(url) if "://" in url else None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise InvalidInputError(
+            f"invalid controller URL {url!r}: use http://HOST:PORT, for example "
+            f"{DEFAULT_CONTROLLER_URL}"
+        )
+    return url.rstrip("/")
+
+
+class ControllerClient:
+    """Calls of the controller's HTTP API; every method returns the decoded JSON body.
+
+    Use it as a context manager, or call ``close``, to release the connection pool.
+    """
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+        self.base_url = validate_controller_url(base_url)
+        self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=timeout_s)
+
+    def __enter__(self) -> ControllerClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Send one request and return the JSON body; raises a ``ClientError`` subclass."""
+        query = {key: value for key, value in (params or {}).items() if value is not None}
+        extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        try:
+            response = self._http.request(method, path, params=query, json=json, **extra)
+        except httpx.TransportError as exc:
+            raise ControllerUnreachableError(self.base_url, _describe(exc)) from exc
+        if response.is_success:
+            return response.json()
+        raise _error_from(response)
+
+    # -- devices ----------------------------------------------------------------------
+
+    def devices(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/devices")["devices"]
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/devices/{_segment(device_id)}")
+
+    def telemetry(
+        self,
+        device_id: str,
+        *,
+        since: str | None = None,
+        until: str | None = None,
+        step_s: int | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        params = {"since": since, "until": until, "step": step_s, "limit": limit}
+        return self.request("GET", f"/devices/{_segment(device_id)}/telemetry", params=params)
+
+    def ladder(self, device_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/devices/{_segment(device_id)}/ladder")
+
+    def device_deployments(self, device_id: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/devices/{_segment(device_id)}/deployments")["deployments"]
+
+    def deploy(self, device_id: str, variant_id: str, *, reason: str | None = None) -> dict:
+        body: dict[str, Any] = {"variant_id": variant_id}
+        if reason:
+            body["reason"] = reason
+        return self.request("POST", f"/devices/{_segment(device_id)}/deployments", json=body)
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/deployments/{_segment(deployment_id)}")
+
+    def pin(self, device_id: str, *, variant_id: str | None = None, reason: str | None = None):
+        body: dict[str, Any] = {}
+        if variant_id:
+            body["variant_id"] = variant_id
+        if reason:
+            body["reason"] = reason
+        return self.request("PUT", f"/devices/{_segment(device_id)}/pin", json=body)
+
+    def unpin(self, device_id: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/devices/{_segment(device_id)}/pin")
+
+    # -- models -----------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        return self.request("GET", "/models")
+
+    def variants(self, model_id: str, *, profile: str | None = None) -> dict[str, Any]:
+        return self.request(
+            "GET", f"/models/{_segment(model_id)}/variants", params={"profile": profile}
+        )
+
+    # -- rollouts ---------------------------------------------------------------------
+
+    def rollouts(self, *, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        params = {"state": list(states)} if states else None
+        return self.request("GET", "/rollouts", params=params)["rollouts"]
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/rollouts/{_segment(rollout_id)}")
+
+    def start_rollout(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", "/rollouts", json=body)
+
+    def rollout_action(self, rollout_id: str, action: str, *, reason: str | None = None):
+        body = {"reason": reason} if reason and action != "resume" else None
+        return self.request("POST", f"/rollouts/{_segment(rollout_id)}/{action}", json=body)
+
+    # -- events -----------------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        device_id: str | None = None,
+        kinds: Iterable[str] | None = None,
+        since: str | None = None,
+        after_id: int | None = None,
+        limit: int | None = None,
+        wait_s: float | None = None,
+    ) -> dict[str, Any]:
+        params = {
+            "device_id": device_id,
+            "kind": list(kinds) if kinds else None,
+            "since": since,
+            "after_id": after_id,
+            "limit": limit,
+            "wait": wait_s,
+        }
+        # A long poll keeps the request open for wait_s, so the read timeout must exceed it.
+        timeout = None if wait_s is None else wait_s + 10.0
+        return self.request("GET", "/events", params=params, timeout_s=timeout)
+
+
+def _segment(value: str) -> str:
+    # An id with "/" or "?" must stay one path segment, so that it reaches the API's
+    # validation (and its error message) instead of another route.
+    return quote(value, safe="")
+
+
+def _describe(error: httpx.TransportError) -> str:
+    if isinstance(error, httpx.ConnectError):
+        return f"connection failed: {error}"
+    if isinstance(error, httpx.TimeoutException):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+def _error_from(response: httpx.Response) -> ApiResponseError:
+    try:
+        detail = response.json().get("error") or {}
+    except ValueError:
+        detail = {}
+    if not isinstance(detail, dict):
+        detail = {}
+    message = detail.get("message") or (
+        f"{response.request.method} {response.request.url} failed with HTTP "
+        f"{response.status_code}; is {response.request.url.host} an edgefleet controller?"
+    )
+    return ApiResponseError(
+        response.status_code,
+        detail.get("code") or "http_error",
+        message,
+        detail.get("field"),
+    )

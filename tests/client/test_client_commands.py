@@ -1,0 +1,261 @@
+"""The operator commands (``edgefleet devices``, ``deploy``, ``rollouts`` ...) as processes
+against a real controller's HTTP API, with a real agent serving and reporting telemetry."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from http_fleet_support import HttpFleet, get_json, start_http_fleet
+
+from edgefleet.client.commands import parse_since
+
+pytestmark = pytest.mark.slow
+
+DEVICE = "op-1"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpFleet]:
+    fleet = start_http_fleet(tmp_path_factory.mktemp("operator"), devices={DEVICE: 50.0})
+    yield fleet
+    fleet.stop()
+
+
+def edgefleet(
+    *args: str, url: str | None, env: dict[str, str] | None = None, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "edgefleet", *args]
+    if url is not None:
+        command += ["--controller-url", url]
+    environment = {**os.environ, "COLUMNS": "200"}
+    # Only the test's own environment may name the controller.
+    environment.pop("EDGEFLEET_CONTROLLER_URL", None)
+    environment.update(env or {})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s, env=environment, check=False
+    )
+
+
+def run_json(fleet: HttpFleet, *args: str) -> dict:
+    result = edgefleet(*args, "--json", url=fleet.url)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def api(fleet: HttpFleet, path: str) -> dict:
+    return get_json(f"{fleet.url}/api/v1{path}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_devices_json_matches_api(fleet):
+    listed = run_json(fleet, "devices")["devices"]
+    assert [device["device_id"] for device in listed] == [DEVICE]
+    assert listed[0]["profile_name"] == api(fleet, "/devices")["devices"][0]["profile_name"]
+    assert listed[0]["online"] is True
+
+
+def test_devices_table_shows_state_and_budget(fleet):
+    result = edgefleet("devices", url=fleet.url)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if DEVICE in line)
+    assert "online" in row
+    assert "within" in row
+    assert "/ 50.0" in row, "p95 against the budget"
+    assert result.stderr == "", "no request log lines on stderr"
+
+
+def test_device_shows_facts_ladder_and_deployments(fleet):
+    result = edgefleet("device", DEVICE, url=fleet.url)
+    assert result.returncode == 0, result.stderr
+    device = api(fleet, f"/devices/{DEVICE}")
+    assert f"device {DEVICE}" in result.stdout
+    assert f"{device['current_variant_id']} (serving)" in result.stdout
+    assert "ladder of" in result.stdout
+    assert "newest deployments" in result.stdout
+
+
+def test_device_unknown_names_listing_command(fleet):
+    result = edgefleet("device", "no-such-device", url=fleet.url)
+    assert result.returncode == 1
+    assert "no-such-device" in result.stderr
+    assert "`edgefleet devices` lists the registered devices" in result.stderr
+
+
+def test_telemetry_since_returns_samples(fleet):
+    history = run_json(fleet, "telemetry", DEVICE, "--since", "10m")
+    assert history["device_id"] == DEVICE
+    assert history["points"], "the agent reports every 0.5 s"
+    assert any(point["requests"] > 0 for point in history["points"])
+
+    table = edgefleet("telemetry", DEVICE, "--since", "1m", "--step", "5", url=fleet.url)
+    assert table.returncode == 0, table.stderr
+    assert "5 s buckets" in table.stdout
+
+
+def test_telemetry_rejects_bad_since(fleet):
+    result = edgefleet("telemetry", DEVICE, "--since", "yesterday", url=fleet.url)
+    assert result.returncode == 2
+    assert "invalid time 'yesterday'" in result.stderr
+    assert "10m" in result.stderr
+
+
+def test_models_and_variants_list_active_model(fleet):
+    models = run_json(fleet, "models")
+    assert models["active_model_id"] == fleet.model_id
+
+    variants = run_json(fleet, "variants")
+    assert variants["model_id"] == fleet.model_id
+    profile = variants["profiles"][0]
+    table = edgefleet("variants", fleet.model_id, url=fleet.url)
+    assert table.returncode == 0, table.stderr
+    for variant in profile["variants"]:
+        assert variant["variant_id"] in table.stdout
+
+
+def test_deploy_by_prefix_waits_until_active(fleet):
+    variants = api(fleet, f"/models/{fleet.model_id}/variants")["profiles"][0]["variants"]
+    current = api(fleet, f"/devices/{DEVICE}")["current_variant_id"]
+    target = next(v["variant_id"] for v in variants if v["variant_id"] != current)
+
+    deployment = run_json(fleet, "deploy", DEVICE, target[:8], "--reason", "operator test")
+    assert deployment["variant_id"] == target
+    assert deployment["state"] == "active"
+    assert api(fleet, f"/devices/{DEVICE}")["current_variant_id"] == target
+    requested = api(fleet, f"/events?device_id={DEVICE}&kind=deploy_requested")["events"][-1]
+    assert requested["reason"] == "operator test"
+
+
+def test_deploy_unknown_variant_names_listing_command(fleet):
+    result = edgefleet("deploy", DEVICE, "ffffffffffff", url=fleet.url)
+    assert result.returncode == 1
+    assert "ffffffffffff" in result.stderr
+    assert "edgefleet variants MODEL" in result.stderr
+
+
+def test_pin_and_unpin(fleet):
+    pinned = run_json(fleet, "pin", DEVICE)
+    assert pinned["pinned"] is True
+    assert api(fleet, f"/devices/{DEVICE}")["pinned"] is True
+
+    unpinned = run_json(fleet, "unpin", DEVICE)
+    assert unpinned["pinned"] is False
+    assert api(fleet, f"/devices/{DEVICE}")["pinned"] is False
+
+
+def test_events_lists_newest(fleet):
+    page = run_json(fleet, "events", "--limit", "3")
+    newest = api(fleet, "/events?limit=3")["events"]
+    assert [event["id"] for event in page["events"]] == [event["id"] for event in newest]
+
+    by_device = run_json(fleet, "events", "--device", DEVICE, "--kind", "registered")
+    assert by_device["events"]
+    assert {event["kind"] for event in by_device["events"]} == {"registered"}
+
+
+def test_events_follow_prints_new_events(fleet):
+    command = [
+        sys.executable, "-m", "edgefleet", "events", "--follow", "--json", "--limit", "1",
+        "--controller-url", fleet.url,
+    ]  # fmt: skip
+    follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(follower.stdout.readline())
+        variant_id = fleet.controller.ladder(DEVICE)[0].variant_id
+        fleet.controller.deploy(DEVICE, variant_id, reason="followed event")
+        seen = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            event = json.loads(follower.stdout.readline())
+            seen.append(event)
+            if event["kind"] == "deploy_requested" and event["reason"] == "followed event":
+                break
+        else:
+            pytest.fail(f"the follower printed no deploy_requested event, only {seen}")
+        assert all(event["id"] > first["id"] for event in seen)
+    finally:
+        follower.terminate()
+        follower.wait(timeout=10)
+        follower.stdout.close()
+        follower.stderr.close()
+
+
+def test_rollout_start_pause_resume_abort(fleet):
+    rollout = run_json(
+        fleet,
+        "rollouts", "start", "--target", f"devices:{DEVICE}", "--waves", "100%",
+        "--gate", "soak_s=600", "--gate", "min_samples=1",
+    )  # fmt: skip
+    rollout_id = rollout["rollout_id"]
+    assert rollout["state"] == "running"
+    prefix = rollout_id[:8]
+
+    listed = run_json(fleet, "rollouts", "list", "--state", "running")["rollouts"]
+    assert rollout_id in [item["rollout_id"] for item in listed]
+    assert run_json(fleet, "rollouts", "pause", prefix)["state"] == "paused"
+    assert run_json(fleet, "rollouts", "resume", prefix)["state"] == "running"
+    assert run_json(fleet, "rollouts", "abort", prefix)["state"] == "aborted"
+    assert api(fleet, f"/rollouts/{rollout_id}")["state"] == "aborted"
+
+    shown = edgefleet("rollouts", "show", prefix, url=fleet.url)
+    assert shown.returncode == 0, shown.stderr
+    assert f"rollout {rollout_id}: aborted" in shown.stdout
+
+
+def test_rollout_unknown_names_listing_command(fleet):
+    result = edgefleet("rollouts", "pause", "0000000000", url=fleet.url)
+    assert result.returncode == 1
+    assert "`edgefleet rollouts list` lists the rollouts" in result.stderr
+
+
+def test_unreachable_controller_says_how_to_start_it():
+    url = f"http://127.0.0.1:{free_port()}"
+    result = edgefleet("devices", url=url)
+    assert result.returncode == 1
+    assert f"cannot reach the controller at {url}" in result.stderr
+    assert "edgefleet controller serve --http-port" in result.stderr
+    assert "EDGEFLEET_CONTROLLER_URL" in result.stderr
+
+
+def test_controller_url_from_environment(fleet):
+    result = edgefleet("devices", "--json", url=None, env={"EDGEFLEET_CONTROLLER_URL": fleet.url})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["devices"][0]["device_id"] == DEVICE
+
+
+def test_invalid_controller_url_is_rejected():
+    result = edgefleet("devices", url="127.0.0.1:8080")
+    assert result.returncode == 2
+    assert "invalid controller URL '127.0.0.1:8080'" in result.stderr
+    assert "http://" in result.stderr
+
+
+def test_parse_since_durations_and_times():
+    now = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
+    assert parse_since("10m", now=now) == (now - timedelta(minutes=10)).isoformat()
+    assert parse_since("2h", now=now) == (now - timedelta(hours=2)).isoformat()
+    assert parse_since("1.5d", now=now) == (now - timedelta(hours=36)).isoformat()
+    assert parse_since("2026-01-31T10:00:00") == "2026-01-31T10:00:00+00:00"
+    assert parse_since("2026-01-31T10:00:00+02:00") == "2026-01-31T10:00:00+02:00"
+
+
+def test_commands_module_imports_no_httpx_or_rich():
+    code = (
+        "import sys, edgefleet.cli; print(sorted(m for m in ('httpx', 'rich') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]"
