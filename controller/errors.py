@@ -16,6 +16,7 @@ status code that ``grpc_server`` returns where an RPC can raise the error::
     │   └── ArtifactRangeError       offset beyond the end of an artifact    OUT_OF_RANGE
     ├── PlanningError                compressing a model for a profile failed
     ├── DatabaseError                the database is unreachable or cannot be migrated
+    ├── RateLimitedError             over the configured connect rate        RESOURCE_EXHAUSTED
     └── ControllerStateError         the controller is not running           UNAVAILABLE
 
 Other ``InvalidInputError``s raised in an RPC (device id, digest, profile) become
@@ -37,6 +38,7 @@ __all__ = [
     "DatabaseError",
     "InvalidTelemetryError",
     "PlanningError",
+    "RateLimitedError",
     "UnknownDeviceError",
     "UnknownModelError",
     "UnknownVariantError",
@@ -93,6 +95,10 @@ class PlanningError(ControllerError):
 
 class DatabaseError(ControllerError):
     """The database is unreachable, or migrating its schema to head failed."""
+
+
+class RateLimitedError(ControllerError):
+    """A new connection arrived faster than ``connect_rate_per_s`` allows; retry later."""
 
 
 class ControllerStateError(ControllerError):

@@ -8,11 +8,11 @@ devices are online and can publish their commands.
 
 Threads, and what each one owns:
 
-- paho's network thread runs the callbacks, which only sort messages into queues. Its
-  ``put`` into the bounded telemetry queue blocks when ingest falls behind, which stops
-  reading from the broker's socket instead of dropping samples;
-- ``mqtt-telemetry`` stores telemetry in batches of up to ``TELEMETRY_BATCH_MAX`` samples,
-  one database transaction each;
+- paho's network thread runs the callbacks, which only sort messages into queues. It
+  hands telemetry payloads to the controller's batched ingest
+  (``edgefleet.controller.ingest``), whose bounded queue blocks it when ingest falls
+  behind. That stops reading from the broker's socket instead of dropping samples, and
+  the broker holds the backlog;
 - ``mqtt-control`` handles registrations, presence and deployment statuses one at a time,
   in arrival order, so a device's statuses are applied in the order it sent them;
 - ``mqtt-artifacts-<n>`` serve artifact chunk requests.
@@ -27,7 +27,6 @@ import contextlib
 import logging
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgefleet.controller.errors import ControllerError, ControllerStateError, UnknownDeviceError
+from edgefleet.controller.errors import (
+    ControllerError,
+    ControllerStateError,
+    RateLimitedError,
+    UnknownDeviceError,
+)
 from edgefleet.controller.requests import read_artifact_chunk, register_device, status_name
 from edgefleet.controller.sessions import DeviceSession
 from edgefleet.errors import InvalidInputError
@@ -61,10 +65,6 @@ __all__ = ["MqttDeviceSession", "MqttEndpoint"]
 
 logger = logging.getLogger(__name__)
 
-TELEMETRY_BATCH_MAX = 500
-# How long the ingest thread waits to fill a batch after its first sample.
-TELEMETRY_BATCH_WAIT_S = 0.2
-TELEMETRY_QUEUE_MAX = 20_000
 ARTIFACT_WORKERS = 4
 CONNECT_TIMEOUT_S = 10.0
 # Log one WARNING per this many undecodable or misaddressed messages.
@@ -137,11 +137,9 @@ class MqttEndpoint:
         self._subscribed = threading.Event()
         self._connect_error: str | None = None
         self._stopping = threading.Event()
-        self._telemetry: queue.Queue[tuple[str, bytes]] = queue.Queue(TELEMETRY_QUEUE_MAX)
         self._control: queue.Queue[tuple[str, TopicKind, paho.MQTTMessage] | None] = queue.Queue()
         self._artifacts = ThreadPoolExecutor(ARTIFACT_WORKERS, thread_name_prefix="mqtt-artifacts")
         self._threads = [
-            threading.Thread(target=self._ingest_loop, name="mqtt-telemetry", daemon=True),
             threading.Thread(target=self._control_loop, name="mqtt-control", daemon=True),
         ]
         self._sessions: dict[str, MqttDeviceSession] = {}
@@ -216,7 +214,9 @@ class MqttEndpoint:
             return
         if kind is TopicKind.TELEMETRY:
             # Blocks when ingest falls behind: see the module docstring.
-            self._telemetry.put((device_id, message.payload))
+            self.telemetry_received += 1
+            with contextlib.suppress(ControllerStateError):
+                self._controller.submit_telemetry(device_id, message.payload)
         elif kind is TopicKind.ARTIFACT_REQUEST:
             # RuntimeError: stopping, so the executor no longer accepts work.
             with contextlib.suppress(RuntimeError):
@@ -258,44 +258,6 @@ class MqttEndpoint:
             )
         self.publish(topic, payload, False, properties)
 
-    # -- telemetry (mqtt-telemetry thread) -------------------------------------------
-
-    def _ingest_loop(self) -> None:
-        while not self._stopping.is_set() or not self._telemetry.empty():
-            batch = self._next_batch()
-            if not batch:
-                continue
-            samples = []
-            for device_id, payload in batch:
-                try:
-                    samples.append((device_id, fleet_pb2.TelemetrySample.FromString(payload)))
-                except Exception as exc:  # protobuf's DecodeError
-                    self._ignore(f"undecodable telemetry from {device_id}: {exc}")
-            self.telemetry_received += len(batch)
-            try:
-                self._controller.ingest_telemetry_batch(samples)
-            except ControllerStateError:
-                return  # the controller is stopping
-            except Exception:
-                # NOTE: the broker already has the PUBACKs, so this batch is lost.
-                logger.exception("storing a batch of %d telemetry samples failed", len(samples))
-
-    def _next_batch(self) -> list[tuple[str, bytes]]:
-        try:
-            batch = [self._telemetry.get(timeout=0.5)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + TELEMETRY_BATCH_WAIT_S
-        while len(batch) < TELEMETRY_BATCH_MAX:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._telemetry.get(timeout=remaining))
-            except queue.Empty:
-                break
-        return batch
-
     # -- registration, presence and status (mqtt-control thread) ----------------------
 
     def _control_loop(self) -> None:
@@ -325,6 +287,10 @@ class MqttEndpoint:
                     f"device id {request.device_id!r} does not match the topic's {device_id!r}"
                 )
             response = register_device(self._controller, request)
+        except RateLimitedError as exc:
+            # The controller counts and logs these; one line per device would flood the log.
+            self._reply(reply_topic, message, error=exc)
+            return
         except (ControllerError, InvalidInputError) as exc:
             logger.info("rejected the registration of device %s: %s", device_id, exc)
             self._reply(reply_topic, message, error=_as_invalid(exc))

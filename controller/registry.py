@@ -120,6 +120,14 @@ class Registry:
             raise UnknownDeviceError(f"device {device_id!r} is not registered; register first")
         return device
 
+    def get_devices(self, device_ids: Collection[str]) -> dict[str, DeviceRow]:
+        """Return the registered ones of ``device_ids`` in one query, by device id."""
+        if not device_ids:
+            return {}
+        query = sa.select(DeviceRow).where(DeviceRow.device_id.in_(list(device_ids)))
+        with self._database.session() as session:
+            return {device.device_id: device for device in session.scalars(query)}
+
     def list_devices(self, *, profile_fingerprint: str | None = None) -> list[DeviceRow]:
         query = sa.select(DeviceRow).order_by(DeviceRow.device_id)
         if profile_fingerprint is not None:
@@ -448,12 +456,11 @@ class Registry:
                 last_seen[record.device_id] = record.received_at
         with self._database.session() as session:
             session.execute(sa.insert(TelemetryRow), [_record_fields(r) for r in records])
-            for device_id, seen in last_seen.items():
-                session.execute(
-                    sa.update(DeviceRow)
-                    .where(DeviceRow.device_id == device_id)
-                    .values(last_seen=seen)
-                )
+            # An ORM bulk UPDATE by primary key: one executemany, not one statement a device.
+            session.execute(
+                sa.update(DeviceRow),
+                [{"device_id": key, "last_seen": seen} for key, seen in last_seen.items()],
+            )
 
     def existing_device_ids(self, device_ids: Collection[str]) -> set[str]:
         """Return those of ``device_ids`` that are registered."""

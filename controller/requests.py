@@ -17,6 +17,7 @@ from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
     ControllerStateError,
+    RateLimitedError,
     UnknownDeviceError,
 )
 from edgefleet.errors import InvalidInputError
@@ -34,8 +35,12 @@ __all__ = ["open_artifact", "read_artifact_chunk", "register_device", "status_na
 def register_device(
     controller: Controller, request: fleet_pb2.RegisterRequest
 ) -> fleet_pb2.RegisterResponse:
-    """Register the device of ``request``; raises ``InvalidInputError`` naming the bad field."""
+    """Register the device of ``request``; raises ``InvalidInputError`` naming the bad field.
+
+    Raises ``RateLimitedError`` when devices connect faster than the configured rate.
+    """
     device_id = validate_device_id(request.device_id)
+    controller.admit_connection(device_id)
     if not request.HasField("profile"):
         raise InvalidInputError("profile is required")
     profile = DeviceProfile.from_proto(request.profile)
@@ -103,6 +108,8 @@ def status_name(error: Exception) -> str:
         return "OUT_OF_RANGE"
     if isinstance(error, InvalidInputError):
         return "INVALID_ARGUMENT"
+    if isinstance(error, RateLimitedError):
+        return "RESOURCE_EXHAUSTED"
     if isinstance(error, ControllerStateError):
         return "UNAVAILABLE"
     return "INTERNAL"
