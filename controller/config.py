@@ -7,8 +7,8 @@
     telemetry_retention_s = 604800      # samples older than this are deleted (7 days)
     retention_check_interval_s = 300    # how often the deletion runs
     grpc_max_workers = 64               # threads running controller calls for gRPC requests
-    connect_rate_per_s = 200.0          # registrations admitted per second (token bucket)
-    connect_burst = 200                 # registrations admitted at once before the rate applies
+    connect_rate_per_s = 100.0          # registrations admitted per second (token bucket)
+    connect_burst = 100                 # registrations admitted at once before the rate applies
     telemetry_queue_max = 20000         # samples waiting for storage before senders are slowed
     shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
     host_calibration_duration_s = 2.0   # how long the host runs the reference model
@@ -53,8 +53,8 @@ class ControllerConfig:
     # A token bucket over registrations on every transport. After a broker or network
     # outage the whole fleet reconnects at once; the rest get RESOURCE_EXHAUSTED and
     # retry with their backoff.
-    connect_rate_per_s: float = 200.0
-    connect_burst: int = 200
+    connect_rate_per_s: float = 100.0
+    connect_burst: int = 100
     # Bound of the queue between the endpoints and the batched telemetry writer. A full
     # queue blocks the endpoint (MQTT stops reading the broker's socket, a gRPC stream
     # stops reading its messages), so a burst is slowed down instead of dropped.

@@ -104,6 +104,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.RegisterRequest, context: aio.ServicerContext
     ) -> fleet_pb2.RegisterResponse:
         try:
+            # Admitted on the loop, before the request waits for a pool thread, so that a
+            # reconnect storm is turned away at once instead of queueing.
+            self._controller.admit_connection(request.device_id)
             return await self._call(register_device, self._controller, request)
         except InvalidInputError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid registration: {exc}")

@@ -221,7 +221,17 @@ class MqttEndpoint:
             # RuntimeError: stopping, so the executor no longer accepts work.
             with contextlib.suppress(RuntimeError):
                 self._artifacts.submit(self._serve_chunk, device_id, message)
-        elif kind in (TopicKind.REGISTER, TopicKind.STATUS, TopicKind.PRESENCE):
+        elif kind is TopicKind.REGISTER:
+            # Admitted on arrival, so that a reconnect storm is turned away at once
+            # instead of queueing behind the registrations being stored.
+            try:
+                self._controller.admit_connection(device_id)
+            except (RateLimitedError, ControllerStateError) as exc:
+                reply_topic = DeviceTopics(device_id).topic(TopicKind.REGISTER_REPLY)
+                self._reply(reply_topic, message, error=exc)
+                return
+            self._control.put((device_id, kind, message))
+        elif kind in (TopicKind.STATUS, TopicKind.PRESENCE):
             self._control.put((device_id, kind, message))
 
     def _ignore(self, what: str) -> None:
@@ -287,10 +297,6 @@ class MqttEndpoint:
                     f"device id {request.device_id!r} does not match the topic's {device_id!r}"
                 )
             response = register_device(self._controller, request)
-        except RateLimitedError as exc:
-            # The controller counts and logs these; one line per device would flood the log.
-            self._reply(reply_topic, message, error=exc)
-            return
         except (ControllerError, InvalidInputError) as exc:
             logger.info("rejected the registration of device %s: %s", device_id, exc)
             self._reply(reply_topic, message, error=_as_invalid(exc))

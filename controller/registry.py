@@ -80,8 +80,15 @@ class Registry:
         agent_version: str = "",
         onnxruntime_version: str = "",
         current_variant_id: str | None = None,
+        latency_scale: float | None = None,
+        event: EventRow | None = None,
     ) -> DeviceRow:
-        """Insert a device, or refresh the profile and calibration of a known one."""
+        """Insert a device, or refresh the profile and calibration of a known one.
+
+        A ``latency_scale`` replaces the device's, and ``event`` is recorded in the same
+        transaction: one commit per registration, because a reconnecting fleet sends
+        hundreds of them a second.
+        """
         with self._database.session() as session:
             self._ensure_profile(session, profile)
             device = session.get(DeviceRow, device_id)
@@ -99,6 +106,10 @@ class Registry:
             device.onnxruntime_version = onnxruntime_version
             device.current_variant_id = current_variant_id or None
             device.last_seen = utc_now()
+            if latency_scale is not None:
+                device.latency_scale = latency_scale
+            if event is not None:
+                session.add(event)
             return device
 
     def _ensure_profile(self, session: sa.orm.Session, profile: DeviceProfile) -> None:
@@ -135,8 +146,13 @@ class Registry:
         with self._database.session() as session:
             return list(session.scalars(query))
 
-    def update_device(self, device_id: str, **fields: Any) -> DeviceRow:
-        """Set the given columns of a device and return the updated row."""
+    def update_device(
+        self, device_id: str, *, event: EventRow | None = None, **fields: Any
+    ) -> DeviceRow:
+        """Set the given columns of a device and return the updated row.
+
+        ``event`` is recorded in the same transaction.
+        """
         unknown = sorted(set(fields) - _UPDATABLE_DEVICE_FIELDS)
         if unknown:
             raise TypeError(f"update_device got unknown or read-only field(s) {unknown}")
@@ -146,6 +162,8 @@ class Registry:
                 raise UnknownDeviceError(f"device {device_id!r} is not registered")
             for name, value in fields.items():
                 setattr(device, name, value)
+            if event is not None:
+                session.add(event)
             return device
 
     def mark_all_devices_offline(self) -> int:

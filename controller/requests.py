@@ -37,10 +37,9 @@ def register_device(
 ) -> fleet_pb2.RegisterResponse:
     """Register the device of ``request``; raises ``InvalidInputError`` naming the bad field.
 
-    Raises ``RateLimitedError`` when devices connect faster than the configured rate.
+    The endpoint calls ``Controller.admit_connection`` first, when the request arrives.
     """
     device_id = validate_device_id(request.device_id)
-    controller.admit_connection(device_id)
     if not request.HasField("profile"):
         raise InvalidInputError("profile is required")
     profile = DeviceProfile.from_proto(request.profile)

@@ -39,6 +39,7 @@ from edgefleet.controller.models import (
     DeviceRow,
     DeviceState,
     EventKind,
+    EventRow,
     ModelRow,
     PlanState,
     VariantRow,
@@ -233,6 +234,18 @@ class Controller:
         # After the endpoints: samples they queued are still stored.
         assert self._ingest is not None
         self._ingest.stop(timeout_s=grace + 5)
+        stats = self._ingest.stats()
+        logger.info(
+            "telemetry ingest: %d samples submitted, %d stored in %d batches, %d dropped, "
+            "%d submits waited for room; connections: %d admitted, %d over the connect rate",
+            stats.submitted,
+            stats.stored_samples,
+            stats.stored_batches,
+            stats.dropped,
+            stats.blocked_submits,
+            self.connect_limiter.admitted,
+            self.connect_limiter.rejected,
+        )
         self._stop.set()
         assert self._worker is not None and self._registry is not None
         if not self._worker.shutdown(timeout_s=grace):
@@ -267,6 +280,9 @@ class Controller:
     ) -> DeviceRow:
         """Register a device (or refresh it), then plan or deploy for it in the background."""
         registry = self.registry
+        scale = None
+        if calibration is not None:
+            scale = self.host_calibration.latency_scale(calibration)
         device = registry.register_device(
             device_id,
             profile,
@@ -274,27 +290,32 @@ class Controller:
             agent_version=agent_version,
             onnxruntime_version=onnxruntime_version,
             current_variant_id=current_variant_id or None,
-        )
-        registry.record_event(
-            EventKind.REGISTERED,
-            device_id=device_id,
-            reason=f"registered with profile {profile.name}",
-            details={"profile_fingerprint": profile.fingerprint, "agent_version": agent_version},
+            latency_scale=scale,
+            event=EventRow(
+                at=utc_now(),
+                kind=EventKind.REGISTERED,
+                device_id=device_id,
+                reason=f"registered with profile {profile.name}",
+                details={
+                    "profile_fingerprint": profile.fingerprint,
+                    "agent_version": agent_version,
+                },
+            ),
         )
         logger.info("registered device %s with profile %s", device_id, profile.name)
 
-        if calibration is not None:
-            scale = self.host_calibration.latency_scale(calibration)
-            if scale is not None:
-                device = registry.update_device(device_id, latency_scale=scale)
-            elif calibration.reference_sha256 == self.host_calibration.reference_sha256:
-                # Measure the host first, on the planner thread, so the plan that follows
-                # uses the device's scale and neither disturbs the other's timing.
-                threads = calibration.threads
-                self._worker_submit(
-                    f"host calibration at {threads} threads",
-                    lambda: self._calibrate_host(threads),
-                )
+        if (
+            calibration is not None
+            and scale is None
+            and calibration.reference_sha256 == self.host_calibration.reference_sha256
+        ):
+            # Measure the host first, on the planner thread, so the plan that follows
+            # uses the device's scale and neither disturbs the other's timing.
+            threads = calibration.threads
+            self._worker_submit(
+                f"host calibration at {threads} threads",
+                lambda: self._calibrate_host(threads),
+            )
         self._worker_submit(
             f"placement of device {device_id}", lambda: self._place_device(device_id)
         )
@@ -311,20 +332,21 @@ class Controller:
         """
         registry = self.registry
         device_id = session.device_id
-        registry.get_device(device_id)
-        self.sessions.open(session)
+        # One transaction, which raises UnknownDeviceError before the session opens.
         device = registry.update_device(
             device_id,
             state=DeviceState.ONLINE,
             last_seen=utc_now(),
             current_variant_id=current_variant_id or None,
+            event=EventRow(
+                at=utc_now(),
+                kind=EventKind.CONNECTED,
+                device_id=device_id,
+                reason="session opened",
+                to_variant=current_variant_id or None,
+            ),
         )
-        registry.record_event(
-            EventKind.CONNECTED,
-            device_id=device_id,
-            reason="session opened",
-            to_variant=device.current_variant_id,
-        )
+        self.sessions.open(session)
         logger.info(
             "device %s connected over %s, serving %s",
             device_id,
@@ -435,16 +457,16 @@ class Controller:
                 records.append(validate_sample(sample, device_id=device_id))
             except InvalidTelemetryError as exc:
                 self.telemetry_drops.record(device_id, exc)
-        devices = registry.get_devices({record.device_id for record in records})
+        known = registry.existing_device_ids({record.device_id for record in records})
         for record in records:
-            if record.device_id not in devices:
+            if record.device_id not in known:
                 self.telemetry_drops.record(
                     record.device_id,
                     InvalidTelemetryError(
                         f"device {record.device_id} is not registered", field="device_id"
                     ),
                 )
-        records = [record for record in records if record.device_id in devices]
+        records = [record for record in records if record.device_id in known]
         if not records:
             return []
         registry.add_telemetry_many(records)
@@ -459,10 +481,15 @@ class Controller:
         model = registry.active_model()
         if model is None:
             return records
-        # One ladder query per profile in the batch, not one per device.
+        # One query for the devices and one per profile for the ladders, not three per
+        # device. Device rows are loaded only here, because parsing their profile JSON
+        # is a large part of a batch's cost.
+        devices = registry.get_devices(latest)
         ladders: dict[str, list[VariantRow]] = {}
         for device_id, received_at in latest.items():
-            device = devices[device_id]
+            device = devices.get(device_id)
+            if device is None:
+                continue  # deleted since the samples were stored
             fingerprint = device.profile_fingerprint
             if fingerprint not in ladders:
                 ladders[fingerprint] = registry.ladder(model.id, fingerprint)
