@@ -21,8 +21,32 @@ def demo_command(
         None,
         help="Folder for the database, logs and agent state; a new temporary folder by default.",
     ),
+    transport: str = typer.Option(
+        "grpc",
+        help="Transport between agents and controller: grpc, or mqtt through a broker.",
+    ),
+    broker: str | None = typer.Option(
+        None,
+        help="URL of a running MQTT broker (mqtt://HOST:PORT) for --transport mqtt; "
+        "by default the demo starts Mosquitto on a free loopback port.",
+    ),
 ) -> None:
     """Compress a digits CNN per device profile, serve it on three agents, squeeze one."""
+    from edgefleet.demo.broker import find_mosquitto, missing_message
+
+    if transport not in ("grpc", "mqtt"):
+        raise typer.BadParameter(
+            f"unknown transport {transport!r}; use grpc or mqtt", param_hint="--transport"
+        )
+    if broker is not None and transport != "mqtt":
+        raise typer.BadParameter("--broker needs --transport mqtt", param_hint="--broker")
+    if transport == "mqtt" and broker is None and find_mosquitto() is None:
+        # Checked before the model is built, so the user learns it in a second.
+        typer.echo(f"error: {missing_message()}", err=True)
+        raise typer.Exit(2)
+
     from edgefleet.demo.runner import run_demo
 
-    raise typer.Exit(run_demo(workdir=workdir, json_output=json_output))
+    raise typer.Exit(
+        run_demo(workdir=workdir, json_output=json_output, transport=transport, broker_url=broker)
+    )

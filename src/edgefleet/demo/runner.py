@@ -58,7 +58,12 @@ class Check:
 
 
 def run_demo(
-    *, workdir: Path | None, json_output: bool, timeouts: DemoTimeouts | None = None
+    *,
+    workdir: Path | None,
+    json_output: bool,
+    timeouts: DemoTimeouts | None = None,
+    transport: str = "grpc",
+    broker_url: str | None = None,
 ) -> int:
     """Run every phase; return 0 when every check passed, 1 otherwise."""
     timeouts = timeouts or DemoTimeouts()
@@ -80,7 +85,7 @@ def run_demo(
         "(real boards: deploy/profiles/)"
     )
 
-    run = DemoRun(workdir=workdir, devices=devices)
+    run = DemoRun(workdir=workdir, devices=devices, transport=transport, broker_url=broker_url)
     try:
         _, db_url = start_fleet(run, model_args=model.controller_args(), say=console.print)
         observer = FleetObserver(db_url)
