@@ -472,12 +472,19 @@ class Registry:
             previous = last_seen.get(record.device_id)
             if previous is None or record.received_at > previous:
                 last_seen[record.device_id] = record.received_at
+        # Core statements on the tables: the ORM's bulk paths cost about as much Python
+        # per row again, and a batch has hundreds of rows.
+        devices = DeviceRow.__table__
+        update_last_seen = (
+            sa.update(devices)
+            .where(devices.c.device_id == sa.bindparam("key"))
+            .values(last_seen=sa.bindparam("seen"))
+        )
         with self._database.session() as session:
-            session.execute(sa.insert(TelemetryRow), [_record_fields(r) for r in records])
-            # An ORM bulk UPDATE by primary key: one executemany, not one statement a device.
+            session.execute(TelemetryRow.__table__.insert(), [_record_fields(r) for r in records])
             session.execute(
-                sa.update(DeviceRow),
-                [{"device_id": key, "last_seen": seen} for key, seen in last_seen.items()],
+                update_last_seen,
+                [{"key": key, "seen": seen} for key, seen in last_seen.items()],
             )
 
     def existing_device_ids(self, device_ids: Collection[str]) -> set[str]:
