@@ -444,7 +444,7 @@ def run_agents(
 
     This is one worker process's share of the fleet.
     """
-    # Each agent holds one socket (MQTT) or one channel (gRPC, a socket and a few more).
+    # Each agent uses one socket (MQTT) or one channel (gRPC, a socket and a few more).
     _raise_open_file_limit(len(indexes) * 4 + 256)
     return asyncio.run(_run_agents(config, indexes, deadline_s))
 
@@ -467,7 +467,7 @@ async def _run_agents(
         for agent, index in zip(agents, indexes, strict=True)
     ]
     try:
-        # A transport call blocked past the deadline ends by its own timeouts; an agent
+        # A transport call blocked past the deadline ends by its own timeouts. An agent
         # still running after the grace period is cancelled and reported as it is.
         _done, pending = await asyncio.wait(
             tasks, timeout=max(0.0, deadline - loop.time()) + _STOP_GRACE_S

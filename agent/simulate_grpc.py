@@ -22,7 +22,7 @@ from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 __all__ = ["GrpcLink"]
 
-# Codes that say the download request itself is wrong; retrying cannot help.
+# Codes that mean the download request itself is wrong, so retrying cannot help.
 _FATAL_DOWNLOAD_CODES = frozenset(
     {
         grpc.StatusCode.NOT_FOUND,

@@ -1,9 +1,9 @@
 """The MQTT side of the fleet simulator: many paho clients on one asyncio event loop.
 
-``MqttDriver`` drives every client of a process through paho's external-loop interface:
-the event loop watches each client's socket (``add_reader``/``add_writer``) and calls
-``loop_read`` or ``loop_write`` when it is ready, and one task calls ``loop_misc`` of
-every client once a second for keepalive pings. So a connection costs a paho client and
+``MqttDriver`` drives every client of a process through paho's external-loop interface.
+The event loop watches each client's socket (``add_reader``/``add_writer``) and calls
+``loop_read`` or ``loop_write`` when it is ready. One task calls ``loop_misc`` of every
+client once a second for keepalive pings. So a connection costs a paho client and
 a socket, not a network thread, and one process holds thousands.
 
 ``MqttLink`` is one simulated device's connection. It speaks the protocol of
@@ -200,11 +200,13 @@ class MqttLink:
         except OSError as exc:
             raise ControllerUnavailable(f"cannot connect to broker {self.peer}: {exc}") from exc
         self._connected = True
+
         reason = await self._wait(self._connack, CONNECT_TIMEOUT_S, "CONNACK")
         if reason.is_failure:
             raise ControllerUnavailable(
                 f"broker {self.peer} refused the connection of {self._device_id}: {reason}"
             )
+
         options = SubscribeOptions(qos=QOS)
         topics = [(self._topics.topic(kind), options) for kind in _DOWN_TOPICS]
         result, _mid = self._client.subscribe(topics)

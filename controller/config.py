@@ -47,7 +47,7 @@ class ControllerConfig:
     telemetry_interval_s: float = 1.0
     telemetry_retention_s: float = 7 * 24 * 3600.0
     retention_check_interval_s: float = 300.0
-    # The gRPC server runs on asyncio, so an open Session stream holds no thread. These
+    # The gRPC server runs on asyncio, so an open Session stream occupies no thread. These
     # threads run the blocking controller calls (database, artifact reads) of requests.
     grpc_max_workers: int = 64
     # A token bucket over registrations on every transport. After a broker or network

@@ -3,7 +3,7 @@
 
 The server runs on ``grpc.aio`` in one thread with its own event loop (``GrpcServer``),
 so an open Session stream costs a coroutine and a queue, not a thread, and one process
-holds thousands of connected devices. The ``Controller`` stays synchronous: each
+keeps thousands of connected devices. The ``Controller`` stays synchronous: each
 blocking call (database, artifact file) runs in a thread pool of ``max_workers``
 threads, awaited by the coroutine of its RPC. Telemetry goes into the controller's
 batched ingest without a thread hop unless its queue is full (see

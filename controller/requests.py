@@ -72,7 +72,10 @@ def open_artifact(
     chunk_size = min(request.chunk_size or ARTIFACT_CHUNK_BYTES, ARTIFACT_CHUNK_BYTES)
     validate_device_id(request.device_id)
     validate_sha256(request.sha256)
-    controller.registry.get_device(request.device_id)
+    # Only the device's existence matters here: a column query, not a full row with its
+    # profile JSON, because a deployment to a fleet reads thousands of chunks.
+    if not controller.registry.existing_device_ids({request.device_id}):
+        raise UnknownDeviceError(f"device {request.device_id!r} is not registered; register first")
     store = controller.artifacts
     total = store.info(request.sha256).size_bytes
     chunks = store.read_chunks(request.sha256, offset=request.offset, chunk_size=chunk_size)

@@ -105,7 +105,7 @@ def test_connect_rate_limit_honoured(start_controller):
 
 
 def test_backlog_burst_stored_not_dropped(start_broker, start_controller):
-    # As deploy/mosquitto/mosquitto.conf: the broker holds the backlog while the
+    # As deploy/mosquitto/mosquitto.conf: the broker keeps the backlog while the
     # controller's ingest queue is full.
     broker = start_broker(settings="allow_anonymous true\nmax_queued_messages 100000\n")
     base = fleet_config()
