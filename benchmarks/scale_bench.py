@@ -117,9 +117,11 @@ def run_scenario(scenario: Scenario, transport: str, *, processes: int, model: t
         folder = Path(name)
         db_url = f"sqlite:///{folder / 'controller.db'}"
         config_path = folder / "controller.toml"
+        # The controller sets every agent's telemetry interval at registration.
         config_path.write_text(
             f"[controller]\nconnect_rate_per_s = {CONNECT_RATE_PER_S}\n"
             f"connect_burst = {CONNECT_BURST}\n"
+            f"telemetry_interval_s = {scenario.telemetry_interval_s}\n"
         )
         grpc_port = free_port()
         command = [

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,12 @@ __all__ = ["MqttDeviceSession", "MqttEndpoint"]
 logger = logging.getLogger(__name__)
 
 ARTIFACT_WORKERS = 4
+# Registrations queued for the control thread beyond which new ones are rejected with
+# RESOURCE_EXHAUSTED, whatever the connect rate allows.
+MAX_PENDING_REGISTRATIONS = 64
+# A registration that waited longer is skipped: the agent's reply timeout is 10 s
+# (edgefleet.agent.mqtt.REPLY_TIMEOUT_S), so nobody reads its reply any more.
+STALE_REGISTRATION_S = 8.0
 CONNECT_TIMEOUT_S = 10.0
 # Log one WARNING per this many undecodable or misaddressed messages.
 _WARN_EVERY = 100
@@ -137,7 +144,12 @@ class MqttEndpoint:
         self._subscribed = threading.Event()
         self._connect_error: str | None = None
         self._stopping = threading.Event()
-        self._control: queue.Queue[tuple[str, TopicKind, paho.MQTTMessage] | None] = queue.Queue()
+        self._control: queue.Queue[tuple[str, TopicKind, paho.MQTTMessage, float] | None] = (
+            queue.Queue()
+        )
+        self._pending_registrations = 0
+        self._pending_lock = threading.Lock()
+        self.stale_registrations = 0
         self._artifacts = ThreadPoolExecutor(ARTIFACT_WORKERS, thread_name_prefix="mqtt-artifacts")
         self._threads = [
             threading.Thread(target=self._control_loop, name="mqtt-control", daemon=True),
@@ -222,17 +234,29 @@ class MqttEndpoint:
             with contextlib.suppress(RuntimeError):
                 self._artifacts.submit(self._serve_chunk, device_id, message)
         elif kind is TopicKind.REGISTER:
-            # Admitted on arrival, so that a reconnect storm is turned away at once
-            # instead of queueing behind the registrations being stored.
-            try:
-                self._controller.admit_connection(device_id)
-            except (RateLimitedError, ControllerStateError) as exc:
-                reply_topic = DeviceTopics(device_id).topic(TopicKind.REGISTER_REPLY)
-                self._reply(reply_topic, message, error=exc)
-                return
-            self._control.put((device_id, kind, message))
+            self._admit_registration(device_id, message)
         elif kind in (TopicKind.STATUS, TopicKind.PRESENCE):
-            self._control.put((device_id, kind, message))
+            self._control.put((device_id, kind, message, time.monotonic()))
+
+    def _admit_registration(self, device_id: str, message: paho.MQTTMessage) -> None:
+        # Admitted on arrival, so that a reconnect storm is turned away at once instead of
+        # queueing behind the registrations being stored. The pending cap sheds load when
+        # storing is slower than the configured rate (a busy host).
+        with self._pending_lock:
+            backlog = self._pending_registrations >= MAX_PENDING_REGISTRATIONS
+        try:
+            if backlog:
+                raise RateLimitedError(
+                    f"{MAX_PENDING_REGISTRATIONS} registrations are waiting; retry after a backoff"
+                )
+            self._controller.admit_connection(device_id)
+        except (RateLimitedError, ControllerStateError) as exc:
+            reply_topic = DeviceTopics(device_id).topic(TopicKind.REGISTER_REPLY)
+            self._reply(reply_topic, message, error=exc)
+            return
+        with self._pending_lock:
+            self._pending_registrations += 1
+        self._control.put((device_id, TopicKind.REGISTER, message, time.monotonic()))
 
     def _ignore(self, what: str) -> None:
         self._ignored += 1
@@ -272,9 +296,15 @@ class MqttEndpoint:
 
     def _control_loop(self) -> None:
         while (item := self._control.get()) is not None:
-            device_id, kind, message = item
+            device_id, kind, message, arrived = item
             try:
                 if kind is TopicKind.REGISTER:
+                    with self._pending_lock:
+                        self._pending_registrations -= 1
+                    if time.monotonic() - arrived > STALE_REGISTRATION_S:
+                        # Its agent stopped waiting for the reply and has retried, or will.
+                        self.stale_registrations += 1
+                        continue
                     self._register(device_id, message)
                 elif kind is TopicKind.PRESENCE:
                     self._presence(device_id, message.payload)
