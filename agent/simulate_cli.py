@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -29,8 +30,16 @@ def simulate_command(
         str | None, typer.Option(help="Broker URL for the MQTT transport: mqtt://HOST:PORT.")
     ] = None,
     processes: Annotated[
-        int, typer.Option(help="Worker processes the agents are spread over.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            help="Worker processes the agents are spread over, each running its agents on "
+            "one asyncio event loop; default: min(4, CPU count, agents)."
+        ),
+    ] = None,
+    ramp: Annotated[
+        float,
+        typer.Option(help="Seconds over which the agents start, evenly; 0 starts all at once."),
+    ] = 0.0,
     telemetry_interval: Annotated[
         float,
         typer.Option(
@@ -70,7 +79,8 @@ def simulate_command(
             duration_s=duration,
             controller=controller or "",
             broker=BrokerSettings.from_options(broker) if broker else None,
-            processes=processes,
+            processes=processes or min(4, os.cpu_count() or 1, max(agents, 1)),
+            ramp_s=ramp,
             telemetry_interval_s=telemetry_interval,
             profile=load_profile(profile) if profile is not None else DEFAULT_PROFILE,
             device_prefix=device_prefix,

@@ -6,7 +6,10 @@
     telemetry_interval_s = 1.0          # interval agents send samples at
     telemetry_retention_s = 604800      # samples older than this are deleted (7 days)
     retention_check_interval_s = 300    # how often the deletion runs
-    grpc_max_workers = 64               # threads serving RPCs, one per open session stream
+    grpc_max_workers = 64               # threads running controller calls for gRPC requests
+    connect_rate_per_s = 100.0          # registrations admitted per second (token bucket)
+    connect_burst = 100                 # registrations admitted at once before the rate applies
+    telemetry_queue_max = 20000         # samples waiting for storage before senders are slowed
     shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
     host_calibration_duration_s = 2.0   # how long the host runs the reference model
     rollout_check_interval_s = 1.0      # how often rollouts check deployments and gates
@@ -45,10 +48,18 @@ class ControllerConfig:
     telemetry_interval_s: float = 1.0
     telemetry_retention_s: float = 7 * 24 * 3600.0
     retention_check_interval_s: float = 300.0
-    # Sync gRPC occupies one thread per open Session stream for the stream's whole life,
-    # so this caps the number of connected devices. RPCs beyond it are rejected with
-    # RESOURCE_EXHAUSTED (maximum_concurrent_rpcs).
+    # The gRPC server runs on asyncio, so an open Session stream occupies no thread. These
+    # threads run the blocking controller calls (database, artifact reads) of requests.
     grpc_max_workers: int = 64
+    # A token bucket over registrations on every transport. After a broker or network
+    # outage the whole fleet reconnects at once; the rest get RESOURCE_EXHAUSTED and
+    # retry with their backoff.
+    connect_rate_per_s: float = 100.0
+    connect_burst: int = 100
+    # Bound of the queue between the endpoints and the batched telemetry writer. A full
+    # queue blocks the endpoint (MQTT stops reading the broker's socket, a gRPC stream
+    # stops reading its messages), so a burst is slowed down instead of dropped.
+    telemetry_queue_max: int = 20_000
     shutdown_grace_s: float = 5.0
     host_calibration_duration_s: float = 2.0
     # Device reports wake the rollout engine at once; this bounds how late a soak ends.
@@ -62,8 +73,15 @@ class ControllerConfig:
             "retention_check_interval_s",
             "host_calibration_duration_s",
             "rollout_check_interval_s",
+            "connect_rate_per_s",
         ):
             _require_positive(name, getattr(self, name))
+        for name, minimum in (("connect_burst", 1), ("telemetry_queue_max", 100)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(
+                    f"controller.{name} must be an integer >= {minimum}, got {value!r}"
+                )
         if not _is_number(self.shutdown_grace_s) or self.shutdown_grace_s < 0:
             raise ConfigError(
                 f"controller.shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}"

@@ -21,6 +21,7 @@ status code that ``grpc_server`` returns where an RPC can raise the error::
     │   ├── RolloutStateError        the rollout's state forbids the call
     │   └── RolloutConflictError     a target device is in another rollout
     ├── DatabaseError                the database is unreachable or cannot be migrated
+    ├── RateLimitedError             over the configured connect rate        RESOURCE_EXHAUSTED
     └── ControllerStateError         the controller is not running           UNAVAILABLE
 
 Other ``InvalidInputError``s raised in an RPC (device id, digest, profile) become
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidRolloutError",
     "InvalidTelemetryError",
     "PlanningError",
+    "RateLimitedError",
     "RolloutConflictError",
     "RolloutError",
     "RolloutStateError",
@@ -123,6 +125,10 @@ class RolloutConflictError(RolloutError):
 
 class DatabaseError(ControllerError):
     """The database is unreachable, or migrating its schema to head failed."""
+
+
+class RateLimitedError(ControllerError):
+    """A new connection arrived faster than ``connect_rate_per_s`` allows; retry later."""
 
 
 class ControllerStateError(ControllerError):

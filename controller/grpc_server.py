@@ -1,31 +1,41 @@
 """The gRPC endpoint: ``FleetServicer`` translates ``edgefleet.v1.FleetService`` calls into
 ``Controller`` calls, and controller errors into gRPC status codes.
 
-The server is synchronous, so each RPC occupies a pool thread for its whole life. An open
-Session stream also needs one more thread outside the pool (``session-reader-<device>``)
-that reads incoming messages, because the handler thread blocks while writing commands.
-Message sizes are capped at 4 MiB in both directions by ``SERVER_OPTIONS``;
-gRPC itself rejects an oversized message with RESOURCE_EXHAUSTED.
+The server runs on ``grpc.aio`` in one thread with its own event loop (``GrpcServer``),
+so an open Session stream costs a coroutine and a queue, not a thread, and one process
+keeps thousands of connected devices. The ``Controller`` stays synchronous: each
+blocking call (database, artifact file) runs in a thread pool of ``max_workers``
+threads, awaited by the coroutine of its RPC. Telemetry goes into the controller's
+batched ingest without a thread hop unless its queue is full (see
+``edgefleet.controller.ingest``).
+
+Message sizes are capped at 4 MiB in both directions by ``SERVER_OPTIONS``; gRPC itself
+rejects an oversized message with RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
+from grpc import aio
 
 from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
     ControllerStateError,
+    RateLimitedError,
     UnknownDeviceError,
 )
 from edgefleet.controller.requests import open_artifact, register_device
-from edgefleet.controller.sessions import StreamSession
+from edgefleet.controller.sessions import DeviceSession
 from edgefleet.errors import InvalidInputError
 from edgefleet.ids import validate_device_id
 from edgefleet.protos.limits import SERVER_OPTIONS
@@ -34,89 +44,148 @@ from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 if TYPE_CHECKING:
     from edgefleet.controller.service import Controller
 
-__all__ = ["FleetServicer", "create_server"]
+__all__ = ["AioStreamSession", "FleetServicer", "GrpcServer", "create_server"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class AioStreamSession(DeviceSession):
+    """A gRPC Session stream: ``send`` may run on any thread, ``outgoing`` on the loop."""
+
+    transport = "grpc"
+
+    def __init__(self, device_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(device_id)
+        self._loop = loop
+        self._queue: asyncio.Queue[fleet_pb2.ControllerMessage | None] = asyncio.Queue()
+
+    def send(self, message: fleet_pb2.ControllerMessage) -> bool:
+        """Queue ``message``; returns False if the session or the server is closed."""
+        if self._closed.is_set():
+            return False
+        return self._post(message)
+
+    def close(self) -> None:
+        """End the session; ``outgoing`` returns after the messages queued so far."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._post(None)
+
+    def _post(self, item: fleet_pb2.ControllerMessage | None) -> bool:
+        # asyncio.Queue is not thread-safe, so the put runs on the loop's thread.
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: the server has stopped
+            return False
+        return True
+
+    async def outgoing(self) -> AsyncIterator[fleet_pb2.ControllerMessage]:
+        """Yield queued messages until the session closes."""
+        while (message := await self._queue.get()) is not None:
+            yield message
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     """``edgefleet.v1.FleetService`` over a ``Controller``; see the module docstring."""
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, executor: ThreadPoolExecutor) -> None:
         self._controller = controller
+        self._executor = executor
+
+    async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(function, *args))
 
     # -- Register -------------------------------------------------------------------
 
-    def Register(
-        self, request: fleet_pb2.RegisterRequest, context: grpc.ServicerContext
+    async def Register(
+        self, request: fleet_pb2.RegisterRequest, context: aio.ServicerContext
     ) -> fleet_pb2.RegisterResponse:
         try:
-            return register_device(self._controller, request)
+            # Admitted on the loop, before the request waits for a pool thread, so that a
+            # reconnect storm is turned away at once instead of queueing.
+            self._controller.admit_connection(request.device_id)
+            return await self._call(register_device, self._controller, request)
         except InvalidInputError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid registration: {exc}")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid registration: {exc}")
+        except RateLimitedError as exc:
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), quiet=True)
         except ControllerStateError as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
     # -- Session --------------------------------------------------------------------
 
-    def Session(
-        self, request_iterator: Iterator[fleet_pb2.AgentMessage], context: grpc.ServicerContext
-    ) -> Iterator[fleet_pb2.ControllerMessage]:
-        session = self._open_session(request_iterator, context)
-        # Runs when the RPC ends for any reason (client cancel, deadline, server stop),
-        # waking the handler thread blocked in session.outgoing().
-        context.add_callback(session.close)
-        reader = threading.Thread(
-            target=self._read_messages,
-            args=(request_iterator, session),
-            name=f"session-reader-{session.device_id}",
-            daemon=True,
-        )
-        reader.start()
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[fleet_pb2.AgentMessage],
+        context: aio.ServicerContext,
+    ) -> AsyncIterator[fleet_pb2.ControllerMessage]:
+        session = await self._open_session(request_iterator, context)
+        reader = asyncio.create_task(self._read_messages(request_iterator, session))
         try:
-            yield from session.outgoing()
+            async for message in session.outgoing():
+                yield message
         finally:
+            # Runs when the stream ends for any reason: the agent closed it, the RPC was
+            # cancelled, or the server is stopping.
             session.close()
-            self._controller.close_session(session)
+            reader.cancel()
+            # When shutting down, shutdown() marks every device offline itself.
+            with contextlib.suppress(ControllerStateError):
+                await self._call(self._controller.close_session, session)
 
-    def _open_session(
-        self, request_iterator: Iterator[fleet_pb2.AgentMessage], context: grpc.ServicerContext
-    ) -> StreamSession:
+    async def _open_session(
+        self,
+        request_iterator: AsyncIterator[fleet_pb2.AgentMessage],
+        context: aio.ServicerContext,
+    ) -> AioStreamSession:
         try:
-            first = next(request_iterator)
-        except StopIteration:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "session ended before its hello")
+            first = await anext(request_iterator)
+        except StopAsyncIteration:
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "session ended before its hello"
+            )
         if first.WhichOneof("body") != "hello":
-            _abort(
+            await _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the first session message must be hello, got {first.WhichOneof('body')}",
             )
         hello = first.hello
         try:
-            session = StreamSession(validate_device_id(hello.device_id))
-            self._controller.open_session(session, current_variant_id=hello.current_variant_id)
+            session = AioStreamSession(
+                validate_device_id(hello.device_id), asyncio.get_running_loop()
+            )
+            await self._call(
+                functools.partial(
+                    self._controller.open_session,
+                    session,
+                    current_variant_id=hello.current_variant_id,
+                )
+            )
             return session
         except UnknownDeviceError:
-            _abort(
+            await _abort(
                 context,
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"device {hello.device_id!r} is not registered; register first",
             )
         except InvalidInputError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid hello: {exc}")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid hello: {exc}")
         except ControllerStateError as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
-    def _read_messages(
-        self, request_iterator: Iterator[fleet_pb2.AgentMessage], session: StreamSession
+    async def _read_messages(
+        self, request_iterator: AsyncIterator[fleet_pb2.AgentMessage], session: AioStreamSession
     ) -> None:
         device_id = session.device_id
         try:
-            for message in request_iterator:
+            async for message in request_iterator:
                 if session.closed:
                     break
-                self._dispatch(device_id, message)
+                await self._dispatch(device_id, message)
         except grpc.RpcError as exc:
             # The client cancelled or the connection broke; the session simply ends.
             logger.debug("session of device %s ended: %s", device_id, exc)
@@ -125,13 +194,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         finally:
             session.close()
 
-    def _dispatch(self, device_id: str, message: fleet_pb2.AgentMessage) -> None:
+    async def _dispatch(self, device_id: str, message: fleet_pb2.AgentMessage) -> None:
         kind = message.WhichOneof("body")
         try:
             if kind == "telemetry":
-                self._controller.ingest_telemetry(device_id, message.telemetry)
+                # A full ingest queue blocks a pool thread, not the loop, and this stream
+                # reads nothing more until it has room: backpressure, not a drop.
+                sample = message.telemetry
+                if not self._controller.offer_telemetry(device_id, sample):
+                    await self._call(self._controller.submit_telemetry, device_id, sample)
             elif kind == "status":
-                self._controller.handle_status(device_id, message.status)
+                await self._call(self._controller.handle_status, device_id, message.status)
             else:
                 logger.warning(
                     "device %s sent an unexpected %s message; ignoring it", device_id, kind
@@ -144,67 +217,113 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
 
     # -- DownloadArtifact -----------------------------------------------------------
 
-    def DownloadArtifact(
-        self, request: fleet_pb2.ArtifactRequest, context: grpc.ServicerContext
-    ) -> Iterator[fleet_pb2.ArtifactChunk]:
+    async def DownloadArtifact(
+        self, request: fleet_pb2.ArtifactRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[fleet_pb2.ArtifactChunk]:
         try:
-            total, chunks = open_artifact(self._controller, request)
+            total, chunks = await self._call(open_artifact, self._controller, request)
         except UnknownDeviceError as exc:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ArtifactNotFoundError:
-            _abort(context, grpc.StatusCode.NOT_FOUND, f"no artifact with sha256 {request.sha256}")
+            await _abort(
+                context, grpc.StatusCode.NOT_FOUND, f"no artifact with sha256 {request.sha256}"
+            )
         except ArtifactRangeError as exc:
-            _abort(context, grpc.StatusCode.OUT_OF_RANGE, str(exc))
+            await _abort(context, grpc.StatusCode.OUT_OF_RANGE, str(exc))
         except InvalidInputError as exc:
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except ControllerStateError as exc:
-            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
         if request.offset == total:
             # Nothing is left to send, but one empty chunk still gives a resuming client
             # the total size.
             yield fleet_pb2.ArtifactChunk(sha256=request.sha256, offset=total, total_size=total)
             return
-        for offset, data in chunks:
-            if not context.is_active():
-                return
-            yield fleet_pb2.ArtifactChunk(
-                sha256=request.sha256, offset=offset, total_size=total, data=data
-            )
+        try:
+            # The file reads run in the pool; the loop only writes the messages.
+            while (item := await self._call(next, chunks, None)) is not None:
+                offset, data = item
+                yield fleet_pb2.ArtifactChunk(
+                    sha256=request.sha256, offset=offset, total_size=total, data=data
+                )
+        finally:
+            await self._call(chunks.close)
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
-    logger.info("rejected RPC with %s: %s", code.name, message)
-    context.abort(code, message)
+async def _abort(
+    context: aio.ServicerContext, code: grpc.StatusCode, message: str, *, quiet: bool = False
+) -> NoReturn:
+    if not quiet:
+        logger.info("rejected RPC with %s: %s", code.name, message)
+    await context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+class GrpcServer:
+    """A ``grpc.aio`` server on its own event-loop thread, with a synchronous interface.
+
+    ``start`` and ``stop`` mirror ``grpc.Server``: ``stop(grace)`` returns a
+    ``threading.Event`` that is set once every RPC has ended and the loop has stopped.
+    """
+
+    def __init__(self, controller: Controller, *, host: str, port: int, max_workers: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+        self._stopped = threading.Event()
+        self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self._server, self.port = self._run(self._bind(controller))
+        except OSError:
+            self._close_loop()
+            raise
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _bind(self, controller: Controller) -> tuple[aio.Server, int]:
+        server = aio.server(options=SERVER_OPTIONS)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(
+            FleetServicer(controller, self._executor), server
+        )
+        # NOTE: plaintext; TLS and device authentication are not implemented yet, so bind
+        # to loopback or a trusted network only.
+        try:
+            bound_port = server.add_insecure_port(self._address)
+        except RuntimeError:
+            # grpcio raises RuntimeError without the cause; a port in use is the common one.
+            bound_port = 0
+        if bound_port == 0:
+            raise OSError(
+                f"cannot bind the gRPC server to {self._address}: the port is in use or the "
+                "address is invalid; choose another --grpc-port or stop the process that holds it"
+            )
+        return server, bound_port
+
+    def start(self) -> None:
+        self._run(self._server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Reject new RPCs at once, give open ones ``grace`` seconds, then cancel them."""
+        future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
+        future.add_done_callback(lambda _future: self._close_loop())
+        return self._stopped
+
+    def _close_loop(self) -> None:
+        # Runs on the loop's thread (stop's callback) or before the server started.
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
 
 
 def create_server(
     controller: Controller, *, host: str, port: int, max_workers: int
-) -> tuple[grpc.Server, int]:
+) -> tuple[GrpcServer, int]:
     """Build (but do not start) the gRPC server; returns it with its bound port.
 
     Raises ``OSError`` when the address cannot be bound.
     """
-    server = grpc.server(
-        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=SERVER_OPTIONS,
-        # Reject RPCs beyond the pool size at once (RESOURCE_EXHAUSTED), instead of
-        # queueing them behind long-lived session streams that never free a thread.
-        maximum_concurrent_rpcs=max_workers,
-    )
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(controller), server)
-    # NOTE: plaintext; TLS and device authentication are not implemented yet, so bind
-    # to loopback or a trusted network only.
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound_port = server.add_insecure_port(address)
-    except RuntimeError:
-        # grpcio raises RuntimeError without the cause; a port in use is the common one.
-        bound_port = 0
-    if bound_port == 0:
-        raise OSError(
-            f"cannot bind the gRPC server to {address}: the port is in use or the address "
-            "is invalid; choose another --grpc-port or stop the process that holds it"
-        )
-    return server, bound_port
+    server = GrpcServer(controller, host=host, port=port, max_workers=max_workers)
+    return server, server.port

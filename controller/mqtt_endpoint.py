@@ -8,11 +8,11 @@ devices are online and can publish their commands.
 
 Threads, and what each one owns:
 
-- paho's network thread runs the callbacks, which only sort messages into queues. Its
-  ``put`` into the bounded telemetry queue blocks when ingest falls behind, which stops
-  reading from the broker's socket instead of dropping samples;
-- ``mqtt-telemetry`` stores telemetry in batches of up to ``TELEMETRY_BATCH_MAX`` samples,
-  one database transaction each;
+- paho's network thread runs the callbacks, which only sort messages into queues. It
+  hands telemetry payloads to the controller's batched ingest
+  (``edgefleet.controller.ingest``), whose bounded queue blocks it when ingest falls
+  behind. That stops reading from the broker's socket instead of dropping samples, and
+  the broker holds the backlog;
 - ``mqtt-control`` handles registrations, presence and deployment statuses one at a time,
   in arrival order, so a device's statuses are applied in the order it sent them;
 - ``mqtt-artifacts-<n>`` serve artifact chunk requests.
@@ -38,7 +38,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgefleet.controller.errors import ControllerError, ControllerStateError, UnknownDeviceError
+from edgefleet.controller.errors import (
+    ControllerError,
+    ControllerStateError,
+    RateLimitedError,
+    UnknownDeviceError,
+)
 from edgefleet.controller.requests import read_artifact_chunk, register_device, status_name
 from edgefleet.controller.sessions import DeviceSession
 from edgefleet.errors import InvalidInputError
@@ -61,11 +66,13 @@ __all__ = ["MqttDeviceSession", "MqttEndpoint"]
 
 logger = logging.getLogger(__name__)
 
-TELEMETRY_BATCH_MAX = 500
-# How long the ingest thread waits to fill a batch after its first sample.
-TELEMETRY_BATCH_WAIT_S = 0.2
-TELEMETRY_QUEUE_MAX = 20_000
 ARTIFACT_WORKERS = 4
+# Registrations queued for the control thread beyond which new ones are rejected with
+# RESOURCE_EXHAUSTED, whatever the connect rate allows.
+MAX_PENDING_REGISTRATIONS = 64
+# A registration that waited longer is skipped: the agent's reply timeout is 10 s
+# (edgefleet.agent.mqtt.REPLY_TIMEOUT_S), so nobody reads its reply any more.
+STALE_REGISTRATION_S = 8.0
 CONNECT_TIMEOUT_S = 10.0
 # Log one WARNING per this many undecodable or misaddressed messages.
 _WARN_EVERY = 100
@@ -137,11 +144,14 @@ class MqttEndpoint:
         self._subscribed = threading.Event()
         self._connect_error: str | None = None
         self._stopping = threading.Event()
-        self._telemetry: queue.Queue[tuple[str, bytes]] = queue.Queue(TELEMETRY_QUEUE_MAX)
-        self._control: queue.Queue[tuple[str, TopicKind, paho.MQTTMessage] | None] = queue.Queue()
+        self._control: queue.Queue[tuple[str, TopicKind, paho.MQTTMessage, float] | None] = (
+            queue.Queue()
+        )
+        self._pending_registrations = 0
+        self._pending_lock = threading.Lock()
+        self.stale_registrations = 0
         self._artifacts = ThreadPoolExecutor(ARTIFACT_WORKERS, thread_name_prefix="mqtt-artifacts")
         self._threads = [
-            threading.Thread(target=self._ingest_loop, name="mqtt-telemetry", daemon=True),
             threading.Thread(target=self._control_loop, name="mqtt-control", daemon=True),
         ]
         self._sessions: dict[str, MqttDeviceSession] = {}
@@ -216,13 +226,37 @@ class MqttEndpoint:
             return
         if kind is TopicKind.TELEMETRY:
             # Blocks when ingest falls behind: see the module docstring.
-            self._telemetry.put((device_id, message.payload))
+            self.telemetry_received += 1
+            with contextlib.suppress(ControllerStateError):
+                self._controller.submit_telemetry(device_id, message.payload)
         elif kind is TopicKind.ARTIFACT_REQUEST:
             # RuntimeError: stopping, so the executor no longer accepts work.
             with contextlib.suppress(RuntimeError):
                 self._artifacts.submit(self._serve_chunk, device_id, message)
-        elif kind in (TopicKind.REGISTER, TopicKind.STATUS, TopicKind.PRESENCE):
-            self._control.put((device_id, kind, message))
+        elif kind is TopicKind.REGISTER:
+            self._admit_registration(device_id, message)
+        elif kind in (TopicKind.STATUS, TopicKind.PRESENCE):
+            self._control.put((device_id, kind, message, time.monotonic()))
+
+    def _admit_registration(self, device_id: str, message: paho.MQTTMessage) -> None:
+        # Admitted on arrival, so that a reconnect storm is turned away at once instead of
+        # queueing behind the registrations being stored. The pending cap sheds load when
+        # storing is slower than the configured rate (a busy host).
+        with self._pending_lock:
+            backlog = self._pending_registrations >= MAX_PENDING_REGISTRATIONS
+        try:
+            if backlog:
+                raise RateLimitedError(
+                    f"{MAX_PENDING_REGISTRATIONS} registrations are waiting; retry after a backoff"
+                )
+            self._controller.admit_connection(device_id)
+        except (RateLimitedError, ControllerStateError) as exc:
+            reply_topic = DeviceTopics(device_id).topic(TopicKind.REGISTER_REPLY)
+            self._reply(reply_topic, message, error=exc)
+            return
+        with self._pending_lock:
+            self._pending_registrations += 1
+        self._control.put((device_id, TopicKind.REGISTER, message, time.monotonic()))
 
     def _ignore(self, what: str) -> None:
         self._ignored += 1
@@ -258,51 +292,19 @@ class MqttEndpoint:
             )
         self.publish(topic, payload, False, properties)
 
-    # -- telemetry (mqtt-telemetry thread) -------------------------------------------
-
-    def _ingest_loop(self) -> None:
-        while not self._stopping.is_set() or not self._telemetry.empty():
-            batch = self._next_batch()
-            if not batch:
-                continue
-            samples = []
-            for device_id, payload in batch:
-                try:
-                    samples.append((device_id, fleet_pb2.TelemetrySample.FromString(payload)))
-                except Exception as exc:  # protobuf's DecodeError
-                    self._ignore(f"undecodable telemetry from {device_id}: {exc}")
-            self.telemetry_received += len(batch)
-            try:
-                self._controller.ingest_telemetry_batch(samples)
-            except ControllerStateError:
-                return  # the controller is stopping
-            except Exception:
-                # NOTE: the broker already has the PUBACKs, so this batch is lost.
-                logger.exception("storing a batch of %d telemetry samples failed", len(samples))
-
-    def _next_batch(self) -> list[tuple[str, bytes]]:
-        try:
-            batch = [self._telemetry.get(timeout=0.5)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + TELEMETRY_BATCH_WAIT_S
-        while len(batch) < TELEMETRY_BATCH_MAX:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(self._telemetry.get(timeout=remaining))
-            except queue.Empty:
-                break
-        return batch
-
     # -- registration, presence and status (mqtt-control thread) ----------------------
 
     def _control_loop(self) -> None:
         while (item := self._control.get()) is not None:
-            device_id, kind, message = item
+            device_id, kind, message, arrived = item
             try:
                 if kind is TopicKind.REGISTER:
+                    with self._pending_lock:
+                        self._pending_registrations -= 1
+                    if time.monotonic() - arrived > STALE_REGISTRATION_S:
+                        # Its agent stopped waiting for the reply and has retried, or will.
+                        self.stale_registrations += 1
+                        continue
                     self._register(device_id, message)
                 elif kind is TopicKind.PRESENCE:
                     self._presence(device_id, message.payload)

@@ -85,8 +85,15 @@ class Registry:
         agent_version: str = "",
         onnxruntime_version: str = "",
         current_variant_id: str | None = None,
+        latency_scale: float | None = None,
+        event: EventRow | None = None,
     ) -> DeviceRow:
-        """Insert a device, or refresh the profile and calibration of a known one."""
+        """Insert a device, or refresh the profile and calibration of a known one.
+
+        A ``latency_scale`` replaces the device's, and ``event`` is recorded in the same
+        transaction: one commit per registration, because a reconnecting fleet sends
+        hundreds of them a second.
+        """
         with self._database.session() as session:
             self._ensure_profile(session, profile)
             device = session.get(DeviceRow, device_id)
@@ -104,6 +111,10 @@ class Registry:
             device.onnxruntime_version = onnxruntime_version
             device.current_variant_id = current_variant_id or None
             device.last_seen = utc_now()
+            if latency_scale is not None:
+                device.latency_scale = latency_scale
+            if event is not None:
+                session.add(event)
             return device
 
     def _ensure_profile(self, session: sa.orm.Session, profile: DeviceProfile) -> None:
@@ -125,6 +136,14 @@ class Registry:
             raise UnknownDeviceError(f"device {device_id!r} is not registered; register first")
         return device
 
+    def get_devices(self, device_ids: Collection[str]) -> dict[str, DeviceRow]:
+        """Return the registered ones of ``device_ids`` in one query, by device id."""
+        if not device_ids:
+            return {}
+        query = sa.select(DeviceRow).where(DeviceRow.device_id.in_(list(device_ids)))
+        with self._database.session() as session:
+            return {device.device_id: device for device in session.scalars(query)}
+
     def list_devices(self, *, profile_fingerprint: str | None = None) -> list[DeviceRow]:
         query = sa.select(DeviceRow).order_by(DeviceRow.device_id)
         if profile_fingerprint is not None:
@@ -132,8 +151,13 @@ class Registry:
         with self._database.session() as session:
             return list(session.scalars(query))
 
-    def update_device(self, device_id: str, **fields: Any) -> DeviceRow:
-        """Set the given columns of a device and return the updated row."""
+    def update_device(
+        self, device_id: str, *, event: EventRow | None = None, **fields: Any
+    ) -> DeviceRow:
+        """Set the given columns of a device and return the updated row.
+
+        ``event`` is recorded in the same transaction.
+        """
         unknown = sorted(set(fields) - _UPDATABLE_DEVICE_FIELDS)
         if unknown:
             raise TypeError(f"update_device got unknown or read-only field(s) {unknown}")
@@ -143,6 +167,8 @@ class Registry:
                 raise UnknownDeviceError(f"device {device_id!r} is not registered")
             for name, value in fields.items():
                 setattr(device, name, value)
+            if event is not None:
+                session.add(event)
             return device
 
     def mark_all_devices_offline(self) -> int:
@@ -451,14 +477,20 @@ class Registry:
             previous = last_seen.get(record.device_id)
             if previous is None or record.received_at > previous:
                 last_seen[record.device_id] = record.received_at
+        # Core statements on the tables: the ORM's bulk paths cost about as much Python
+        # per row again, and a batch has hundreds of rows.
+        devices = DeviceRow.__table__
+        update_last_seen = (
+            sa.update(devices)
+            .where(devices.c.device_id == sa.bindparam("key"))
+            .values(last_seen=sa.bindparam("seen"))
+        )
         with self._database.session() as session:
-            session.execute(sa.insert(TelemetryRow), [_record_fields(r) for r in records])
-            for device_id, seen in last_seen.items():
-                session.execute(
-                    sa.update(DeviceRow)
-                    .where(DeviceRow.device_id == device_id)
-                    .values(last_seen=seen)
-                )
+            session.execute(TelemetryRow.__table__.insert(), [_record_fields(r) for r in records])
+            session.execute(
+                update_last_seen,
+                [{"key": key, "seen": seen} for key, seen in last_seen.items()],
+            )
 
     def existing_device_ids(self, device_ids: Collection[str]) -> set[str]:
         """Return those of ``device_ids`` that are registered."""

@@ -17,6 +17,7 @@ from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
     ControllerStateError,
+    RateLimitedError,
     UnknownDeviceError,
 )
 from edgefleet.errors import InvalidInputError
@@ -34,7 +35,10 @@ __all__ = ["open_artifact", "read_artifact_chunk", "register_device", "status_na
 def register_device(
     controller: Controller, request: fleet_pb2.RegisterRequest
 ) -> fleet_pb2.RegisterResponse:
-    """Register the device of ``request``; raises ``InvalidInputError`` naming the bad field."""
+    """Register the device of ``request``; raises ``InvalidInputError`` naming the bad field.
+
+    The endpoint calls ``Controller.admit_connection`` first, when the request arrives.
+    """
     device_id = validate_device_id(request.device_id)
     if not request.HasField("profile"):
         raise InvalidInputError("profile is required")
@@ -68,7 +72,10 @@ def open_artifact(
     chunk_size = min(request.chunk_size or ARTIFACT_CHUNK_BYTES, ARTIFACT_CHUNK_BYTES)
     validate_device_id(request.device_id)
     validate_sha256(request.sha256)
-    controller.registry.get_device(request.device_id)
+    # Only the device's existence matters here: a column query, not a full row with its
+    # profile JSON, because a deployment to a fleet reads thousands of chunks.
+    if not controller.registry.existing_device_ids({request.device_id}):
+        raise UnknownDeviceError(f"device {request.device_id!r} is not registered; register first")
     store = controller.artifacts
     total = store.info(request.sha256).size_bytes
     chunks = store.read_chunks(request.sha256, offset=request.offset, chunk_size=chunk_size)
@@ -103,6 +110,8 @@ def status_name(error: Exception) -> str:
         return "OUT_OF_RANGE"
     if isinstance(error, InvalidInputError):
         return "INVALID_ARGUMENT"
+    if isinstance(error, RateLimitedError):
+        return "RESOURCE_EXHAUSTED"
     if isinstance(error, ControllerStateError):
         return "UNAVAILABLE"
     return "INTERNAL"

@@ -31,13 +31,16 @@ from edgefleet.controller.errors import (
     ControllerStateError,
     InvalidTelemetryError,
     PlanningError,
+    RateLimitedError,
     RolloutConflictError,
 )
+from edgefleet.controller.ingest import IngestStats, TelemetryIngest
 from edgefleet.controller.models import (
     DeploymentRow,
     DeviceRow,
     DeviceState,
     EventKind,
+    EventRow,
     ModelRow,
     PlanState,
     VariantRow,
@@ -45,6 +48,7 @@ from edgefleet.controller.models import (
 )
 from edgefleet.controller.planning import PlanJob, Planner, PlannerWorker, PlanOutcome, model_digest
 from edgefleet.controller.policy import Decision, DeviceView, PolicyAction, Rung, evaluate
+from edgefleet.controller.ratelimit import TokenBucket
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.rollouts import RolloutManager
 from edgefleet.controller.sessions import DeviceSession, SessionRegistry
@@ -104,6 +108,10 @@ class Controller:
         self.sessions = SessionRegistry()
         self.host_calibration = HostCalibration(duration_s=self.config.host_calibration_duration_s)
         self.telemetry_drops = DropCounter()
+        self.connect_limiter = TokenBucket(
+            self.config.connect_rate_per_s, self.config.connect_burst
+        )
+        self._ingest: TelemetryIngest | None = None
         self._state = ControllerState.CREATED
         self._state_lock = threading.Lock()
         self._runtime: dict[str, _DeviceRuntime] = {}
@@ -169,6 +177,12 @@ class Controller:
                 choose_variant=self._starting_rung,
                 check_interval_s=self.config.rollout_check_interval_s,
             )
+            self._ingest = TelemetryIngest(
+                self._store_telemetry_batch,
+                queue_max=self.config.telemetry_queue_max,
+                on_undecodable=self._drop_undecodable,
+            )
+            self._ingest.start()
             self._state = ControllerState.RUNNING
 
         # A previous process may have died with devices online and plans running.
@@ -235,6 +249,21 @@ class Controller:
         self.sessions.close_all()
         if stopped is not None:
             stopped.wait()
+        # After the endpoints: samples they queued are still stored.
+        assert self._ingest is not None
+        self._ingest.stop(timeout_s=grace + 5)
+        stats = self._ingest.stats()
+        logger.info(
+            "telemetry ingest: %d samples submitted, %d stored in %d batches, %d dropped, "
+            "%d submits waited for room; connections: %d admitted, %d over the connect rate",
+            stats.submitted,
+            stats.stored_samples,
+            stats.stored_batches,
+            stats.dropped,
+            stats.blocked_submits,
+            self.connect_limiter.admitted,
+            self.connect_limiter.rejected,
+        )
         self._stop.set()
         assert self._worker is not None and self._registry is not None
         assert self._rollouts is not None
@@ -271,6 +300,9 @@ class Controller:
     ) -> DeviceRow:
         """Register a device (or refresh it), then plan or deploy for it in the background."""
         registry = self.registry
+        scale = None
+        if calibration is not None:
+            scale = self.host_calibration.latency_scale(calibration)
         device = registry.register_device(
             device_id,
             profile,
@@ -278,12 +310,17 @@ class Controller:
             agent_version=agent_version,
             onnxruntime_version=onnxruntime_version,
             current_variant_id=current_variant_id or None,
-        )
-        registry.record_event(
-            EventKind.REGISTERED,
-            device_id=device_id,
-            reason=f"registered with profile {profile.name}",
-            details={"profile_fingerprint": profile.fingerprint, "agent_version": agent_version},
+            latency_scale=scale,
+            event=EventRow(
+                at=utc_now(),
+                kind=EventKind.REGISTERED,
+                device_id=device_id,
+                reason=f"registered with profile {profile.name}",
+                details={
+                    "profile_fingerprint": profile.fingerprint,
+                    "agent_version": agent_version,
+                },
+            ),
         )
         logger.info(
             "registered device %s with profile %s",
@@ -292,18 +329,18 @@ class Controller:
             extra={"device_id": device_id},
         )
 
-        if calibration is not None:
-            scale = self.host_calibration.latency_scale(calibration)
-            if scale is not None:
-                device = registry.update_device(device_id, latency_scale=scale)
-            elif calibration.reference_sha256 == self.host_calibration.reference_sha256:
-                # Measure the host first, on the planner thread, so the plan that follows
-                # uses the device's scale and neither disturbs the other's timing.
-                threads = calibration.threads
-                self._worker_submit(
-                    f"host calibration at {threads} threads",
-                    lambda: self._calibrate_host(threads),
-                )
+        if (
+            calibration is not None
+            and scale is None
+            and calibration.reference_sha256 == self.host_calibration.reference_sha256
+        ):
+            # Measure the host first, on the planner thread, so the plan that follows
+            # uses the device's scale and neither disturbs the other's timing.
+            threads = calibration.threads
+            self._worker_submit(
+                f"host calibration at {threads} threads",
+                lambda: self._calibrate_host(threads),
+            )
         self._worker_submit(
             f"placement of device {device_id}", lambda: self._place_device(device_id)
         )
@@ -320,20 +357,21 @@ class Controller:
         """
         registry = self.registry
         device_id = session.device_id
-        registry.get_device(device_id)
-        self.sessions.open(session)
+        # One transaction, which raises UnknownDeviceError before the session opens.
         device = registry.update_device(
             device_id,
             state=DeviceState.ONLINE,
             last_seen=utc_now(),
             current_variant_id=current_variant_id or None,
+            event=EventRow(
+                at=utc_now(),
+                kind=EventKind.CONNECTED,
+                device_id=device_id,
+                reason="session opened",
+                to_variant=current_variant_id or None,
+            ),
         )
-        registry.record_event(
-            EventKind.CONNECTED,
-            device_id=device_id,
-            reason="session opened",
-            to_variant=device.current_variant_id,
-        )
+        self.sessions.open(session)
         logger.info(
             "device %s connected over %s, serving %s",
             device_id,
@@ -359,6 +397,55 @@ class Controller:
             "device %s disconnected", session.device_id, extra={"device_id": session.device_id}
         )
 
+    def admit_connection(self, device_id: str) -> None:
+        """Take a token of the connect rate; raises ``RateLimitedError`` when none is left.
+
+        Endpoints call it before each registration, which every agent sends first on
+        every connection.
+        """
+        self._require_running()
+        if self.connect_limiter.try_acquire():
+            return
+        rejected = self.connect_limiter.rejected
+        if rejected % 100 == 1:
+            logger.warning(
+                "connect rate of %.0f/s exceeded; rejected device %s (%d rejected in all)",
+                self.connect_limiter.rate_per_s,
+                device_id,
+                rejected,
+            )
+        raise RateLimitedError(
+            f"too many devices are connecting (over {self.connect_limiter.rate_per_s:g} per "
+            "second); retry after a backoff"
+        )
+
+    def submit_telemetry(self, device_id: str, sample: fleet_pb2.TelemetrySample | bytes) -> bool:
+        """Queue a sample (or its serialized bytes) for batched storage.
+
+        Blocks while the ingest queue is full; returns False when the sample was dropped
+        because the controller is stopping. ``ingest_stats`` counts both.
+        """
+        if self._ingest is None:
+            raise ControllerStateError(f"the controller is {self._state}, not running")
+        return self._ingest.submit(device_id, sample)
+
+    def offer_telemetry(self, device_id: str, sample: fleet_pb2.TelemetrySample | bytes) -> bool:
+        """Queue a sample without waiting; returns False, counting nothing, when it is full."""
+        if self._ingest is None:
+            raise ControllerStateError(f"the controller is {self._state}, not running")
+        return self._ingest.offer(device_id, sample)
+
+    def ingest_stats(self) -> IngestStats:
+        """Return the counters of the batched telemetry ingest, drops included."""
+        if self._ingest is None:
+            raise ControllerStateError(f"the controller is {self._state}, not running")
+        return self._ingest.stats()
+
+    def _drop_undecodable(self, device_id: str, error: Exception) -> None:
+        self.telemetry_drops.record(
+            device_id, InvalidTelemetryError(f"undecodable sample: {error}", field="payload")
+        )
+
     def ingest_telemetry(
         self, device_id: str, sample: fleet_pb2.TelemetrySample
     ) -> TelemetryRecord | None:
@@ -382,13 +469,23 @@ class Controller:
         Samples of devices that never registered are dropped like invalid ones. Returns the
         records stored, in input order.
         """
+        self._require_running()
+        return self._store_telemetry_batch(samples)
+
+    def _store_telemetry_batch(
+        self, samples: Sequence[tuple[str, fleet_pb2.TelemetrySample]]
+    ) -> list[TelemetryRecord]:
+        # Runs on the ingest thread, also while stopping, so that queued samples are kept;
+        # the policy acts only while the controller runs.
+        registry = self._registry
+        assert registry is not None
         records: list[TelemetryRecord] = []
         for device_id, sample in samples:
             try:
                 records.append(validate_sample(sample, device_id=device_id))
             except InvalidTelemetryError as exc:
                 self.telemetry_drops.record(device_id, exc)
-        known = self.registry.existing_device_ids({record.device_id for record in records})
+        known = registry.existing_device_ids({record.device_id for record in records})
         for record in records:
             if record.device_id not in known:
                 self.telemetry_drops.record(
@@ -400,15 +497,37 @@ class Controller:
         records = [record for record in records if record.device_id in known]
         if not records:
             return []
-        self.registry.add_telemetry_many(records)
+        registry.add_telemetry_many(records)
 
         latest: dict[str, datetime] = {}
         with self._state_lock:
             for record in records:
                 self._device_runtime(record.device_id).samples.append(record)
                 latest[record.device_id] = record.received_at
+        if self._state is not ControllerState.RUNNING:
+            return records
+        model = registry.active_model()
+        if model is None:
+            return records
+        # One query for the devices and one per profile for the ladders, not three per
+        # device. Device rows are loaded only here, because parsing their profile JSON
+        # is a large part of a batch's cost.
+        devices = registry.get_devices(latest)
+        ladders: dict[str, list[VariantRow]] = {}
         for device_id, received_at in latest.items():
-            self._apply_policy(device_id, now=received_at)
+            device = devices.get(device_id)
+            if device is None:
+                continue  # deleted since the samples were stored
+            fingerprint = device.profile_fingerprint
+            if fingerprint not in ladders:
+                ladders[fingerprint] = registry.ladder(model.id, fingerprint)
+            try:
+                self._decide(device, model, ladders[fingerprint], now=received_at)
+            except ControllerStateError:
+                break  # stopping
+            except Exception:
+                # The samples are stored; one device's failed action must not skip the rest.
+                logger.exception("applying the policy to device %s failed", device_id)
         return records
 
     def handle_status(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> None:
@@ -748,6 +867,12 @@ class Controller:
         if model is None:
             return
         ladder = self.registry.ladder(model.id, device.profile_fingerprint)
+        self._decide(device, model, ladder, now=now)
+
+    def _decide(
+        self, device: DeviceRow, model: ModelRow, ladder: list[VariantRow], *, now: datetime
+    ) -> None:
+        device_id = device.device_id
         key = (model.id, device.profile_fingerprint)
         with self._state_lock:
             runtime = self._device_runtime(device_id)

@@ -63,6 +63,8 @@ def run_demo(
     json_output: bool,
     timeouts: DemoTimeouts | None = None,
     http_port: int | None = None,
+    transport: str = "grpc",
+    broker_url: str | None = None,
 ) -> int:
     """Run every phase; return 0 when every check passed, 1 otherwise."""
     timeouts = timeouts or DemoTimeouts()
@@ -84,7 +86,7 @@ def run_demo(
         "(real boards: deploy/profiles/)"
     )
 
-    run = DemoRun(workdir=workdir, devices=devices)
+    run = DemoRun(workdir=workdir, devices=devices, transport=transport, broker_url=broker_url)
     try:
         _, db_url = start_fleet(
             run, model_args=model.controller_args(), say=console.print, http_port=http_port

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgefleet.demo.broker import find_mosquitto, missing_message, start_mosquitto
 from edgefleet.demo.fleet import ManagedProcess, free_port, start_process, tail, wait_for_port
 from edgefleet.demo.stress import CpuContention
 from edgefleet.demo.traffic import DigitsTraffic
@@ -113,6 +114,9 @@ class DemoRun:
     workdir: Path
     devices: list[DemoDevice]
     controller: ManagedProcess | None = None
+    broker: ManagedProcess | None = None
+    transport: str = "grpc"
+    broker_url: str | None = None  # a running broker; None starts a local Mosquitto
     stress: CpuContention | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -127,6 +131,8 @@ class DemoRun:
                 device.process.stop()
         if self.controller is not None:
             self.controller.stop(grace_s=15.0)
+        if self.broker is not None:
+            self.broker.stop(grace_s=10.0)
 
 
 def default_cache_dir() -> Path:
@@ -194,6 +200,13 @@ def start_fleet(
     grpc_port = free_port()
     device_cores = assign_cores(len(run.devices))
 
+    controller_args: list[str] = []
+    agent_args = ["--controller", f"127.0.0.1:{grpc_port}"]
+    if run.transport == "mqtt":
+        broker_url = run.broker_url or _start_broker(run, log_dir, say=say)
+        controller_args = ["--mqtt-url", broker_url]
+        agent_args = ["--transport", "mqtt", "--broker", broker_url]
+
     run.controller = start_process(
         "controller",
         [
@@ -208,6 +221,7 @@ def start_fleet(
             "--config",
             str(config_path),
             *(["--http-port", str(http_port)] if http_port is not None else []),
+            *controller_args,
             *model_args,
         ],
         log_dir=log_dir,
@@ -228,8 +242,7 @@ def start_fleet(
             [
                 "agent",
                 "run",
-                "--controller",
-                f"127.0.0.1:{grpc_port}",
+                *agent_args,
                 "--profile",
                 str(device.profile_path),
                 "--device-id",
@@ -260,6 +273,26 @@ def _dashboard_url(log_path: Path, *, timeout_s: float) -> str:
                 return line.removeprefix(marker).removesuffix("/api/v1").strip() + "/"
         time.sleep(0.2)
     raise DemoError(f"the controller did not report its HTTP port; see {log_path}")
+def _start_broker(run: DemoRun, log_dir: Path, *, say: Callable[[str], None]) -> str:
+    """Start Mosquitto on a free loopback port; return its URL."""
+    binary = find_mosquitto()
+    if binary is None:
+        raise DemoError(missing_message())
+    port = free_port()
+    log_path = log_dir / "mosquitto.log"
+    process, log_file = start_mosquitto(
+        binary, run.workdir / "broker", port=port, log_path=log_path
+    )
+    run.broker = ManagedProcess(
+        name="mosquitto", process=process, log_path=log_path, log_file=log_file
+    )
+    try:
+        wait_for_port(port, timeout_s=20, process=process)
+    except (RuntimeError, TimeoutError) as exc:
+        raise DemoError(f"mosquitto did not start: {exc}\n{tail(log_path)}") from exc
+    url = f"mqtt://127.0.0.1:{port}"
+    say(f"broker: Mosquitto at {url} (log: {log_path})")
+    return url
 
 
 def wait_until(

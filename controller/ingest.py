@@ -1,0 +1,189 @@
+"""Batched telemetry ingest shared by the gRPC and MQTT endpoints.
+
+Endpoints ``submit`` samples (parsed, or the serialized bytes of an MQTT payload) into
+one bounded queue. The ``telemetry-ingest`` thread takes up to ``batch_max`` of them at a
+time, parses the bytes, and hands the batch to ``store``, which writes it in one database
+transaction. One transaction per batch instead of one per sample is what lets a single
+SQLite writer keep up with thousands of samples per second.
+
+Backpressure: ``submit`` blocks while the queue is full, so a backlog burst (a fleet
+flushing its outboxes after an outage) slows its senders down instead of being dropped.
+MQTT then stops reading the broker's socket and the broker queues for us, and a gRPC
+stream stops reading, so HTTP/2 flow control pushes back on the agent. A sample is
+dropped only when ingest is stopping, when its bytes do not parse, or when storing its
+batch fails. Every drop is counted in ``IngestStats``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from edgefleet.protos.v1 import fleet_pb2
+
+__all__ = ["IngestStats", "TelemetryIngest"]
+
+logger = logging.getLogger(__name__)
+
+BATCH_MAX = 500
+# How long the ingest thread waits to fill a batch after its first sample. It bounds the
+# latency a quiet fleet adds, and at high rates batches fill well before it passes.
+BATCH_WAIT_S = 0.05
+# How often a blocked ``submit`` wakes to check whether ingest is stopping.
+_SUBMIT_POLL_S = 0.5
+
+Sample = fleet_pb2.TelemetrySample | bytes
+StoreBatch = Callable[[Sequence[tuple[str, fleet_pb2.TelemetrySample]]], object]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestStats:
+    """Counters of one ``TelemetryIngest`` since it started."""
+
+    submitted: int
+    stored_batches: int
+    stored_samples: int  # handed to the store, including samples it rejects as invalid
+    dropped: int  # lost: undecodable, failed batch, or submitted while stopping
+    queued: int
+    blocked_submits: int  # submits that found the queue full and waited
+
+
+class TelemetryIngest:
+    """A bounded queue of samples and the thread that stores them in batches."""
+
+    def __init__(
+        self,
+        store: StoreBatch,
+        *,
+        queue_max: int,
+        batch_max: int = BATCH_MAX,
+        batch_wait_s: float = BATCH_WAIT_S,
+        on_undecodable: Callable[[str, Exception], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._queue: queue.Queue[tuple[str, Sample]] = queue.Queue(queue_max)
+        self._batch_max = batch_max
+        self._batch_wait_s = batch_wait_s
+        self._on_undecodable = on_undecodable
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="telemetry-ingest", daemon=True)
+        self._lock = threading.Lock()
+        self._submitted = 0
+        self._batches = 0
+        self._stored = 0
+        self._dropped = 0
+        self._blocked = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Store what is queued, then stop; later submits are dropped and counted."""
+        self._stopping.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            logger.warning("telemetry ingest did not drain within %.1f s", timeout_s)
+        if self.stats().dropped:
+            logger.warning("telemetry ingest dropped %d samples", self.stats().dropped)
+
+    def offer(self, device_id: str, sample: Sample) -> bool:
+        """Queue one sample if there is room now; returns False, counting nothing, if not."""
+        try:
+            self._queue.put_nowait((device_id, sample))
+        except queue.Full:
+            return False
+        with self._lock:
+            self._submitted += 1
+        return True
+
+    def submit(self, device_id: str, sample: Sample) -> bool:
+        """Queue one sample, blocking while the queue is full; returns False if dropped."""
+        with self._lock:
+            self._submitted += 1
+        try:
+            self._queue.put_nowait((device_id, sample))
+            return True
+        except queue.Full:
+            with self._lock:
+                self._blocked += 1
+        while not self._stopping.is_set():
+            try:
+                self._queue.put((device_id, sample), timeout=_SUBMIT_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        self._count_dropped(1)
+        return False
+
+    def stats(self) -> IngestStats:
+        with self._lock:
+            return IngestStats(
+                submitted=self._submitted,
+                stored_batches=self._batches,
+                stored_samples=self._stored,
+                dropped=self._dropped,
+                queued=self._queue.qsize(),
+                blocked_submits=self._blocked,
+            )
+
+    # -- the ingest thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set() or not self._queue.empty():
+            batch = self._next_batch()
+            if batch:
+                self._store_batch(batch)
+
+    def _next_batch(self) -> list[tuple[str, Sample]]:
+        try:
+            batch = [self._queue.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        deadline = time.monotonic() + self._batch_wait_s
+        while len(batch) < self._batch_max:
+            try:
+                # Take what is already queued without waiting; wait only when it is empty.
+                batch.append(self._queue.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._queue.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
+
+    def _store_batch(self, batch: list[tuple[str, Sample]]) -> None:
+        samples = []
+        for device_id, sample in batch:
+            if isinstance(sample, bytes):
+                try:
+                    sample = fleet_pb2.TelemetrySample.FromString(sample)
+                except Exception as exc:  # protobuf's DecodeError
+                    self._count_dropped(1)
+                    if self._on_undecodable is not None:
+                        self._on_undecodable(device_id, exc)
+                    continue
+            samples.append((device_id, sample))
+        try:
+            self._store(samples)
+        except Exception:
+            # NOTE: the senders already have their acknowledgements (MQTT PUBACK), so a
+            # failed batch is lost; it is counted and logged.
+            self._count_dropped(len(samples))
+            logger.exception("storing a batch of %d telemetry samples failed", len(samples))
+            return
+        with self._lock:
+            self._batches += 1
+            self._stored += len(samples)
+
+    def _count_dropped(self, count: int) -> None:
+        with self._lock:
+            self._dropped += count
