@@ -234,12 +234,14 @@ class VariantManifest(_message.Message):
     def __init__(self, variant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., recipe_json: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., metrics: _Optional[_Union[VariantMetrics, _Mapping]] = ..., self_test: _Optional[_Union[SelfTest, _Mapping]] = ..., opset: _Optional[int] = ...) -> None: ...
 
 class DeployCommand(_message.Message):
-    __slots__ = ("deployment_id", "manifest")
+    __slots__ = ("deployment_id", "manifest", "signed_manifest")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     manifest: VariantManifest
-    def __init__(self, deployment_id: _Optional[str] = ..., manifest: _Optional[_Union[VariantManifest, _Mapping]] = ...) -> None: ...
+    signed_manifest: SignedManifest
+    def __init__(self, deployment_id: _Optional[str] = ..., manifest: _Optional[_Union[VariantManifest, _Mapping]] = ..., signed_manifest: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
 
 class SetTelemetryIntervalCommand(_message.Message):
     __slots__ = ("interval_s",)
@@ -336,3 +338,71 @@ class ArtifactChunk(_message.Message):
     data: bytes
     crc32: int
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class ManifestPayload(_message.Message):
+    __slots__ = ("variant", "device_id", "deployment_id", "version", "issued_at_ms", "expires_at_ms", "rollback")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    variant: VariantManifest
+    device_id: str
+    deployment_id: str
+    version: int
+    issued_at_ms: int
+    expires_at_ms: int
+    rollback: bool
+    def __init__(self, variant: _Optional[_Union[VariantManifest, _Mapping]] = ..., device_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., version: _Optional[int] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., rollback: _Optional[bool] = ...) -> None: ...
+
+class SignedManifest(_message.Message):
+    __slots__ = ("payload", "key_id", "signature")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    key_id: str
+    signature: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class TrustedKey(_message.Message):
+    __slots__ = ("key_id", "public_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    public_key: bytes
+    def __init__(self, key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("token", "device_id", "csr_pem")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    device_id: str
+    csr_pem: bytes
+    def __init__(self, token: _Optional[str] = ..., device_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("device_id", "certificate_pem", "ca_certificate_pem", "server_certificate_pem", "server_name", "manifest_keys", "controller_time_ms", "mqtt_username", "mqtt_password")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERVER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_KEYS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MQTT_USERNAME_FIELD_NUMBER: _ClassVar[int]
+    MQTT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    server_certificate_pem: bytes
+    server_name: str
+    manifest_keys: _containers.RepeatedCompositeFieldContainer[TrustedKey]
+    controller_time_ms: int
+    mqtt_username: str
+    mqtt_password: str
+    def __init__(self, device_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., server_certificate_pem: _Optional[bytes] = ..., server_name: _Optional[str] = ..., manifest_keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., controller_time_ms: _Optional[int] = ..., mqtt_username: _Optional[str] = ..., mqtt_password: _Optional[str] = ...) -> None: ...
