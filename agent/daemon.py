@@ -166,6 +166,7 @@ class Agent:
             report=self._queue_status,
             client=lambda: self._client,
             stopping=self._stopping,
+            latency_budget_ms=config.profile.latency_budget_ms,
             download_timeout_s=config.download_timeout_s,
             backoff=self._new_backoff,
         )
@@ -261,7 +262,6 @@ class Agent:
             if sha256 != state.current:
                 self._report_startup_rollback(state.current, manifest.variant_id)
             break
-        self._report_interrupted_update()
 
     def _report_startup_rollback(self, failed_sha256: str | None, restored_variant: str) -> None:
         self.store.roll_back()
@@ -272,27 +272,6 @@ class Agent:
                 state=UpdateState.ROLLED_BACK.to_proto(),
                 message=f"model {failed_sha256} failed to load at startup; "
                 f"serving the previous variant {restored_variant}",
-                reported_at_ms=int(time.time() * 1000),
-            )
-        )
-
-    def _report_interrupted_update(self) -> None:
-        update = self.store.state.update
-        if update is None or update.state.terminal:
-            return
-        message = f"interrupted in state {update.state.value} by an agent restart"
-        # The record stays, marked FAILED, so its load attempt count survives until the
-        # controller re-sends the deployment.
-        self.store.record_update(dataclasses.replace(update, state=UpdateState.FAILED))
-        logger.warning("deployment %s %s", update.deployment_id, message)
-        self._queue_status(
-            fleet_pb2.DeploymentStatus(
-                device_id=self.config.device_id,
-                deployment_id=update.deployment_id,
-                variant_id=update.variant_id,
-                state=UpdateState.FAILED.to_proto(),
-                message=message,
-                previous_variant_id=self.runtime.variant_id,
                 reported_at_ms=int(time.time() * 1000),
             )
         )
@@ -436,6 +415,12 @@ class Agent:
         self.telemetry_interval_s = interval_s
 
     def _deploy_loop(self) -> None:
+        try:
+            self._deployer.resume()
+        except AgentError as exc:
+            logger.error("cannot resume the interrupted deployment: %s", exc)
+        except Exception:
+            logger.exception("resuming the interrupted deployment crashed")
         while (command := self._commands.get()) is not None:
             try:
                 self._deployer.deploy(command)
