@@ -22,7 +22,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -135,8 +135,10 @@ class AgentConfig:
 class Agent:
     """One device agent; ``run`` blocks until ``stop`` is called from another thread or a signal."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+        """Create the agent; ``clock`` returns the device's Unix time (tests set it to 1970)."""
         self.config = config
+        self._clock = clock
         self.store = AgentStore(config.state_dir)
         self.store.claim()
         self.latency = LatencyRecorder()
@@ -169,6 +171,7 @@ class Agent:
             latency_budget_ms=config.profile.latency_budget_ms,
             download_timeout_s=config.download_timeout_s,
             backoff=self._new_backoff,
+            clock=clock,
         )
         self._deploy_thread = threading.Thread(target=self._deploy_loop, name="deploy", daemon=True)
 

@@ -6,8 +6,8 @@ import json
 import threading
 
 import pytest
-from google.protobuf import json_format
 from agent_support import build_affine_model, build_manifest, wait_for
+from google.protobuf import json_format
 
 from edgefleet.agent.calibration import reference_sha256
 from edgefleet.agent.daemon import Agent, AgentConfig

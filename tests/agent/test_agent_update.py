@@ -80,7 +80,7 @@ def test_update_states_map_to_protobuf_enum():
     assert reported == expected
     for state in UpdateState:
         name = f"DEPLOYMENT_STATE_{state.name}"
-        if name in fleet_pb2.DeploymentState.keys():
+        if name in expected:
             assert fleet_pb2.DeploymentState.Value(name) == state.to_proto()
 
 
