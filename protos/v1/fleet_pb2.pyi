@@ -116,17 +116,19 @@ class RegisterRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., agent_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., current_variant_id: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("device_id", "telemetry_interval_s", "profile_fingerprint")
+    __slots__ = ("device_id", "telemetry_interval_s", "profile_fingerprint", "controller_time_ms")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     telemetry_interval_s: float
     profile_fingerprint: str
-    def __init__(self, device_id: _Optional[str] = ..., telemetry_interval_s: _Optional[float] = ..., profile_fingerprint: _Optional[str] = ...) -> None: ...
+    controller_time_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., telemetry_interval_s: _Optional[float] = ..., profile_fingerprint: _Optional[str] = ..., controller_time_ms: _Optional[int] = ...) -> None: ...
 
 class TelemetrySample(_message.Message):
-    __slots__ = ("device_id", "seq", "sampled_at_ms", "cpu_percent", "memory_total_mb", "memory_available_mb", "load_1m", "load_5m", "load_15m", "disk_free_mb", "temperature_c", "agent_rss_mb", "variant_id", "requests", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_rps", "window_s")
+    __slots__ = ("device_id", "seq", "sampled_at_ms", "cpu_percent", "memory_total_mb", "memory_available_mb", "load_1m", "load_5m", "load_15m", "disk_free_mb", "temperature_c", "agent_rss_mb", "variant_id", "requests", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_rps", "window_s", "dropped_samples")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,7 @@ class TelemetrySample(_message.Message):
     LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_RPS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     seq: int
     sampled_at_ms: int
@@ -165,7 +168,8 @@ class TelemetrySample(_message.Message):
     latency_p99_ms: float
     throughput_rps: float
     window_s: float
-    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sampled_at_ms: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_total_mb: _Optional[float] = ..., memory_available_mb: _Optional[float] = ..., load_1m: _Optional[float] = ..., load_5m: _Optional[float] = ..., load_15m: _Optional[float] = ..., disk_free_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., agent_rss_mb: _Optional[float] = ..., variant_id: _Optional[str] = ..., requests: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., throughput_rps: _Optional[float] = ..., window_s: _Optional[float] = ...) -> None: ...
+    dropped_samples: int
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sampled_at_ms: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_total_mb: _Optional[float] = ..., memory_available_mb: _Optional[float] = ..., load_1m: _Optional[float] = ..., load_5m: _Optional[float] = ..., load_15m: _Optional[float] = ..., disk_free_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., agent_rss_mb: _Optional[float] = ..., variant_id: _Optional[str] = ..., requests: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., throughput_rps: _Optional[float] = ..., window_s: _Optional[float] = ..., dropped_samples: _Optional[int] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "type", "shape")

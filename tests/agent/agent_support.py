@@ -139,6 +139,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             device_id=request.device_id,
             telemetry_interval_s=self.telemetry_interval_s,
             profile_fingerprint=profile.fingerprint,
+            controller_time_ms=int(time.time() * 1000),
         )
 
     def Session(self, request_iterator, context):

@@ -481,4 +481,10 @@ def test_device_clock_at_1970(fleet, agents, tmp_path, signing_key):
     assert status.state == FAILED
     assert "expired" in status.message
     assert_serves_verified(running.agent, first)
-    wait_for(lambda: fleet.servicer.of_kind("telemetry"), description="telemetry")
+
+    # Telemetry carries controller-corrected timestamps, not 1970.
+    wait_for(lambda: len(fleet.servicer.of_kind("telemetry")) >= 2, description="telemetry")
+    now_ms = time.time() * 1000
+    for sample in fleet.servicer.of_kind("telemetry"):
+        assert abs(sample.sampled_at_ms - now_ms) < 60_000, sample.sampled_at_ms
+    assert running.agent.clock_offset_ms > 1_700_000_000_000

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from edgefleet.agent.backoff import Backoff
-from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.outbox import DiskOutbox, Outbox
 from edgefleet.protos.v1 import fleet_pb2
 
 
@@ -65,3 +65,43 @@ def test_backoff_reset_starts_over():
 def test_backoff_rejects_invalid_bounds():
     with pytest.raises(ValueError, match="initial_s <= max_s"):
         Backoff(initial_s=5.0, max_s=1.0)
+
+
+def sample(seq: int) -> fleet_pb2.AgentMessage:
+    return fleet_pb2.AgentMessage(telemetry=fleet_pb2.TelemetrySample(seq=seq))
+
+
+def test_disk_outbox_survives_reopen(tmp_path):
+    outbox = DiskOutbox(tmp_path / "outbox.sqlite3")
+    outbox.put(sample(1))
+    outbox.put(status("a"))
+    outbox.close()
+
+    reopened = DiskOutbox(tmp_path / "outbox.sqlite3")
+
+    assert len(reopened) == 2
+    assert reopened.get(0.01).telemetry.seq == 1
+    assert reopened.get(0.01).status.deployment_id == "a"
+    assert reopened.get(0.01) is None
+
+
+def test_disk_outbox_drops_oldest_samples_only(tmp_path):
+    outbox = DiskOutbox(tmp_path / "outbox.sqlite3", max_samples=3)
+    outbox.put(status("first"))
+    for seq in range(1, 6):
+        outbox.put(sample(seq))
+
+    assert outbox.dropped == 2
+    assert outbox.get(0.01).status.deployment_id == "first"
+    assert [outbox.get(0.01).telemetry.seq for _ in range(3)] == [3, 4, 5]
+    outbox.close()
+    assert DiskOutbox(tmp_path / "outbox.sqlite3").dropped == 2
+
+
+def test_disk_outbox_put_back_goes_first(tmp_path):
+    outbox = DiskOutbox(tmp_path / "outbox.sqlite3")
+    outbox.put(sample(2))
+    outbox.put_back(sample(1))
+
+    assert outbox.get(0.01).telemetry.seq == 1
+    assert outbox.get(0.01).telemetry.seq == 2
