@@ -9,6 +9,9 @@
     grpc_max_workers = 64               # threads serving RPCs, one per open session stream
     shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
     host_calibration_duration_s = 2.0   # how long the host runs the reference model
+    manifest_ttl_s = 604800             # a signed manifest expires this long after sending (7 days)
+    certificate_validity_days = 365     # lifetime of a device certificate issued at enrollment
+    revocation_check_interval_s = 2.0   # how often open sessions are checked for revocation
 
     [policy]
     breach_samples = 3
@@ -50,6 +53,13 @@ class ControllerConfig:
     grpc_max_workers: int = 64
     shutdown_grace_s: float = 5.0
     host_calibration_duration_s: float = 2.0
+    # A manifest is signed again each time it is sent, so this bounds how long a captured
+    # manifest can be replayed, and how long a device may take to act on a command.
+    manifest_ttl_s: float = 7 * 24 * 3600.0
+    certificate_validity_days: float = 365.0
+    # Revocations made by another process (``edgefleet controller revoke``) reach open
+    # sessions within this interval.
+    revocation_check_interval_s: float = 2.0
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -58,6 +68,9 @@ class ControllerConfig:
             "telemetry_retention_s",
             "retention_check_interval_s",
             "host_calibration_duration_s",
+            "manifest_ttl_s",
+            "certificate_validity_days",
+            "revocation_check_interval_s",
         ):
             _require_positive(name, getattr(self, name))
         if not _is_number(self.shutdown_grace_s) or self.shutdown_grace_s < 0:

@@ -16,6 +16,9 @@ status code that ``grpc_server`` returns where an RPC can raise the error::
     │   └── ArtifactRangeError       offset beyond the end of an artifact    OUT_OF_RANGE
     ├── PlanningError                compressing a model for a profile failed
     ├── DatabaseError                the database is unreachable or cannot be migrated
+    ├── AuthenticationError          no valid, unrevoked device certificate  UNAUTHENTICATED
+    │   └── IdentityMismatchError    the request names another device        PERMISSION_DENIED
+    ├── EnrollmentError              invalid, used or expired token          PERMISSION_DENIED
     └── ControllerStateError         the controller is not running           UNAVAILABLE
 
 Other ``InvalidInputError``s raised in an RPC (device id, digest, profile) become
@@ -31,10 +34,13 @@ __all__ = [
     "ArtifactError",
     "ArtifactNotFoundError",
     "ArtifactRangeError",
+    "AuthenticationError",
     "ConfigError",
     "ControllerError",
     "ControllerStateError",
     "DatabaseError",
+    "EnrollmentError",
+    "IdentityMismatchError",
     "InvalidTelemetryError",
     "PlanningError",
     "UnknownDeviceError",
@@ -97,3 +103,15 @@ class DatabaseError(ControllerError):
 
 class ControllerStateError(ControllerError):
     """The controller is in a state that forbids the call (not started, or shut down)."""
+
+
+class AuthenticationError(ControllerError):
+    """A peer presented no device certificate, or one that is unknown or revoked."""
+
+
+class IdentityMismatchError(AuthenticationError):
+    """A request names a device other than the one its certificate was issued to."""
+
+
+class EnrollmentError(ControllerError, InvalidInputError):
+    """An enrollment token is unknown, used, expired or bound to another device."""

@@ -6,6 +6,11 @@ Session stream also needs one more thread outside the pool (``session-reader-<de
 that reads incoming messages, because the handler thread blocks while writing commands.
 Message sizes are capped at 4 MiB in both directions by ``SERVER_OPTIONS``;
 gRPC itself rejects an oversized message with RESOURCE_EXHAUSTED.
+
+In secure mode every RPC first passes ``ControllerTrust.authenticate``: the device id that
+the request names must be the one in the peer's client certificate, and that certificate
+must not be revoked (UNAUTHENTICATED otherwise, PERMISSION_DENIED for another device's id).
+``EnrollmentServicer`` runs on its own server-TLS port; see ``edgefleet.controller.trust``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import grpc
 from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
+    AuthenticationError,
     ControllerStateError,
+    EnrollmentError,
+    IdentityMismatchError,
     UnknownDeviceError,
 )
 from edgefleet.controller.requests import open_artifact, register_device
@@ -34,7 +42,7 @@ from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 if TYPE_CHECKING:
     from edgefleet.controller.service import Controller
 
-__all__ = ["FleetServicer", "create_server"]
+__all__ = ["EnrollmentServicer", "FleetServicer", "create_enrollment_server", "create_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +53,33 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, controller: Controller) -> None:
         self._controller = controller
 
+    def _authenticate(self, context: grpc.ServicerContext, claimed_device_id: str) -> None:
+        """Bind the RPC to the peer's certificate in secure mode; aborts the RPC on failure."""
+        trust = self._controller.trust
+        if not trust.tls_enabled:
+            return
+        try:
+            validate_device_id(claimed_device_id)
+        except InvalidInputError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        certificates = context.auth_context().get("x509_pem_cert") or [None]
+        try:
+            trust.authenticate(certificates[0], claimed_device_id=claimed_device_id)
+        except IdentityMismatchError as exc:
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except AuthenticationError as exc:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
     # -- Register -------------------------------------------------------------------
 
     def Register(
         self, request: fleet_pb2.RegisterRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.RegisterResponse:
+        self._authenticate(context, request.device_id)
         try:
             return register_device(self._controller, request)
+        except AuthenticationError as exc:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except InvalidInputError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid registration: {exc}")
         except ControllerStateError as exc:
@@ -93,10 +121,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 f"the first session message must be hello, got {first.WhichOneof('body')}",
             )
         hello = first.hello
+        self._authenticate(context, hello.device_id)
         try:
             session = StreamSession(validate_device_id(hello.device_id))
             self._controller.open_session(session, current_variant_id=hello.current_variant_id)
             return session
+        except AuthenticationError as exc:
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except UnknownDeviceError:
             _abort(
                 context,
@@ -147,6 +178,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def DownloadArtifact(
         self, request: fleet_pb2.ArtifactRequest, context: grpc.ServicerContext
     ) -> Iterator[fleet_pb2.ArtifactChunk]:
+        self._authenticate(context, request.device_id)
+        if self._controller.is_revoked(request.device_id):
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "the device is revoked")
         try:
             total, chunks = open_artifact(self._controller, request)
         except UnknownDeviceError as exc:
@@ -173,6 +207,25 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             )
 
 
+class EnrollmentServicer(fleet_pb2_grpc.EnrollmentServiceServicer):
+    """``edgefleet.v1.EnrollmentService``: tokens and CSRs in, device certificates out."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    def Enroll(
+        self, request: fleet_pb2.EnrollRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.EnrollResponse:
+        try:
+            return self._controller.enroll(request)
+        except EnrollmentError as exc:
+            _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except InvalidInputError as exc:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid enrollment: {exc}")
+        except ControllerStateError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     logger.info("rejected RPC with %s: %s", code.name, message)
     context.abort(code, message)
@@ -180,10 +233,16 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 
 
 def create_server(
-    controller: Controller, *, host: str, port: int, max_workers: int
+    controller: Controller,
+    *,
+    host: str,
+    port: int,
+    max_workers: int,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build (but do not start) the gRPC server; returns it with its bound port.
 
+    ``credentials`` makes the port a TLS one; None serves plaintext.
     Raises ``OSError`` when the address cannot be bound.
     """
     server = grpc.server(
@@ -194,17 +253,37 @@ def create_server(
         maximum_concurrent_rpcs=max_workers,
     )
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(controller), server)
-    # NOTE: plaintext; TLS and device authentication are not implemented yet, so bind
-    # to loopback or a trusted network only.
+    return server, _bind(server, host=host, port=port, credentials=credentials)
+
+
+def create_enrollment_server(
+    controller: Controller, *, host: str, port: int, credentials: grpc.ServerCredentials
+) -> tuple[grpc.Server, int]:
+    """Build (but do not start) the enrollment server; returns it with its bound port."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=4, thread_name_prefix="enroll"),
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=16,
+    )
+    fleet_pb2_grpc.add_EnrollmentServiceServicer_to_server(EnrollmentServicer(controller), server)
+    return server, _bind(server, host=host, port=port, credentials=credentials)
+
+
+def _bind(
+    server: grpc.Server, *, host: str, port: int, credentials: grpc.ServerCredentials | None
+) -> int:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound_port = server.add_insecure_port(address)
+        if credentials is None:
+            bound_port = server.add_insecure_port(address)
+        else:
+            bound_port = server.add_secure_port(address, credentials)
     except RuntimeError:
         # grpcio raises RuntimeError without the cause; a port in use is the common one.
         bound_port = 0
     if bound_port == 0:
         raise OSError(
             f"cannot bind the gRPC server to {address}: the port is in use or the address "
-            "is invalid; choose another --grpc-port or stop the process that holds it"
+            "is invalid; choose another port or stop the process that holds it"
         )
-    return server, bound_port
+    return bound_port

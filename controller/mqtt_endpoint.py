@@ -38,7 +38,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgefleet.controller.errors import ControllerError, ControllerStateError, UnknownDeviceError
+from edgefleet.controller.errors import (
+    AuthenticationError,
+    ControllerError,
+    ControllerStateError,
+    UnknownDeviceError,
+)
 from edgefleet.controller.requests import read_artifact_chunk, register_device, status_name
 from edgefleet.controller.sessions import DeviceSession
 from edgefleet.errors import InvalidInputError
@@ -349,6 +354,9 @@ class MqttEndpoint:
             except UnknownDeviceError:
                 logger.warning("device %s is online but not registered; ignoring it", device_id)
                 return
+            except AuthenticationError as exc:
+                logger.warning("device %s is online but rejected: %s", device_id, exc)
+                return
             self._sessions[device_id] = session
         elif presence.state == fleet_pb2.PRESENCE_STATE_OFFLINE:
             previous = self._sessions.pop(device_id, None)
@@ -382,6 +390,6 @@ class MqttEndpoint:
 
 def _as_invalid(error: Exception) -> Exception:
     # A registration fails either on its input or because the controller is stopping.
-    if isinstance(error, ControllerStateError | InvalidInputError):
+    if isinstance(error, ControllerStateError | InvalidInputError | AuthenticationError):
         return error
     return InvalidInputError(str(error))

@@ -13,6 +13,7 @@ from enum import StrEnum
 import typer
 
 from edgefleet.agent.cli import app as agent_app
+from edgefleet.agent.cli import enroll_command
 from edgefleet.agent.simulate_cli import simulate_command
 from edgefleet.compress.cli import compress_command
 from edgefleet.controller.cli import app as controller_app
@@ -36,6 +37,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(controller_app, name="controller")
 app.command("compress")(compress_command)
 app.command("demo")(demo_command)
+app.command("enroll")(enroll_command)
 app.command("simulate")(simulate_command)
 
 
