@@ -3,7 +3,7 @@
 Threads, and what each one owns:
 
 - the caller of ``Agent.run``: registration, the session stream's responses and reconnects;
-- ``telemetry``: one per session, queues a sample every interval into the outbox;
+- ``telemetry``: queues a sample every interval into the on-disk outbox, online or not;
 - ``deploy``: applies deploy commands one at a time, so the session keeps flowing while a
   model downloads and loads;
 - the transport's sender drains the outbox into the session: gRPC's request thread, or
@@ -41,7 +41,7 @@ from edgefleet.agent.errors import (
 )
 from edgefleet.agent.identity import DeviceIdentity
 from edgefleet.agent.latency import LatencyRecorder
-from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.outbox import MAX_BACKLOG_SAMPLES, DiskOutbox
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.server import InferenceServer
 from edgefleet.agent.store import AgentStore, write_json_atomic
@@ -67,6 +67,8 @@ _TARGET = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 # Telemetry intervals the agent accepts, from the command line or from the controller.
 MIN_TELEMETRY_INTERVAL_S = 0.05
 MAX_TELEMETRY_INTERVAL_S = 3600.0
+# Skew beyond this is logged; telemetry is corrected whatever the skew.
+CLOCK_SKEW_WARNING_MS = 2000
 # How often blocked loops check whether the session closed or the agent is stopping.
 _POLL_S = 0.2
 
@@ -86,6 +88,9 @@ class AgentConfig:
     reconnect_max_s: float = 10.0
     calibration_duration_s: float = 1.0
     download_timeout_s: float = 900.0
+    # Telemetry samples kept while offline, and how fast a backlog is sent after a reconnect.
+    backlog_samples: int = MAX_BACKLOG_SAMPLES
+    backlog_rate_per_s: float = 50.0
     transport: TransportKind = TransportKind.GRPC
     broker: BrokerSettings | None = None  # required by the MQTT transport
     # Enrolled identity (mutual TLS to the controller); None connects in plaintext.
@@ -103,6 +108,14 @@ class AgentConfig:
                 raise InvalidInputError(
                     f"invalid controller address {self.controller!r}: expected HOST:PORT"
                 )
+        if self.backlog_samples < 1:
+            raise InvalidInputError(
+                f"backlog_samples must be at least 1, got {self.backlog_samples}"
+            )
+        if not math.isfinite(self.backlog_rate_per_s) or self.backlog_rate_per_s <= 0:
+            raise InvalidInputError(
+                f"backlog_rate_per_s must be a positive number, got {self.backlog_rate_per_s}"
+            )
         if not 0 <= self.api_port < 65536:
             raise InvalidInputError(f"invalid API port {self.api_port}: expected 0-65535")
         _check_interval(self.telemetry_interval_s, "telemetry interval")
@@ -163,7 +176,14 @@ class Agent:
         self.connected = threading.Event()
 
         self._stopping = threading.Event()
-        self._outbox = Outbox()
+        self._outbox = DiskOutbox(
+            config.state_dir / "outbox.sqlite3", max_samples=config.backlog_samples
+        )
+        # Controller clock minus device clock, from the last registration; None before it.
+        self.clock_offset_ms: int | None = None
+        self._telemetry_thread = threading.Thread(
+            target=self._telemetry_loop, name="telemetry", daemon=True
+        )
         self._commands: queue.Queue[fleet_pb2.Command | None] = queue.Queue()
         self._queued_ids: set[str] = set()
         self._lock = threading.Lock()
@@ -229,6 +249,7 @@ class Agent:
             self.calibration.runs,
         )
         self._deploy_thread.start()
+        self._telemetry_thread.start()
 
     def _check_profile_matches_host(self) -> None:
         # Only a warning: simulated fleets run profiles of other boards on one host.
@@ -253,6 +274,8 @@ class Agent:
     def _shutdown(self) -> None:
         self._commands.put(None)
         self._deploy_thread.join(timeout=30)
+        self._telemetry_thread.join(timeout=10)
+        self._outbox.close()
         self.server.stop()
         (self.store.root / "agent.json").unlink(missing_ok=True)
         self.store.release()
@@ -320,6 +343,7 @@ class Agent:
             self._stopping.wait(delay)
 
     def _register(self, client: ControllerConnection) -> None:
+        sent_at = self._clock()
         response = client.register(
             fleet_pb2.RegisterRequest(
                 device_id=self.config.device_id,
@@ -330,6 +354,7 @@ class Agent:
                 current_variant_id=self.runtime.variant_id,
             )
         )
+        self._measure_clock_skew(response.controller_time_ms, sent_at, self._clock())
         if response.telemetry_interval_s:
             try:
                 self._set_telemetry_interval(response.telemetry_interval_s)
@@ -344,16 +369,33 @@ class Agent:
             response.profile_fingerprint,
         )
 
+    def _measure_clock_skew(self, controller_ms: int, sent_at: float, received_at: float) -> None:
+        """Compare the device clock with the controller's, assuming a symmetric round trip."""
+        if not controller_ms:
+            return  # a controller that does not send its time
+        offset_ms = int(controller_ms - (sent_at + received_at) * 500)
+        if abs(offset_ms) > CLOCK_SKEW_WARNING_MS:
+            logger.warning(
+                "device clock is off by %.1f s from the controller's; correcting telemetry "
+                "timestamps",
+                offset_ms / 1000,
+            )
+        self.clock_offset_ms = offset_ms
+        try:
+            self.store.raise_time_floor(controller_ms)
+        except StorageError as exc:
+            logger.warning("cannot record the controller time: %s", exc)
+
+    def _device_time_ms(self) -> int:
+        """Return the device time in Unix ms, corrected by the last measured skew."""
+        return int(self._clock() * 1000) + (self.clock_offset_ms or 0)
+
     def _run_session(self, client: ControllerConnection) -> None:
         closed = threading.Event()
         call = client.open_session(self._outgoing(closed))
         self._call = call
         if self._stopping.is_set():
             call.cancel()
-        telemetry = threading.Thread(
-            target=self._telemetry_loop, args=(closed,), name="telemetry", daemon=True
-        )
-        telemetry.start()
         self.connected.set()
         try:
             for message in call:
@@ -365,7 +407,6 @@ class Agent:
             closed.set()
             call.cancel()
             self._call = None
-            telemetry.join()
 
     def _outgoing(self, closed: threading.Event) -> Iterator[fleet_pb2.AgentMessage]:
         yield fleet_pb2.AgentMessage(
@@ -373,7 +414,14 @@ class Agent:
                 device_id=self.config.device_id, current_variant_id=self.runtime.variant_id
             )
         )
+        # The backlog of an outage goes out at a bounded rate, so that a fleet reconnecting
+        # at once does not flood the controller.
+        spacing_s = 1.0 / self.config.backlog_rate_per_s
+        next_send = time.monotonic()
         while not closed.is_set():
+            wait_s = next_send - time.monotonic()
+            if wait_s > 0 and closed.wait(wait_s):
+                return
             message = self._outbox.get(_POLL_S)
             if message is None:
                 continue
@@ -381,15 +429,30 @@ class Agent:
                 # The stream closed while this call waited, so the next session sends it.
                 self._outbox.put_back(message)
                 return
+            self._fix_timestamp(message)
+            next_send = max(next_send + spacing_s, time.monotonic() - 1.0)
             yield message
 
-    def _telemetry_loop(self, closed: threading.Event) -> None:
-        while not closed.wait(self.telemetry_interval_s):
+    def _fix_timestamp(self, message: fleet_pb2.AgentMessage) -> None:
+        # A sample taken before this process measured the skew carries the raw device
+        # clock. One that reads earlier than a controller time already seen (a clock reset
+        # to 1970, say) is corrected with the skew measured since.
+        # NOTE: this assumes the clock did not jump between sampling and sending.
+        if not message.HasField("telemetry") or self.clock_offset_ms is None:
+            return
+        sample = message.telemetry
+        if sample.sampled_at_ms < self.store.state.time_floor_ms - CLOCK_SKEW_WARNING_MS:
+            sample.sampled_at_ms += self.clock_offset_ms
+
+    def _telemetry_loop(self) -> None:
+        while not self._stopping.wait(self.telemetry_interval_s):
             try:
                 sample = self.sampler.sample()
             except OSError as exc:
                 logger.warning("failed to sample telemetry: %s", exc)
                 continue
+            sample.sampled_at_ms = self._device_time_ms()
+            sample.dropped_samples = self._outbox.dropped
             self._outbox.put(fleet_pb2.AgentMessage(telemetry=sample))
 
     # -- commands -----------------------------------------------------------------------
