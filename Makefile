@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/edgefleet demo
 
-# The MQTT tests start their own Mosquitto broker on a loopback port.
+# The MQTT tests start their own Mosquitto broker on a loopback port; the device clock
+# test runs an agent under libfaketime.
 broker:
 	command -v mosquitto >/dev/null || (apt-get update && apt-get install -y mosquitto)
+	command -v faketime >/dev/null || (apt-get update && apt-get install -y faketime)
 
 test: $(STAMP) broker
 	$(BIN)/python -m pytest
