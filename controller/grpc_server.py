@@ -55,7 +55,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
 
     def _authenticate(self, context: grpc.ServicerContext, claimed_device_id: str) -> None:
         """Bind the RPC to the peer's certificate in secure mode; aborts the RPC on failure."""
-        trust = self._controller.trust
+        try:
+            trust = self._controller.trust
+        except ControllerStateError as exc:
+            _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         if not trust.tls_enabled:
             return
         try:
