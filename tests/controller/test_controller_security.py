@@ -412,3 +412,40 @@ def test_rollback_deployment_signed_as_rollback(
 
     assert manifest.rollback
     assert manifest.variant.variant_id == ladder[1]
+
+
+def test_token_from_cli_enrolls(controller: Controller, fleet_port: int, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        controller_cli,
+        ["token", "create", "--data-dir", str(controller.data_dir), "--device-id", "dev-a"],
+    )
+    assert result.exit_code == 0, result.output
+    token = result.stdout.strip()
+
+    identity = enroll(
+        f"127.0.0.1:{controller.enroll_port}", token=token, device_id="dev-a", state_dir=tmp_path
+    )
+
+    assert token.startswith("ef1.")
+    assert identity.device_id == "dev-a"
+    assert "for device dev-a only" in result.stderr
+
+
+def test_revoke_unknown_device_fails(controller: Controller, fleet_port: int) -> None:
+    result = CliRunner().invoke(
+        controller_cli, ["revoke", "dev-z", "--data-dir", str(controller.data_dir)]
+    )
+
+    assert result.exit_code == 1
+    assert "no unrevoked certificate" in result.output
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
+     ("0.0.0.0", False), ("192.0.2.10", False), ("controller.example.net", False)],
+)  # fmt: skip
+def test_plaintext_warning_only_off_loopback(host: str, loopback: bool) -> None:
+    from edgefleet.controller.service import _is_loopback
+
+    assert _is_loopback(host) is loopback
