@@ -9,9 +9,9 @@
    keys and the controller's time (``edgefleet.agent.identity`` lists the files).
 
 The fingerprint is taken from the certificate itself, with no chain or validity check,
-because nothing is trusted yet; the pin is what makes it trustworthy. Its validity period
-therefore does not matter here, and later connections accept it from a device clock that
-reads 1970, because the controller's certificate is valid from the Unix epoch.
+because nothing is trusted yet. The pin is what makes it trustworthy, so its validity
+period does not matter here. Later connections accept it from a device clock that reads
+1970, because the controller's certificate is valid from the Unix epoch.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def enroll(
     state_dir = Path(state_dir)
     if DeviceIdentity.load(state_dir) is not None and not force:
         raise InvalidInputError(
-            f"{state_dir} already holds an enrolled identity; pass --force to replace it"
+            f"{state_dir} already contains an enrolled identity; pass --force to replace it"
         )
 
     server_pem = fetch_server_certificate(host, port, timeout_s=timeout_s)

@@ -117,7 +117,7 @@ class DeviceIdentity:
         )
 
     def channel_options(self) -> list[tuple[str, str]]:
-        # The device reaches the controller by whatever address its network gives it; the
-        # certificate is pinned at enrollment, so it is checked against the name the
+        # The device reaches the controller by whatever address its network gives it. The
+        # certificate was pinned at enrollment, so gRPC checks it against the name the
         # controller put in it rather than against that address.
         return [("grpc.ssl_target_name_override", self.server_name)]

@@ -113,8 +113,7 @@ class CertificateRegistry:
         """Mark the token used by ``device_id``; returns its id.
 
         Raises ``EnrollmentError`` when the token is unknown, wrong, used, expired or
-        bound to another device; every case gets the same message towards the device,
-        so that a guesser learns nothing, and a distinct one in ``detail``.
+        bound to another device.
         """
         now = now or utc_now()
         try:
@@ -207,27 +206,6 @@ class CertificateRegistry:
         with self._database.session() as session:
             return set(session.scalars(query))
 
-    def has_valid_certificate(self, device_id: str, *, now: datetime | None = None) -> bool:
-        now = now or utc_now()
-        query = sa.select(sa.func.count()).where(
-            DeviceCertificateRow.device_id == device_id,
-            DeviceCertificateRow.revoked_at.is_(None),
-            DeviceCertificateRow.not_after > now,
-        )
-        with self._database.session() as session:
-            return bool(session.scalar(query))
-
-    def is_revoked(self, device_id: str) -> bool:
-        """Whether the device has certificates, all of them revoked."""
-        query = sa.select(DeviceCertificateRow.revoked_at).where(
-            DeviceCertificateRow.device_id == device_id
-        )
-        with self._database.session() as session:
-            states = list(session.scalars(query))
-        return bool(states) and all(revoked_at is not None for revoked_at in states)
-
 
 def _rejected(detail: str) -> EnrollmentError:
-    error = EnrollmentError("the enrollment token is invalid, used or expired")
-    error.detail = detail  # type: ignore[attr-defined]
-    return error
+    return EnrollmentError("the enrollment token is invalid, used or expired", detail=detail)

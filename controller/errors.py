@@ -114,4 +114,12 @@ class IdentityMismatchError(AuthenticationError):
 
 
 class EnrollmentError(ControllerError, InvalidInputError):
-    """An enrollment token is unknown, used, expired or bound to another device."""
+    """An enrollment token is unknown, used, expired or bound to another device.
+
+    The message is the same in every case, so that a device learns nothing from it;
+    ``detail`` names the case for the controller's log.
+    """
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message

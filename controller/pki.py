@@ -191,7 +191,7 @@ class ServerCertificate:
     """The controller's self-signed TLS certificate in ``directory``, created on first use.
 
     ``names`` (DNS names or IP addresses) are added to ``DEFAULT_SERVER_NAME`` when the
-    certificate is created; an existing certificate is kept as it is, because enrolled
+    certificate is created. An existing certificate is kept as it is, because enrolled
     devices pinned it.
     """
 

@@ -147,7 +147,7 @@ class ControllerTrust:
             )
             token_id = self.certificates.redeem_token(request.token, device_id=device_id, now=now)
         except EnrollmentError as exc:
-            self.record_denied(device_id, f"enrollment rejected: {getattr(exc, 'detail', exc)}")
+            self.record_denied(device_id, f"enrollment rejected: {exc.detail}")
             raise
         except InvalidInputError as exc:
             self.record_denied(device_id, f"enrollment rejected: {exc}")
