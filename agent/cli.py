@@ -95,7 +95,7 @@ def run(
         identity = DeviceIdentity.load(state_dir)
         if identity is None:
             logger.warning(
-                "%s holds no enrolled identity, so the agent connects without TLS and "
+                "%s contains no enrolled identity, so the agent connects without TLS and "
                 "accepts unsigned manifests; run `edgefleet enroll` for a production device",
                 state_dir,
             )
@@ -174,7 +174,7 @@ def enroll_command(
         Path, typer.Option(help="The agent's state directory; the identity goes in trust/.")
     ],
     force: Annotated[
-        bool, typer.Option(help="Replace an identity the state directory already holds.")
+        bool, typer.Option(help="Replace an identity the state directory already contains.")
     ] = False,
 ) -> None:
     """Enroll this device: trade a one-time token for a certificate and trusted keys."""

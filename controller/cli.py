@@ -192,7 +192,7 @@ app.add_typer(token_app, name="token")
 @token_app.command("create")
 def token_create(
     data_dir: Annotated[
-        Path, typer.Option(help="The controller's data directory (holds trust/).")
+        Path, typer.Option(help="The controller's data directory, which contains trust/.")
     ] = Path("edgefleet-data"),
     db: Annotated[
         str | None, typer.Option(help="Database URL; default: DATA_DIR/edgefleet.db.")

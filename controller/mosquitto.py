@@ -30,7 +30,7 @@ from edgefleet.protos.mqtt import DeviceTopics, TopicKind
 
 __all__ = ["DEVICE_READ_TOPICS", "DEVICE_WRITE_TOPICS", "MosquittoCredentials", "hash_password"]
 
-# What a device publishes, and what it subscribes to (see edgefleet.protos.mqtt).
+# Topics a device publishes to, and topics it subscribes to (see edgefleet.protos.mqtt).
 DEVICE_WRITE_TOPICS = (
     TopicKind.REGISTER,
     TopicKind.PRESENCE,
@@ -87,7 +87,7 @@ class MosquittoCredentials:
             lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
             text = "\n".join(change(lines)) + "\n"
             temporary = path.with_name(f".{path.name}.tmp")
-            # The password file holds hashes only, but Mosquitto warns when others can
+            # The password file contains hashes only, but Mosquitto warns when others can
             # read it, so it is kept at 0600 like a secret.
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:

@@ -203,8 +203,8 @@ class Controller:
     ) -> int:
         """Start the gRPC endpoint and return the bound port (useful with ``port=0``).
 
-        With ``tls`` the fleet port requires mutual TLS and an enrollment port opens on
-        ``enroll_port`` (its bound port is ``self.enroll_port``); ``server_names`` are
+        With ``tls`` the fleet port requires mutual TLS, and an enrollment port opens on
+        ``enroll_port`` (its bound port is ``self.enroll_port``). ``server_names`` are
         extra names for the controller's certificate when it is first created. Without
         ``tls`` the port is plaintext and unauthenticated, meant for loopback use.
         """

@@ -191,9 +191,9 @@ class ControllerTrust:
     def authenticate(self, certificate_pem: bytes | None, *, claimed_device_id: str) -> str:
         """Return the device id bound to a peer's verified certificate.
 
-        gRPC has already checked the chain up to the CA and the validity period; this
-        checks what it cannot: that the certificate is one the controller issued and did
-        not revoke, and that it belongs to ``claimed_device_id``. Raises
+        gRPC has already checked the chain up to the CA and the validity period. This
+        checks what gRPC cannot: that the controller issued the certificate and did not
+        revoke it, and that it belongs to ``claimed_device_id``. Raises
         ``AuthenticationError`` or ``IdentityMismatchError`` and records ACCESS_DENIED.
         """
         try:
