@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from controller_support import PROFILE_FIELDS
 from mosquitto_support import MosquittoBroker, MqttProbe, wait_until
 from security_support import enroll_device
 
+from edgefleet.controller.models import EventKind
 from edgefleet.controller.mosquitto import hash_password
 from edgefleet.controller.service import Controller
-from edgefleet.protos.mqtt import BrokerAddress, BrokerSettings, DeviceTopics, TopicKind
+from edgefleet.profiles import DeviceProfile, parse_profile
+from edgefleet.protos.mqtt import (
+    BrokerAddress,
+    BrokerSettings,
+    DeviceTopics,
+    TopicKind,
+    request_properties,
+)
+from edgefleet.protos.v1 import fleet_pb2
 
 CONTROLLER_USER = "edgefleet-controller"
 CONTROLLER_PASSWORD = "controller-secret"
@@ -144,3 +156,82 @@ def test_revoked_device_loses_broker_access(
     finally:
         revoked.close()
         still_enrolled.close()
+
+
+def _serve_mqtt(controller: Controller, broker: MosquittoBroker) -> None:
+    controller.serve_mqtt(
+        BrokerSettings(
+            address=BrokerAddress.parse(broker.url),
+            username=CONTROLLER_USER,
+            password=CONTROLLER_PASSWORD,
+        )
+    )
+
+
+def test_agent_connects_with_enrolled_credentials(
+    controller: Controller, broker: MosquittoBroker, enrolled: dict[str, str], tmp_path: Path
+) -> None:
+    _serve_mqtt(controller, broker)
+    profile_path = tmp_path / "board.toml"
+    profile_path.write_text(
+        'name = "mqtt-board"\ncpu_arch = "x86_64"\ncpu_cores = 2\ncpu_flags = []\n'
+        "memory_mb = 1024\nmodel_memory_budget_mb = 128\nlatency_budget_ms = 20.0\n"
+        "inference_threads = 1\n"
+    )
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log:
+        # No --mqtt-password-file: the agent takes the password stored at enrollment.
+        agent = subprocess.Popen(
+            [
+                sys.executable, "-m", "edgefleet", "agent", "run",
+                "--transport", "mqtt", "--broker", broker.url,
+                "--profile", str(profile_path),
+                "--device-id", "dev-a",
+                "--state-dir", str(tmp_path / "dev-a"),
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until(
+                lambda: controller.sessions.is_connected("dev-a"),
+                timeout_s=60,
+                what=f"dev-a online over MQTT; agent log:\n{log_path.read_text()}",
+            )
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
+
+
+def test_revoked_device_registration_rejected_before_reload(
+    controller: Controller, broker: MosquittoBroker, enrolled: dict[str, str]
+) -> None:
+    _serve_mqtt(controller, broker)
+    controller.revoke_device("dev-a")
+    topics = DeviceTopics("dev-a")
+    # The broker has not reloaded its files, so the old password still connects.
+    probe = _probe(broker, "dev-a", enrolled["dev-a"])
+    try:
+        probe.subscribe(topics.topic(TopicKind.REGISTER_REPLY))
+        request = fleet_pb2.RegisterRequest(device_id="dev-a", profile=_profile().to_proto())
+        probe.publish(
+            topics.topic(TopicKind.REGISTER),
+            request.SerializeToString(),
+            properties=request_properties(b"correlation-1"),
+        )
+        replies = wait_until(
+            lambda: probe.received(topics.topic(TopicKind.REGISTER_REPLY)),
+            what="the registration reply",
+        )
+    finally:
+        probe.close()
+
+    user_properties = dict(replies[0].properties.UserProperty)
+    assert user_properties["status"] == "UNAUTHENTICATED"
+    assert "revoked" in user_properties["message"]
+    assert controller.registry.find_device("dev-a") is None
+    denied = controller.registry.list_events(device_id="dev-a", kinds=[EventKind.ACCESS_DENIED])
+    assert denied
+
+
+def _profile() -> DeviceProfile:
+    return parse_profile(PROFILE_FIELDS)
