@@ -249,8 +249,8 @@ class Controller:
     # -- trust ----------------------------------------------------------------------
 
     def create_enrollment_token(self, *, ttl: timedelta, device_id: str | None = None) -> NewToken:
-        """Create a one-time enrollment token; needs TLS (``serve_grpc(tls=True)``) set up."""
-        self.trust.enable_tls()
+        """Create a one-time enrollment token; devices redeem it on the enrollment port."""
+        self.trust.load_pki()
         return self.trust.create_token(ttl=ttl, device_id=device_id)
 
     def enroll(self, request: fleet_pb2.EnrollRequest) -> fleet_pb2.EnrollResponse:

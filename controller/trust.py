@@ -77,29 +77,36 @@ class ControllerTrust:
         self._registry = registry
         self._ca: CertificateAuthority | None = None
         self._server: ServerCertificate | None = None
+        self._tls = False
 
     # -- PKI --------------------------------------------------------------------------
 
-    def enable_tls(self, server_names: tuple[str, ...] = ()) -> None:
+    def load_pki(self, server_names: tuple[str, ...] = ()) -> None:
         """Create (or load) the device CA and the controller's TLS certificate."""
         if self._ca is None:
             self._ca = CertificateAuthority(self.directory)
             self._server = ServerCertificate(self.directory, names=server_names)
 
+    def enable_tls(self, server_names: tuple[str, ...] = ()) -> None:
+        """Load the PKI and require a client certificate on every fleet RPC."""
+        self.load_pki(server_names)
+        self._tls = True
+
     @property
     def tls_enabled(self) -> bool:
-        return self._ca is not None
+        """Whether the fleet port serves mutual TLS, so that RPCs must be authenticated."""
+        return self._tls
 
     @property
     def ca(self) -> CertificateAuthority:
         if self._ca is None:
-            raise ControllerStateError("TLS is not enabled; serve with --tls")
+            raise ControllerStateError("the PKI is not loaded; serve with --tls")
         return self._ca
 
     @property
     def server_certificate(self) -> ServerCertificate:
         if self._server is None:
-            raise ControllerStateError("TLS is not enabled; serve with --tls")
+            raise ControllerStateError("the PKI is not loaded; serve with --tls")
         return self._server
 
     def fleet_credentials(self):  # -> grpc.ServerCredentials

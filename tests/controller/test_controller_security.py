@@ -343,6 +343,7 @@ def test_received_manifest_attacks_rejected(
     device_a: DeviceIdentity,
     profile: DeviceProfile,
     tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, ladder = store_fake_ladder(controller, profile)
     first = _first_deploy(stub_a, controller, profile)
@@ -381,9 +382,13 @@ def test_received_manifest_attacks_rejected(
     ]
     for command, overrides, reason in cases:
         arguments = {"now": time.time(), "last_version": accepted.version, **overrides}
+        caplog.clear()
         with pytest.raises(ManifestRejected) as caught:
             verify_manifest(command, keys, device_id="dev-a", **arguments)  # type: ignore[arg-type]
         assert caught.value.reason is reason
+        logged = [r.getMessage() for r in caplog.records if r.name == "edgefleet.agent.trust"]
+        assert logged == [str(caught.value)]
+        assert f"({reason.value})" in logged[0]
 
 
 def test_rollback_deployment_signed_as_rollback(
@@ -449,3 +454,16 @@ def test_plaintext_warning_only_off_loopback(host: str, loopback: bool) -> None:
     from edgefleet.controller.service import _is_loopback
 
     assert _is_loopback(host) is loopback
+
+
+def test_token_on_plaintext_controller_keeps_it_plaintext(
+    controller: Controller, profile: DeviceProfile
+) -> None:
+    port = controller.serve_grpc(host="127.0.0.1", port=0)
+    token = controller.create_enrollment_token(ttl=timedelta(minutes=5))
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        response = _register(fleet_pb2_grpc.FleetServiceStub(channel), profile, "dev-a")
+
+    assert token.token.startswith("ef1.")
+    assert response.device_id == "dev-a"
