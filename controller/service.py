@@ -297,7 +297,9 @@ class Controller:
             session = self.sessions.get(device_id)
             if session is not None:
                 logger.warning("closing the session of revoked device %s", device_id)
-                session.close()
+                # Ends a gRPC stream at once; an MQTT session has no stream to end, so
+                # forgetting it is what stops commands from reaching the device.
+                self.close_session(session)
 
     def _revocation_loop(self) -> None:
         assert self._trust is not None

@@ -235,3 +235,24 @@ def test_revoked_device_registration_rejected_before_reload(
 
 def _profile() -> DeviceProfile:
     return parse_profile(PROFILE_FIELDS)
+
+
+def test_revocation_ends_mqtt_session(
+    controller: Controller, broker: MosquittoBroker, enrolled: dict[str, str]
+) -> None:
+    _serve_mqtt(controller, broker)
+    topics = DeviceTopics("dev-a")
+    controller.register_device("dev-a", _profile())
+    probe = _probe(broker, "dev-a", enrolled["dev-a"])
+    try:
+        presence = fleet_pb2.Presence(device_id="dev-a", state=fleet_pb2.PRESENCE_STATE_ONLINE)
+        probe.publish(topics.topic(TopicKind.PRESENCE), presence.SerializeToString())
+        wait_until(lambda: controller.sessions.is_connected("dev-a"), what="dev-a online")
+
+        controller.revoke_device("dev-a")
+    finally:
+        probe.close()
+
+    assert not controller.sessions.is_connected("dev-a")
+    kinds = [event.kind for event in controller.registry.list_events(device_id="dev-a")]
+    assert kinds[-2:] == [EventKind.REVOKED, EventKind.DISCONNECTED]
