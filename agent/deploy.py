@@ -37,6 +37,7 @@ from edgefleet.agent.errors import (
     SelfTestError,
     StorageError,
 )
+from edgefleet.agent.identity import DeviceIdentity
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime, check_health
 from edgefleet.agent.store import AgentStore, UpdateRecord
 from edgefleet.agent.transport import ControllerConnection
@@ -202,10 +203,14 @@ class Deployer:
             # NOTE: without enrollment only the artifact's size and sha256 are checked.
             return None
         state = self._store.state
+        floor_ms = state.time_floor_ms
+        identity = DeviceIdentity.load(self._store.root)
+        if identity is not None:
+            floor_ms = max(floor_ms, identity.controller_time_ms)
         return trust.verify_manifest(
             command,
             keys,
-            now=trust.trusted_now(self._clock(), floor_ms=state.time_floor_ms),
+            now=trust.trusted_now(self._clock(), floor_ms=floor_ms),
             last_version=state.manifest_version,
             device_id=self._device_id,
         )
