@@ -488,3 +488,30 @@ def test_device_clock_at_1970(fleet, agents, tmp_path, signing_key):
     for sample in fleet.servicer.of_kind("telemetry"):
         assert abs(sample.sampled_at_ms - now_ms) < 60_000, sample.sampled_at_ms
     assert running.agent.clock_offset_ms > 1_700_000_000_000
+
+
+# -- reconnects ---------------------------------------------------------------------------
+
+
+def test_agent_keeps_reconnecting_until_controller_appears(agents, tmp_path):
+    from agent_support import FleetServer
+
+    server = FleetServer()
+    server.start()
+    port = server.port
+    server.stop()
+    settings = agent_settings(f"127.0.0.1:{port}", tmp_path / "state", PROFILE)
+    running = agents({**settings, "reconnect_initial_s": 0.05, "reconnect_max_s": 0.1})
+
+    # About 30 failed attempts at this backoff: the agent must still be trying.
+    time.sleep(3.0)
+    assert not running.agent.connected.is_set()
+    server.start()
+    try:
+        wait_for(lambda: running.agent.connected.is_set(), description="late connection")
+        wait_for(lambda: server.servicer.of_kind("telemetry"), description="backlog sent")
+        first = min(sample.seq for sample in server.servicer.of_kind("telemetry"))
+        # Samples taken while the controller was absent arrive first.
+        assert first == 1
+    finally:
+        server.stop()
