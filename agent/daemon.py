@@ -179,6 +179,8 @@ class Agent:
         self._outbox = DiskOutbox(
             config.state_dir / "outbox.sqlite3", max_samples=config.backlog_samples
         )
+        # Whether the controller sends telemetry receipts (SessionAck or MQTT PUBACK).
+        self._receipts_seen = False
         # Controller clock minus device clock, from the last registration; None before it.
         self.clock_offset_ms: int | None = None
         self._telemetry_thread = threading.Thread(
@@ -407,6 +409,18 @@ class Agent:
             closed.set()
             call.cancel()
             self._call = None
+            self._settle_in_flight()
+
+    def _settle_in_flight(self) -> None:
+        """Send again, on the next session, the samples this one sent without a receipt."""
+        if self._receipts_seen:
+            resent = self._outbox.requeue()
+            if resent:
+                logger.info("%d telemetry samples had no receipt; sending them again", resent)
+        else:
+            # A controller that sends no receipts would receive every sample again after
+            # each reconnect, so samples count as delivered once sent.
+            self._outbox.forget_in_flight()
 
     def _outgoing(self, closed: threading.Event) -> Iterator[fleet_pb2.AgentMessage]:
         yield fleet_pb2.AgentMessage(
@@ -422,7 +436,7 @@ class Agent:
             wait_s = next_send - time.monotonic()
             if wait_s > 0 and closed.wait(wait_s):
                 return
-            message = self._outbox.get(_POLL_S)
+            message = self._outbox.get(_POLL_S, keep_in_flight=self._receipts_seen)
             if message is None:
                 continue
             if closed.is_set():
@@ -451,6 +465,7 @@ class Agent:
             except OSError as exc:
                 logger.warning("failed to sample telemetry: %s", exc)
                 continue
+            sample.seq = self._outbox.next_seq()
             sample.sampled_at_ms = self._device_time_ms()
             sample.dropped_samples = self._outbox.dropped
             self._outbox.put(fleet_pb2.AgentMessage(telemetry=sample))
@@ -458,7 +473,12 @@ class Agent:
     # -- commands -----------------------------------------------------------------------
 
     def _handle(self, message: fleet_pb2.ControllerMessage) -> None:
-        if message.WhichOneof("body") != "command":
+        kind = message.WhichOneof("body")
+        if kind == "ack":
+            self._receipts_seen = True
+            self._outbox.acknowledge(message.ack.telemetry_seq)
+            return
+        if kind != "command":
             return
         command = message.command
         with self._lock:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, NoReturn
@@ -151,6 +152,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 if session.closed:
                     break
                 self._dispatch(device_id, message)
+                if message.WhichOneof("body") == "telemetry":
+                    # Sent after the sample is handled, stored or rejected, so that the
+                    # agent deletes it from its backlog and never sends it again.
+                    session.send(_telemetry_ack(message.telemetry.seq))
         except grpc.RpcError as exc:
             # The client cancelled or the connection broke; the session simply ends.
             logger.debug("session of device %s ended: %s", device_id, exc)
@@ -227,6 +232,12 @@ class EnrollmentServicer(fleet_pb2_grpc.EnrollmentServiceServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid enrollment: {exc}")
         except ControllerStateError as exc:
             _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
+def _telemetry_ack(seq: int) -> fleet_pb2.ControllerMessage:
+    return fleet_pb2.ControllerMessage(
+        ack=fleet_pb2.SessionAck(telemetry_seq=seq, controller_time_ms=int(time.time() * 1000))
+    )
 
 
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:

@@ -311,11 +311,21 @@ class Presence(_message.Message):
     current_variant_id: str
     def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[PresenceState, str]] = ..., current_variant_id: _Optional[str] = ...) -> None: ...
 
+class SessionAck(_message.Message):
+    __slots__ = ("telemetry_seq", "controller_time_ms")
+    TELEMETRY_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    telemetry_seq: int
+    controller_time_ms: int
+    def __init__(self, telemetry_seq: _Optional[int] = ..., controller_time_ms: _Optional[int] = ...) -> None: ...
+
 class ControllerMessage(_message.Message):
-    __slots__ = ("command",)
+    __slots__ = ("command", "ack")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     command: Command
-    def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
+    ack: SessionAck
+    def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ..., ack: _Optional[_Union[SessionAck, _Mapping]] = ...) -> None: ...
 
 class ArtifactRequest(_message.Message):
     __slots__ = ("device_id", "sha256", "offset", "chunk_size")
