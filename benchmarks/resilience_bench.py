@@ -4,12 +4,14 @@
    model meets, so B's health check fails. The figure is the time from the failed check
    to A serving again, and the time B served in all (health check plus rollback), watched
    by a thread that runs inference throughout and counts failed requests.
-2. Outage: an agent sends telemetry to a gRPC FleetService on loopback; the server stops
-   for ``--outage-s`` seconds and starts again on the same port. The figure is how many
-   samples sampled during the run reached the server, and how many were lost or dropped.
+2. Outage: an agent sends telemetry to a gRPC FleetService on loopback through a TCP
+   proxy. For ``--outage-s`` seconds the proxy forwards nothing and accepts no connection,
+   but keeps the open one open, as a cut cable or a dead NAT mapping would: the agent only
+   notices through gRPC keepalive. The figure is how many samples taken during the run
+   reached the server, and how many were lost or dropped.
 
 Writes the "Agent rollback and offline telemetry" section of ``docs/benchmarks.md``.
-The FleetService is the test suite's loopback server (``tests/agent/agent_support.py``).
+The FleetService and the proxy are the test suite's (``tests/agent/*_support.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests" / "agent"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_support import FleetServer, build_affine_model, build_manifest  # noqa: E402
+from fault_support import BlackholeProxy  # noqa: E402
 from fleet_bench import replace_section  # noqa: E402
 
 from edgefleet.agent.daemon import Agent, AgentConfig  # noqa: E402
@@ -52,7 +55,7 @@ GOAL_ROLLBACK_S = 5.0
 def start_agent(fleet: FleetServer, state_dir: Path, **overrides) -> tuple[Agent, threading.Thread]:
     profile = parse_profile({**PROFILE, **overrides.pop("profile", {})})
     config = AgentConfig(
-        controller=fleet.target,
+        controller=overrides.pop("controller", fleet.target),
         device_id="bench-0001",
         profile=profile,
         state_dir=state_dir,
@@ -178,16 +181,23 @@ class _Watcher(threading.Thread):
 def measure_outage(work: Path, *, outage_s: float, interval_s: float) -> dict:
     fleet = FleetServer()
     fleet.start()
-    agent, thread = start_agent(fleet, work / "outage", telemetry_interval_s=interval_s)
+    proxy = BlackholeProxy(fleet.port)
+    agent, thread = start_agent(
+        fleet,
+        work / "outage",
+        telemetry_interval_s=interval_s,
+        controller=f"127.0.0.1:{proxy.port}",
+    )
     fleet.servicer.telemetry_interval_s = interval_s
     try:
         wait_until(lambda: len(fleet.servicer.of_kind("telemetry")) >= 5, 60, "telemetry")
-        fleet.stop()
+        proxy.cut()
         started = time.monotonic()
         time.sleep(outage_s)
-        fleet.start()
+        detected = not agent.connected.is_set()
+        proxy.restore()
         outage_measured_s = time.monotonic() - started
-        wait_until(lambda: fleet.servicer.open_sessions, 120, "reconnect")
+        wait_until(lambda: agent.connected.is_set(), 120, "reconnect")
         reconnected = time.monotonic()
         reconnected_ms = time.time() * 1000
 
@@ -206,15 +216,17 @@ def measure_outage(work: Path, *, outage_s: float, interval_s: float) -> dict:
         fleet.stop()
     samples = fleet.servicer.of_kind("telemetry")
     last_seq = min(s.seq for s in samples if s.sampled_at_ms > reconnected_ms + 1000)
-    seqs = sorted({s.seq for s in samples if s.seq <= last_seq})
+    received = [s.seq for s in samples if s.seq <= last_seq]
     expected = set(range(1, last_seq + 1))
-    missing = sorted(expected - set(seqs))
-    dropped = max((s.dropped_samples for s in fleet.servicer.of_kind("telemetry")), default=0)
+    missing = sorted(expected - set(received))
+    dropped = max((s.dropped_samples for s in samples), default=0)
     return {
         "outage_s": outage_measured_s,
+        "detected": detected,
         "interval_s": interval_s,
         "sampled": len(expected),
-        "received": len(seqs),
+        "received": len(set(received)),
+        "duplicates": len(received) - len(set(received)),
         "missing": missing,
         "dropped_reported": dropped,
         "drain_s": drained_s,
@@ -252,15 +264,19 @@ The goal is under {GOAL_ROLLBACK_S:.0f} s. A keeps its onnxruntime session in me
 B commits, so the rollback is a swap under a lock. Inference requests during the runs:
 {rollback["requests"]}, of which {rollback["failed_requests"]} failed.
 
-**Telemetry across a {outage["outage_s"]:.0f} s outage.** The server stops and starts
-again on the same port. The telemetry interval is shortened to {outage["interval_s"]} s
-(the default is 1 s) so that the outage fills the backlog faster.
+**Telemetry across a {outage["outage_s"]:.0f} s outage.** A TCP proxy between the agent
+and the server drops all traffic and refuses new connections, but keeps the open
+connection open, as a cut cable would, so only keepalive can tell the agent
+(detected within the outage: {"yes" if outage["detected"] else "no"}). The telemetry
+interval is shortened to {outage["interval_s"]} s (the default is 1 s) so that the outage
+fills the backlog faster.
 
 | figure | value |
 |---|---|
 | samples taken | {outage["sampled"]} |
 | samples received | {outage["received"]} |
 | samples missing | {len(missing)} ({missing_text}) |
+| samples received twice | {outage["duplicates"]} |
 | drops reported by the agent | {outage["dropped_reported"]} |
 | backlog bound | {outage["bound"]} samples |
 | time to drain after the reconnect | {drain} |

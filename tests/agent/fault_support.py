@@ -1,5 +1,5 @@
 """Helpers for fault-injection tests: an agent that kills itself in a chosen update state,
-signed manifests, and a download server that cuts or corrupts transfers.
+signed manifests, and a TCP proxy that turns a connection half-open.
 
 Run as a script, this module starts an agent whose update steps SIGKILL the process right
 after the chosen state is written to disk, the way a power cut would stop the device::
@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +64,53 @@ def trust_key(state_dir: Path, key: Ed25519PrivateKey) -> None:
 
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     write_trusted_key(state_dir, raw)
+
+
+class BlackholeProxy:
+    """A TCP proxy on loopback whose ``cut`` drops all traffic and refuses connections."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = ("127.0.0.1", upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._cut = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def restore(self) -> None:
+        # The far end gave up on the old connections long ago, so they end now.
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+        self._cut.clear()
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self._listener.accept()
+            if self._cut.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self._upstream)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if not self._cut.is_set():
+                    target.sendall(data)
+        except OSError:
+            pass  # closed by restore() or by the other side
+        finally:
+            source.close()
+            target.close()
 
 
 def _run_until_killed(config_path: str, state_name: str) -> None:

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from agent_support import FleetServicer, build_affine_model, build_manifest, wait_for
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fault_support import HOUR_MS, sign_command, trust_key
+from fault_support import HOUR_MS, BlackholeProxy, sign_command, trust_key
 
 from edgefleet.agent.daemon import Agent, AgentConfig
 from edgefleet.agent.download import fetch_artifact, verify_artifact
@@ -515,3 +515,31 @@ def test_agent_keeps_reconnecting_until_controller_appears(agents, tmp_path):
         assert first == 1
     finally:
         server.stop()
+
+
+def test_half_open_connection_detected_and_resent(fleet, agents, tmp_path):
+    proxy = BlackholeProxy(fleet.port)
+    settings = agent_settings(f"127.0.0.1:{proxy.port}", tmp_path / "state", PROFILE)
+    running = agents(settings)
+    wait_for(lambda: len(fleet.servicer.of_kind("telemetry")) >= 3, description="telemetry")
+
+    # Traffic stops but the connection stays open: only keepalive can notice.
+    proxy.cut()
+    cut_at = time.monotonic()
+    wait_for(lambda: not running.agent.connected.is_set(), timeout_s=45, description="detection")
+    detected_s = time.monotonic() - cut_at
+    proxy.restore()
+    wait_for(lambda: running.agent.connected.is_set(), timeout_s=20, description="reconnect")
+    reconnected_ms = time.time() * 1000
+    wait_for(
+        lambda: any(s.sampled_at_ms > reconnected_ms for s in fleet.servicer.of_kind("telemetry")),
+        timeout_s=20,
+        description="backlog sent",
+    )
+
+    assert detected_s < 35, f"half-open connection noticed after {detected_s:.1f} s"
+    samples = fleet.servicer.of_kind("telemetry")
+    last = min(s.seq for s in samples if s.sampled_at_ms > reconnected_ms)
+    received = {s.seq for s in samples}
+    missing = sorted(set(range(1, last + 1)) - received)
+    assert missing == [], f"samples lost in the half-open connection: {missing}"

@@ -29,6 +29,13 @@ def test_keepalive_runs_without_calls_on_both_ends():
     assert client["grpc.http2.max_pings_without_data"] == 0
 
 
+def test_unanswered_ping_times_out_at_keepalive_timeout():
+    client = dict(limits.CHANNEL_OPTIONS)
+
+    # gRPC's own ping timeout (60 s) would otherwise decide when a half-open link is noticed.
+    assert client["grpc.http2.ping_timeout_ms"] == limits.KEEPALIVE_TIMEOUT_MS
+
+
 def test_half_open_connection_detected_within_a_minute():
     grpc_detection_s = (limits.KEEPALIVE_TIME_MS + limits.KEEPALIVE_TIMEOUT_MS) / 1000
     # The broker drops a silent MQTT client after 1.5 x keepalive (MQTT 3.1.1, 3.1.2.10).
