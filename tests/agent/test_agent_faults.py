@@ -543,3 +543,56 @@ def test_half_open_connection_detected_and_resent(fleet, agents, tmp_path):
     received = {s.seq for s in samples}
     missing = sorted(set(range(1, last + 1)) - received)
     assert missing == [], f"samples lost in the half-open connection: {missing}"
+
+
+# -- full disk ----------------------------------------------------------------------------
+
+needs_dev_full = pytest.mark.skipif(
+    not Path("/dev/full").exists(), reason="needs /dev/full to produce ENOSPC"
+)
+
+
+@needs_dev_full
+def test_full_disk_fails_deployment_and_keeps_model(fleet, agents, tmp_path):
+    state_dir = tmp_path / "state"
+    old = preinstall(state_dir, 2.0, 1.0)
+    new = publish(fleet, 3.0, 0.5)
+    # Writes to /dev/full fail with ENOSPC, as on a full disk.
+    AgentStore(state_dir).part_path(new.sha256).symlink_to("/dev/full")
+    running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+    wait_for(lambda: fleet.servicer.open_sessions, description="session")
+
+    fleet.servicer.send(command("cmd-1", deploy_of(new)))
+    wait_for(lambda: final_statuses(fleet, "dep-1"), description="final status")
+
+    status = final_statuses(fleet, "dep-1")[-1]
+    assert status.state == FAILED
+    assert "no space left on device" in status.message
+    assert str(state_dir / "downloads") in status.message
+    assert_serves_verified(running.agent, old)
+    assert running.thread.is_alive()
+
+
+@needs_dev_full
+def test_mqtt_transfer_full_disk_raises_storage_error(tmp_path):
+    from edgefleet.agent.errors import StorageError
+
+    data = random.Random(3).randbytes(CUT_ARTIFACT_BYTES)
+    sha256 = hashlib.sha256(data).hexdigest()
+    part = tmp_path / f"{sha256}.part"
+    part.symlink_to("/dev/full")
+    box: list = []
+    publish_request, lost = _serve_chunks(box, data, sha256, None)
+    box.append(
+        ChunkFetcher(
+            publish_request=publish_request,
+            connection_lost=lost,
+            lost_message=lambda: "broker connection lost",
+            chunk_bytes=CUT_CHUNK_BYTES,
+        )
+    )
+
+    with pytest.raises(StorageError, match="no space left on device"):
+        box[0].fetch(part, device_id="pi-0001", sha256=sha256, size_bytes=len(data))
+
+    assert not part.is_symlink()
