@@ -1,6 +1,6 @@
 """Bounded queues of messages waiting for the session stream to send them.
 
-``Outbox`` keeps them in memory (the fleet simulator uses it); ``DiskOutbox`` keeps them in
+``Outbox`` keeps them in memory, for the fleet simulator. ``DiskOutbox`` keeps them in
 SQLite, so telemetry sampled during an outage or before a restart is sent afterwards.
 """
 
@@ -93,6 +93,7 @@ class DiskOutbox:
             raise ValueError(f"max_samples must be at least 1, got {max_samples}")
         self._max_samples = max_samples
         self._ready = threading.Condition()
+        self._closed = False
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             # WAL with synchronous=NORMAL survives an agent crash. A power cut may lose the
@@ -194,9 +195,12 @@ class DiskOutbox:
 
     def close(self) -> None:
         with self._ready:
+            self._closed = True
             self._db.close()
 
     def _oldest(self) -> tuple[int, int | None, bytes] | None:
+        if self._closed:
+            return None  # a sender still draining while the agent shuts down
         return self._db.execute(
             "SELECT id, seq, body FROM backlog WHERE in_flight = 0 ORDER BY id LIMIT 1"
         ).fetchone()
