@@ -93,7 +93,7 @@ def load_dataset(path: str | Path) -> Dataset:
             # numpy refuses object arrays without allow_pickle, which is never set: an
             # object array is a pickle, and unpickling a file can run arbitrary code.
             raise DatasetError(
-                f"dataset {path} holds pickled object arrays, and edgefleet never unpickles "
+                f"dataset {path} contains pickled object arrays, and edgefleet never unpickles "
                 "data; store numeric arrays only (numpy.savez with numeric dtypes)"
             ) from None
         raise DatasetError(

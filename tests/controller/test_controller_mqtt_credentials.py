@@ -131,7 +131,7 @@ def test_device_confined_to_own_topics(
     assert controller.registry.count_telemetry("dev-b") == 0
 
 
-def test_wrong_password_refused(broker: MosquittoBroker, enrolled: dict[str, str]) -> None:
+def test_wrong_password_rejected(broker: MosquittoBroker, enrolled: dict[str, str]) -> None:
     probe = _probe(broker, "dev-a", enrolled["dev-b"])
     try:
         assert probe.connack.is_failure
