@@ -250,7 +250,8 @@ def render(rollback: dict, outage: dict, load: str) -> str:
     return f"""## Agent rollback and offline telemetry
 
 Measured by `benchmarks/resilience_bench.py` on loopback, with the test suite's gRPC
-FleetService and a real agent in the same process. Load average at the start: {load}.
+FleetService and a real agent in the same process, on a 2-core machine shared with other
+jobs (load average at the start: {load}).
 
 **Rollback after a failed health check** ({rollback["rounds"]} rounds). The device serves
 variant A, then receives variant B under a latency budget of 1e-6 ms, which no model meets.
@@ -261,7 +262,8 @@ variant A, then receives variant B under a latency budget of 1e-6 ms, which no m
 {served_row}
 
 The goal is under {GOAL_ROLLBACK_S:.0f} s. A keeps its onnxruntime session in memory until
-B commits, so the rollback is a swap under a lock. Inference requests during the runs:
+B commits, so the rollback is a swap under a lock. The figure also includes writing the
+state file (with fsync) and queueing the status. Inference requests during the runs:
 {rollback["requests"]}, of which {rollback["failed_requests"]} failed.
 
 **Telemetry across a {outage["outage_s"]:.0f} s outage.** A TCP proxy between the agent
