@@ -24,9 +24,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/edgefleet demo
 
-# The MQTT tests start their own Mosquitto broker on a loopback port.
+# The MQTT tests start their own Mosquitto broker on a loopback port; the device clock
+# test runs an agent under libfaketime.
 broker:
 	command -v mosquitto >/dev/null || (apt-get update && apt-get install -y mosquitto)
+	command -v faketime >/dev/null || (apt-get update && apt-get install -y faketime)
 
 # The dashboard tests drive Debian's Chromium through playwright; playwright's own browser
 # download is not used, so the tests run offline.
@@ -44,6 +46,8 @@ bench: $(STAMP) broker
 	$(BIN)/python benchmarks/compress_bench.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/api_bench.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/scale_bench.py --out docs/benchmarks.md
+	# Holds the controller down for 10 minutes of wall time.
+	$(BIN)/python benchmarks/resilience_bench.py --out docs/benchmarks.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src agent compress controller protos tests benchmarks examples

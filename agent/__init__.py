@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from edgefleet.agent.daemon import Agent, AgentConfig
     from edgefleet.agent.deploy import Deployer
     from edgefleet.agent.download import fetch_artifact, verify_artifact
+    from edgefleet.agent.enroll import EnrollmentFailed, enroll
     from edgefleet.agent.errors import (
         AgentError,
         ArtifactError,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         SelfTestError,
         StorageError,
     )
+    from edgefleet.agent.identity import DeviceIdentity
     from edgefleet.agent.latency import LatencyRecorder, LatencyWindow
     from edgefleet.agent.runtime import InferenceResult, LoadedModel, ModelRuntime
     from edgefleet.agent.server import InferenceServer
@@ -36,6 +38,13 @@ if TYPE_CHECKING:
     from edgefleet.agent.telemetry import TelemetrySampler
     from edgefleet.agent.tensors import array_to_tensor, tensor_to_array
     from edgefleet.agent.transport import ControllerClient
+    from edgefleet.agent.trust import (
+        Manifest,
+        ManifestRejected,
+        RejectReason,
+        load_trusted_keys,
+        verify_manifest,
+    )
     from edgefleet.agent.update import UpdateEvent, UpdateState
 
 __all__ = [
@@ -49,16 +58,21 @@ __all__ = [
     "ControllerClient",
     "ControllerUnavailable",
     "Deployer",
+    "DeviceIdentity",
+    "EnrollmentFailed",
     "InferenceInputError",
     "InferenceResult",
     "InferenceServer",
     "LatencyRecorder",
     "LatencyWindow",
     "LoadedModel",
+    "Manifest",
+    "ManifestRejected",
     "ModelLoadError",
     "ModelRuntime",
     "NoModelError",
     "RegistrationRejected",
+    "RejectReason",
     "SelfTestError",
     "StorageError",
     "TelemetrySampler",
@@ -66,11 +80,14 @@ __all__ = [
     "UpdateRecord",
     "UpdateState",
     "array_to_tensor",
+    "enroll",
     "fetch_artifact",
+    "load_trusted_keys",
     "measure_reference",
     "reference_sha256",
     "tensor_to_array",
     "verify_artifact",
+    "verify_manifest",
 ]
 
 # Exported name -> module of edgefleet.agent that defines it.
@@ -85,16 +102,21 @@ _MODULE_OF = {
     "ControllerClient": "transport",
     "ControllerUnavailable": "errors",
     "Deployer": "deploy",
+    "DeviceIdentity": "identity",
+    "EnrollmentFailed": "enroll",
     "InferenceInputError": "errors",
     "InferenceResult": "runtime",
     "InferenceServer": "server",
     "LatencyRecorder": "latency",
     "LatencyWindow": "latency",
     "LoadedModel": "runtime",
+    "Manifest": "trust",
+    "ManifestRejected": "trust",
     "ModelLoadError": "errors",
     "ModelRuntime": "runtime",
     "NoModelError": "errors",
     "RegistrationRejected": "errors",
+    "RejectReason": "trust",
     "SelfTestError": "errors",
     "StorageError": "errors",
     "TelemetrySampler": "telemetry",
@@ -102,11 +124,14 @@ _MODULE_OF = {
     "UpdateRecord": "store",
     "UpdateState": "update",
     "array_to_tensor": "tensors",
+    "enroll": "enroll",
     "fetch_artifact": "download",
+    "load_trusted_keys": "trust",
     "measure_reference": "calibration",
     "reference_sha256": "calibration",
     "tensor_to_array": "tensors",
     "verify_artifact": "download",
+    "verify_manifest": "trust",
 }
 
 

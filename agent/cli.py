@@ -96,17 +96,28 @@ def run(
         configure_logging(log_format, defaults={"device_id": device_id})
     from edgefleet.agent.daemon import Agent, AgentConfig
     from edgefleet.agent.errors import StorageError
+    from edgefleet.agent.identity import DeviceIdentity
     from edgefleet.agent.transport import TransportKind
     from edgefleet.errors import InvalidInputError
     from edgefleet.profiles import load_profile
 
     try:
         kind = _transport_kind(transport, controller=controller, broker=broker)
+        identity = DeviceIdentity.load(state_dir)
+        if identity is None:
+            logger.warning(
+                "%s contains no enrolled identity, so the agent connects without TLS and "
+                "accepts unsigned manifests; run `edgefleet enroll` for a production device",
+                state_dir,
+            )
         settings = None
         if kind is TransportKind.MQTT:
             from edgefleet.protos.mqtt import BrokerSettings
 
             assert broker is not None  # checked by _transport_kind
+            if mqtt_password_file is None and identity is not None and identity.mqtt_password:
+                # Broker credentials that the controller issued at enrollment.
+                mqtt_password_file = identity.directory / "mqtt-password"
             settings = BrokerSettings.from_options(
                 broker,
                 username=mqtt_username or device_id,
@@ -124,6 +135,7 @@ def run(
             telemetry_interval_s=telemetry_interval,
             transport=kind,
             broker=settings,
+            identity=identity if kind is TransportKind.GRPC else None,
         )
         agent = Agent(config)
     except (InvalidInputError, StorageError) as exc:
@@ -159,3 +171,36 @@ def _transport_kind(transport: str, *, controller: str | None, broker: str | Non
     if kind is TransportKind.MQTT and broker is None:
         raise InvalidInputError("--transport mqtt needs --broker mqtt://HOST:PORT")
     return kind
+
+
+def enroll_command(
+    controller: Annotated[str, typer.Option(help="The controller's enrollment port as HOST:PORT.")],
+    token: Annotated[
+        str, typer.Option(help="One-time token from `edgefleet controller token create`.")
+    ],
+    device_id: Annotated[
+        str, typer.Option(help="Stable id of this device: 1-64 of A-Z a-z 0-9 . _ -")
+    ],
+    state_dir: Annotated[
+        Path, typer.Option(help="The agent's state directory; the identity goes in trust/.")
+    ],
+    force: Annotated[
+        bool, typer.Option(help="Replace an identity the state directory already contains.")
+    ] = False,
+) -> None:
+    """Enroll this device: trade a one-time token for a certificate and trusted keys."""
+    from edgefleet.agent.enroll import EnrollmentFailed, enroll
+    from edgefleet.errors import InvalidInputError
+
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    try:
+        identity = enroll(
+            controller, token=token, device_id=device_id, state_dir=state_dir, force=force
+        )
+    except InvalidInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except EnrollmentFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"enrolled {identity.device_id}; identity stored in {identity.directory}")

@@ -3,7 +3,7 @@
 Threads, and what each one owns:
 
 - the caller of ``Agent.run``: registration, the session stream's responses and reconnects;
-- ``telemetry``: one per session, queues a sample every interval into the outbox;
+- ``telemetry``: queues a sample every interval into the on-disk outbox, online or not;
 - ``deploy``: applies deploy commands one at a time, so the session keeps flowing while a
   model downloads and loads;
 - the transport's sender drains the outbox into the session: gRPC's request thread, or
@@ -22,7 +22,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnxruntime as ort
@@ -39,8 +39,9 @@ from edgefleet.agent.errors import (
     SelfTestError,
     StorageError,
 )
+from edgefleet.agent.identity import DeviceIdentity
 from edgefleet.agent.latency import LatencyRecorder
-from edgefleet.agent.outbox import Outbox
+from edgefleet.agent.outbox import MAX_BACKLOG_SAMPLES, DiskOutbox
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.server import InferenceServer
 from edgefleet.agent.store import AgentStore, write_json_atomic
@@ -66,6 +67,8 @@ _TARGET = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})")
 # Telemetry intervals the agent accepts, from the command line or from the controller.
 MIN_TELEMETRY_INTERVAL_S = 0.05
 MAX_TELEMETRY_INTERVAL_S = 3600.0
+# Skew beyond this is logged; telemetry is corrected whatever the skew.
+CLOCK_SKEW_WARNING_MS = 2000
 # How often blocked loops check whether the session closed or the agent is stopping.
 _POLL_S = 0.2
 
@@ -85,8 +88,13 @@ class AgentConfig:
     reconnect_max_s: float = 10.0
     calibration_duration_s: float = 1.0
     download_timeout_s: float = 900.0
+    # Telemetry samples kept while offline, and how fast a backlog is sent after a reconnect.
+    backlog_samples: int = MAX_BACKLOG_SAMPLES
+    backlog_rate_per_s: float = 50.0
     transport: TransportKind = TransportKind.GRPC
     broker: BrokerSettings | None = None  # required by the MQTT transport
+    # Enrolled identity (mutual TLS to the controller); None connects in plaintext.
+    identity: DeviceIdentity | None = None
 
     def __post_init__(self) -> None:
         validate_device_id(self.device_id)
@@ -100,6 +108,14 @@ class AgentConfig:
                 raise InvalidInputError(
                     f"invalid controller address {self.controller!r}: expected HOST:PORT"
                 )
+        if self.backlog_samples < 1:
+            raise InvalidInputError(
+                f"backlog_samples must be at least 1, got {self.backlog_samples}"
+            )
+        if not math.isfinite(self.backlog_rate_per_s) or self.backlog_rate_per_s <= 0:
+            raise InvalidInputError(
+                f"backlog_rate_per_s must be a positive number, got {self.backlog_rate_per_s}"
+            )
         if not 0 <= self.api_port < 65536:
             raise InvalidInputError(f"invalid API port {self.api_port}: expected 0-65535")
         _check_interval(self.telemetry_interval_s, "telemetry interval")
@@ -114,6 +130,11 @@ class AgentConfig:
             if not math.isfinite(value) or value <= 0:
                 raise InvalidInputError(f"{name} must be a positive number of seconds, got {value}")
         object.__setattr__(self, "state_dir", Path(self.state_dir))
+        if self.identity is not None and self.identity.device_id != self.device_id:
+            raise InvalidInputError(
+                f"the state directory is enrolled as device {self.identity.device_id!r}, "
+                f"not {self.device_id!r}; use that device id or enroll again"
+            )
 
     @property
     def peer(self) -> str:
@@ -129,14 +150,16 @@ class AgentConfig:
 
             assert self.broker is not None  # checked in __post_init__
             return MqttConnection(self.broker, self.device_id)
-        return ControllerClient(self.controller)
+        return ControllerClient(self.controller, identity=self.identity)
 
 
 class Agent:
     """One device agent; ``run`` blocks until ``stop`` is called from another thread or a signal."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, clock: Callable[[], float] = time.time) -> None:
+        """Create the agent; ``clock`` returns the device's Unix time (tests set it to 1970)."""
         self.config = config
+        self._clock = clock
         self.store = AgentStore(config.state_dir)
         self.store.claim()
         self.latency = LatencyRecorder()
@@ -153,7 +176,16 @@ class Agent:
         self.connected = threading.Event()
 
         self._stopping = threading.Event()
-        self._outbox = Outbox()
+        self._outbox = DiskOutbox(
+            config.state_dir / "outbox.sqlite3", max_samples=config.backlog_samples
+        )
+        # Whether the controller sends telemetry receipts (SessionAck or MQTT PUBACK).
+        self._receipts_seen = False
+        # Controller clock minus device clock, from the last registration; None before it.
+        self.clock_offset_ms: int | None = None
+        self._telemetry_thread = threading.Thread(
+            target=self._telemetry_loop, name="telemetry", daemon=True
+        )
         self._commands: queue.Queue[fleet_pb2.Command | None] = queue.Queue()
         self._queued_ids: set[str] = set()
         self._lock = threading.Lock()
@@ -166,8 +198,10 @@ class Agent:
             report=self._queue_status,
             client=lambda: self._client,
             stopping=self._stopping,
+            latency_budget_ms=config.profile.latency_budget_ms,
             download_timeout_s=config.download_timeout_s,
             backoff=self._new_backoff,
+            clock=clock,
         )
         self._deploy_thread = threading.Thread(target=self._deploy_loop, name="deploy", daemon=True)
 
@@ -217,6 +251,7 @@ class Agent:
             self.calibration.runs,
         )
         self._deploy_thread.start()
+        self._telemetry_thread.start()
 
     def _check_profile_matches_host(self) -> None:
         # Only a warning: simulated fleets run profiles of other boards on one host.
@@ -241,6 +276,8 @@ class Agent:
     def _shutdown(self) -> None:
         self._commands.put(None)
         self._deploy_thread.join(timeout=30)
+        self._telemetry_thread.join(timeout=10)
+        self._outbox.close()
         self.server.stop()
         (self.store.root / "agent.json").unlink(missing_ok=True)
         self.store.release()
@@ -261,7 +298,6 @@ class Agent:
             if sha256 != state.current:
                 self._report_startup_rollback(state.current, manifest.variant_id)
             break
-        self._report_interrupted_update()
 
     def _report_startup_rollback(self, failed_sha256: str | None, restored_variant: str) -> None:
         self.store.roll_back()
@@ -272,32 +308,6 @@ class Agent:
                 state=UpdateState.ROLLED_BACK.to_proto(),
                 message=f"model {failed_sha256} failed to load at startup; "
                 f"serving the previous variant {restored_variant}",
-                reported_at_ms=int(time.time() * 1000),
-            )
-        )
-
-    def _report_interrupted_update(self) -> None:
-        update = self.store.state.update
-        if update is None or update.state.terminal:
-            return
-        message = f"interrupted in state {update.state.value} by an agent restart"
-        # The record stays, marked FAILED, so its load attempt count survives until the
-        # controller re-sends the deployment.
-        self.store.record_update(dataclasses.replace(update, state=UpdateState.FAILED))
-        logger.warning(
-            "deployment %s %s",
-            update.deployment_id,
-            message,
-            extra={"deployment_id": update.deployment_id},
-        )
-        self._queue_status(
-            fleet_pb2.DeploymentStatus(
-                device_id=self.config.device_id,
-                deployment_id=update.deployment_id,
-                variant_id=update.variant_id,
-                state=UpdateState.FAILED.to_proto(),
-                message=message,
-                previous_variant_id=self.runtime.variant_id,
                 reported_at_ms=int(time.time() * 1000),
             )
         )
@@ -335,6 +345,7 @@ class Agent:
             self._stopping.wait(delay)
 
     def _register(self, client: ControllerConnection) -> None:
+        sent_at = self._clock()
         response = client.register(
             fleet_pb2.RegisterRequest(
                 device_id=self.config.device_id,
@@ -345,6 +356,7 @@ class Agent:
                 current_variant_id=self.runtime.variant_id,
             )
         )
+        self._measure_clock_skew(response.controller_time_ms, sent_at, self._clock())
         if response.telemetry_interval_s:
             try:
                 self._set_telemetry_interval(response.telemetry_interval_s)
@@ -359,16 +371,33 @@ class Agent:
             response.profile_fingerprint,
         )
 
+    def _measure_clock_skew(self, controller_ms: int, sent_at: float, received_at: float) -> None:
+        """Compare the device clock with the controller's, assuming a symmetric round trip."""
+        if not controller_ms:
+            return  # a controller that does not send its time
+        offset_ms = int(controller_ms - (sent_at + received_at) * 500)
+        if abs(offset_ms) > CLOCK_SKEW_WARNING_MS:
+            logger.warning(
+                "device clock is off by %.1f s from the controller's; correcting telemetry "
+                "timestamps",
+                offset_ms / 1000,
+            )
+        self.clock_offset_ms = offset_ms
+        try:
+            self.store.raise_time_floor(controller_ms)
+        except StorageError as exc:
+            logger.warning("cannot record the controller time: %s", exc)
+
+    def _device_time_ms(self) -> int:
+        """Return the device time in Unix ms, corrected by the last measured skew."""
+        return int(self._clock() * 1000) + (self.clock_offset_ms or 0)
+
     def _run_session(self, client: ControllerConnection) -> None:
         closed = threading.Event()
         call = client.open_session(self._outgoing(closed))
         self._call = call
         if self._stopping.is_set():
             call.cancel()
-        telemetry = threading.Thread(
-            target=self._telemetry_loop, args=(closed,), name="telemetry", daemon=True
-        )
-        telemetry.start()
         self.connected.set()
         try:
             for message in call:
@@ -380,7 +409,18 @@ class Agent:
             closed.set()
             call.cancel()
             self._call = None
-            telemetry.join()
+            self._settle_in_flight()
+
+    def _settle_in_flight(self) -> None:
+        """Send again, on the next session, the samples this one sent without a receipt."""
+        if self._receipts_seen:
+            resent = self._outbox.requeue()
+            if resent:
+                logger.info("%d telemetry samples had no receipt; sending them again", resent)
+        else:
+            # A controller that sends no receipts would receive every sample again after
+            # each reconnect, so samples count as delivered once sent.
+            self._outbox.forget_in_flight()
 
     def _outgoing(self, closed: threading.Event) -> Iterator[fleet_pb2.AgentMessage]:
         yield fleet_pb2.AgentMessage(
@@ -388,29 +428,57 @@ class Agent:
                 device_id=self.config.device_id, current_variant_id=self.runtime.variant_id
             )
         )
+        # The backlog of an outage goes out at a bounded rate, so that a fleet reconnecting
+        # at once does not flood the controller.
+        spacing_s = 1.0 / self.config.backlog_rate_per_s
+        next_send = time.monotonic()
         while not closed.is_set():
-            message = self._outbox.get(_POLL_S)
+            wait_s = next_send - time.monotonic()
+            if wait_s > 0 and closed.wait(wait_s):
+                return
+            message = self._outbox.get(_POLL_S, keep_in_flight=self._receipts_seen)
             if message is None:
                 continue
             if closed.is_set():
                 # The stream closed while this call waited, so the next session sends it.
                 self._outbox.put_back(message)
                 return
+            self._fix_timestamp(message)
+            next_send = max(next_send + spacing_s, time.monotonic() - 1.0)
             yield message
 
-    def _telemetry_loop(self, closed: threading.Event) -> None:
-        while not closed.wait(self.telemetry_interval_s):
+    def _fix_timestamp(self, message: fleet_pb2.AgentMessage) -> None:
+        # A sample taken before this process measured the skew carries the raw device
+        # clock. One that reads earlier than a controller time already seen (a clock reset
+        # to 1970, say) is corrected with the skew measured since.
+        # NOTE: this assumes the clock did not jump between sampling and sending.
+        if not message.HasField("telemetry") or self.clock_offset_ms is None:
+            return
+        sample = message.telemetry
+        if sample.sampled_at_ms < self.store.state.time_floor_ms - CLOCK_SKEW_WARNING_MS:
+            sample.sampled_at_ms += self.clock_offset_ms
+
+    def _telemetry_loop(self) -> None:
+        while not self._stopping.wait(self.telemetry_interval_s):
             try:
                 sample = self.sampler.sample()
             except OSError as exc:
                 logger.warning("failed to sample telemetry: %s", exc)
                 continue
+            sample.seq = self._outbox.next_seq()
+            sample.sampled_at_ms = self._device_time_ms()
+            sample.dropped_samples = self._outbox.dropped
             self._outbox.put(fleet_pb2.AgentMessage(telemetry=sample))
 
     # -- commands -----------------------------------------------------------------------
 
     def _handle(self, message: fleet_pb2.ControllerMessage) -> None:
-        if message.WhichOneof("body") != "command":
+        kind = message.WhichOneof("body")
+        if kind == "ack":
+            self._receipts_seen = True
+            self._outbox.acknowledge(message.ack.telemetry_seq)
+            return
+        if kind != "command":
             return
         command = message.command
         with self._lock:
@@ -441,6 +509,12 @@ class Agent:
         self.telemetry_interval_s = interval_s
 
     def _deploy_loop(self) -> None:
+        try:
+            self._deployer.resume()
+        except AgentError as exc:
+            logger.error("cannot resume the interrupted deployment: %s", exc)
+        except Exception:
+            logger.exception("resuming the interrupted deployment crashed")
         while (command := self._commands.get()) is not None:
             try:
                 self._deployer.deploy(command)

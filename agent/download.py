@@ -17,7 +17,12 @@ from pathlib import Path
 
 import grpc
 
-from edgefleet.agent.errors import ArtifactError, ControllerUnavailable, StorageError
+from edgefleet.agent.errors import (
+    ArtifactError,
+    ControllerUnavailable,
+    CorruptArtifactError,
+    StorageError,
+)
 from edgefleet.agent.transport import TRANSIENT_CODES
 from edgefleet.protos.limits import ARTIFACT_CHUNK_BYTES
 from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
@@ -99,7 +104,7 @@ def verify_artifact(part_path: Path, *, sha256: str, size_bytes: int) -> None:
         raise ArtifactError(f"downloaded artifact {sha256} is missing: {part_path}") from None
     if actual_size != size_bytes:
         part_path.unlink(missing_ok=True)
-        raise ArtifactError(
+        raise CorruptArtifactError(
             f"size mismatch for artifact {sha256}: expected {size_bytes} bytes, got {actual_size}"
         )
     digest = hashlib.sha256()
@@ -108,7 +113,7 @@ def verify_artifact(part_path: Path, *, sha256: str, size_bytes: int) -> None:
             digest.update(block)
     if digest.hexdigest() != sha256:
         part_path.unlink(missing_ok=True)
-        raise ArtifactError(
+        raise CorruptArtifactError(
             f"sha256 mismatch for artifact: expected {sha256}, got {digest.hexdigest()}"
         )
 
@@ -147,7 +152,7 @@ def check_chunk(
     if problem is None:
         return
     part_path.unlink(missing_ok=True)
-    raise ArtifactError(f"invalid chunk while downloading {sha256}: {problem}")
+    raise CorruptArtifactError(f"invalid chunk while downloading {sha256}: {problem}")
 
 
 def _translate_rpc_error(exc: grpc.RpcError, part_path: Path, sha256: str) -> Exception:

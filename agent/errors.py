@@ -4,7 +4,8 @@ gRPC, onnxruntime and operating-system errors are translated into this tree wher
 enter the agent::
 
     AgentError
-    ├── ArtifactError           a downloaded artifact is missing, truncated or fails its digest
+    ├── ArtifactError           the controller cannot provide an artifact, or it is missing
+    │   └── CorruptArtifactError    a chunk or the whole file fails its CRC-32, size or sha256
     ├── StorageError            the state directory cannot be written (disk full, permissions)
     ├── ModelLoadError          onnxruntime rejected a model file, or it does not match its manifest
     ├── SelfTestError           a model loaded but its outputs differ from the manifest's self-test
@@ -29,6 +30,10 @@ class AgentError(EdgefleetError):
 
 class ArtifactError(AgentError):
     """A downloaded artifact is missing, has the wrong size or fails its sha256 check."""
+
+
+class CorruptArtifactError(ArtifactError):
+    """A chunk or a downloaded file fails its CRC-32, size or sha256 check; fetch it again."""
 
 
 class StorageError(AgentError):

@@ -48,6 +48,8 @@ CONNECT_TIMEOUT_S = 10.0
 REPLY_TIMEOUT_S = 10.0
 # How long close() waits for the OFFLINE presence to reach the broker.
 _CLOSE_FLUSH_S = 2.0
+# How often a wait for a PUBACK checks whether the session ended.
+_PUBACK_POLL_S = 0.5
 # Reply statuses that name a problem with the request itself; retrying cannot help soon.
 _REJECTED_STATUSES = frozenset(
     {"INVALID_ARGUMENT", "FAILED_PRECONDITION", "PERMISSION_DENIED", "UNAUTHENTICATED"}
@@ -264,7 +266,7 @@ class MqttConnection:
         *,
         retain: bool = False,
         properties: Properties | None = None,
-    ) -> None:
+    ) -> paho.MQTTMessageInfo:
         if self._lost.is_set():
             raise ControllerUnavailable(self.lost_message())
         info = self._client.publish(
@@ -274,12 +276,16 @@ class MqttConnection:
             raise ControllerUnavailable(
                 f"publishing to broker {self.peer} failed: {paho.error_string(info.rc)}"
             )
+        return info
 
     def _publish_chunk_request(self, request: fleet_pb2.ArtifactRequest) -> None:
         self._publish(TopicKind.ARTIFACT_REQUEST, request.SerializeToString())
 
-    def publish_agent_message(self, message: fleet_pb2.AgentMessage) -> None:
-        """Publish one session message on its topic; raises ``ControllerUnavailable``."""
+    def publish_agent_message(self, message: fleet_pb2.AgentMessage) -> paho.MQTTMessageInfo | None:
+        """Publish one session message on its topic; raises ``ControllerUnavailable``.
+
+        Returns the publish's ``MQTTMessageInfo``, or ``None`` for a message not sent.
+        """
         kind = message.WhichOneof("body")
         if kind == "hello":
             online = fleet_pb2.Presence(
@@ -287,13 +293,12 @@ class MqttConnection:
                 state=fleet_pb2.PRESENCE_STATE_ONLINE,
                 current_variant_id=message.hello.current_variant_id,
             )
-            self._publish(TopicKind.PRESENCE, online.SerializeToString(), retain=True)
-            return
+            return self._publish(TopicKind.PRESENCE, online.SerializeToString(), retain=True)
         topic = _UP_TOPICS.get(kind or "")
         if topic is None:
             logger.warning("not sending a session message of unknown kind %s", kind)
-            return
-        self._publish(topic, getattr(message, kind).SerializeToString())
+            return None
+        return self._publish(topic, getattr(message, kind).SerializeToString())
 
     # -- paho callbacks (network thread) -------------------------------------------------
 
@@ -365,8 +370,11 @@ class _MqttSession:
         self.end(lost=False)
 
     def __iter__(self) -> Iterator[fleet_pb2.ControllerMessage]:
-        while (command := self._commands.get()) is not None:
-            yield fleet_pb2.ControllerMessage(command=command)
+        while (item := self._commands.get()) is not None:
+            if isinstance(item, fleet_pb2.ControllerMessage):
+                yield item  # a receipt made from a PUBACK
+            else:
+                yield fleet_pb2.ControllerMessage(command=item)
         if self._lost:
             raise ControllerUnavailable(self._connection.lost_message())
 
@@ -376,7 +384,25 @@ class _MqttSession:
             for message in outgoing:
                 if self._ended.is_set():
                     return
-                self._connection.publish_agent_message(message)
+                info = self._connection.publish_agent_message(message)
+                if info is not None and message.HasField("telemetry"):
+                    self._await_puback(info, message.telemetry.seq)
         except ControllerUnavailable as exc:
             logger.warning("session publishing stopped: %s", exc)
             self.end(lost=True)
+
+    def _await_puback(self, info: paho.MQTTMessageInfo, seq: int) -> None:
+        # The broker's PUBACK means it accepted the sample, so the agent may delete it from
+        # its backlog. Waiting for each PUBACK caps the rate at one sample per round trip
+        # to the broker, far above the backlog's drain rate.
+        # NOTE: the controller subscribes with clean_start, so a sample that reaches the
+        # broker while no controller is subscribed is acknowledged and then discarded.
+        while not info.is_published():
+            if self._ended.is_set():
+                return
+            try:
+                info.wait_for_publish(timeout=_PUBACK_POLL_S)
+            except (RuntimeError, ValueError):
+                return  # the connection dropped; the sample stays in the backlog
+        receipt = fleet_pb2.SessionAck(telemetry_seq=seq, controller_time_ms=0)
+        self._commands.put(fleet_pb2.ControllerMessage(ack=receipt))

@@ -23,7 +23,7 @@ from typing import BinaryIO
 from paho.mqtt.properties import Properties
 
 from edgefleet.agent.download import check_chunk, resume_offset, write_failure
-from edgefleet.agent.errors import ArtifactError, ControllerUnavailable
+from edgefleet.agent.errors import ArtifactError, ControllerUnavailable, CorruptArtifactError
 from edgefleet.protos.mqtt import reply_error
 from edgefleet.protos.v1 import fleet_pb2
 
@@ -159,7 +159,7 @@ class _Transfer:
     def _write(self, handle: BinaryIO, chunk: fleet_pb2.ArtifactChunk, offset: int) -> int:
         check_chunk(chunk, self._part_path, sha256=self._sha256, offset=offset, size=self._size)
         if not chunk.data:
-            raise ArtifactError(
+            raise CorruptArtifactError(
                 f"invalid chunk while downloading {self._sha256}: empty chunk at byte {offset}"
             )
         handle.write(chunk.data)
@@ -218,7 +218,8 @@ class _Transfer:
     def _on_crc_failure(self, chunk: fleet_pb2.ArtifactChunk) -> None:
         self._crc_failures += 1
         if self._crc_failures > MAX_CRC_FAILURES:
-            raise ArtifactError(
+            self._part_path.unlink(missing_ok=True)
+            raise CorruptArtifactError(
                 f"download of {self._sha256} failed: {self._crc_failures} chunks failed their "
                 "CRC-32 check"
             )

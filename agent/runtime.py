@@ -25,7 +25,14 @@ from edgefleet.agent.tensors import dtype_for_ort_type, dtype_for_tensor_type, t
 from edgefleet.errors import InvalidInputError
 from edgefleet.protos.v1 import fleet_pb2
 
-__all__ = ["InferenceResult", "LoadedModel", "ModelRuntime", "create_session"]
+__all__ = [
+    "HealthReport",
+    "InferenceResult",
+    "LoadedModel",
+    "ModelRuntime",
+    "check_health",
+    "create_session",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +163,15 @@ class ModelRuntime:
         logger.warning("rolled back to variant %s", restored.variant_id)
         return restored
 
+    def restore(self, model: LoadedModel | None) -> None:
+        """Serve ``model`` again (``None`` serves nothing); the replaced model is dropped."""
+        with self._lock:
+            self._current, self._previous = model, None
+        if model is None:
+            logger.warning("no model serves: there is no committed model to restore")
+        else:
+            logger.warning("restored variant %s", model.variant_id)
+
     def infer(self, inputs: Mapping[str, np.ndarray]) -> InferenceResult:
         """Run the serving model; raises ``NoModelError`` or ``InferenceInputError``."""
         model = self.current
@@ -220,7 +236,59 @@ def _check_manifest_matches(model: LoadedModel) -> None:
             )
 
 
-def _run_self_test(model: LoadedModel) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class HealthReport:
+    """Result of a health check: per-row latency of the self-test input over ``runs`` runs."""
+
+    runs: int
+    latency_p95_ms: float
+    latency_budget_ms: float
+
+    @property
+    def within_budget(self) -> bool:
+        return self.latency_p95_ms <= self.latency_budget_ms
+
+
+# Runs of the self-test input that the health check times. 20 runs put the p95 on the
+# second-slowest run, enough to catch a model that is several times over its budget.
+HEALTH_CHECK_RUNS = 20
+
+
+def check_health(
+    model: LoadedModel, *, latency_budget_ms: float, runs: int = HEALTH_CHECK_RUNS
+) -> HealthReport:
+    """Run the self-test on ``model`` and time it against the device's latency budget.
+
+    Raises ``SelfTestError`` when the outputs differ from the manifest's expected output,
+    or when the p95 latency per input row exceeds ``latency_budget_ms``.
+    """
+    feeds = _run_self_test(model)
+    rows = _batch_rows(feeds)
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        try:
+            model.session.run([model.output_names[0]], feeds)
+        except ORT_ERRORS as exc:
+            raise SelfTestError(
+                f"variant {model.variant_id}: health check run failed: {exc}"
+            ) from exc
+        timings.append((time.perf_counter() - started) * 1000.0 / rows)
+    report = HealthReport(
+        runs=runs,
+        latency_p95_ms=float(np.percentile(timings, 95)),
+        latency_budget_ms=latency_budget_ms,
+    )
+    if not report.within_budget:
+        raise SelfTestError(
+            f"variant {model.variant_id}: self-test p95 latency {report.latency_p95_ms:.3f} ms "
+            f"per row exceeds the device's budget of {latency_budget_ms:g} ms"
+        )
+    return report
+
+
+def _run_self_test(model: LoadedModel) -> dict[str, np.ndarray]:
+    """Check the manifest's self-test output; returns the feeds it used."""
     self_test = model.manifest.self_test
     if not model.manifest.HasField("self_test") or not self_test.HasField("input"):
         raise SelfTestError(f"variant {model.variant_id}: the manifest has no self-test")
@@ -249,6 +317,7 @@ def _run_self_test(model: LoadedModel) -> None:
             f"variant {model.variant_id}: self-test output differs from the expected output "
             f"by up to {worst:.6g} (rtol={rtol}, atol={atol})"
         )
+    return feeds
 
 
 def _prepare_feeds(model: LoadedModel, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -6,10 +6,14 @@ Layout under the state directory::
     models/<sha256>.json        the VariantManifest of each model (protobuf JSON)
     downloads/<sha256>.part     transfers in progress, resumed from their size
     state.json                  current and previous model, applied command ids, update record
+    committed.json              current and previous model only, the fallback for state.json
     agent.json                  pid and local API address, for tools on the device
 
 ``state.json`` is replaced atomically (temporary file, fsync, ``os.replace``), so a power
-cut leaves either the old or the new state on disk, never a torn file.
+cut leaves either the old or the new state on disk, never a torn file. A state file that is
+corrupt anyway (a failing SD card, a hand edit) must not leave the device without a model:
+the store then reads ``committed.json``, and failing that takes the most recently installed
+models in ``models/`` as current and previous.
 """
 
 from __future__ import annotations
@@ -51,14 +55,30 @@ class UpdateRecord:
     variant_id: str
     sha256: str
     state: UpdateState
-    load_attempts: int = 0
+    # Runs of this manifest so far, restarts included; the deployer gives up at a limit.
+    attempts: int = 0
+    # The DeployCommand as protobuf JSON, so that a restarted agent can resume the update.
+    command_json: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "state": self.state.value}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UpdateRecord:
-        return cls(**{**data, "state": UpdateState(data["state"])})
+        known = {field.name for field in dataclasses.fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        return cls(**{**values, "state": UpdateState(data["state"])})
+
+    def deploy_command(self) -> fleet_pb2.DeployCommand:
+        """Parse ``command_json``; raises ``StorageError`` when it is missing or invalid."""
+        command = fleet_pb2.DeployCommand()
+        try:
+            json_format.Parse(self.command_json, command)
+        except json_format.ParseError as exc:
+            raise StorageError(
+                f"update record of deployment {self.deployment_id} has an invalid command: {exc}"
+            ) from exc
+        return command
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,6 +89,10 @@ class AgentState:
     previous: str | None = None  # sha256 of the model served before it
     applied_command_ids: tuple[str, ...] = ()
     update: UpdateRecord | None = None
+    # Version of the last signed manifest accepted; an older one is a replay.
+    manifest_version: int | None = None
+    # Latest controller time seen (Unix ms): the device clock is never trusted below it.
+    time_floor_ms: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +101,8 @@ class AgentState:
             "previous": self.previous,
             "applied_command_ids": list(self.applied_command_ids),
             "update": self.update.to_dict() if self.update else None,
+            "manifest_version": self.manifest_version,
+            "time_floor_ms": self.time_floor_ms,
         }
 
     @classmethod
@@ -89,6 +115,8 @@ class AgentState:
             previous=_optional_sha(data.get("previous")),
             applied_command_ids=tuple(str(item) for item in data.get("applied_command_ids", [])),
             update=UpdateRecord.from_dict(update) if update else None,
+            manifest_version=data.get("manifest_version"),
+            time_floor_ms=int(data.get("time_floor_ms", 0)),
         )
 
 
@@ -100,6 +128,7 @@ class AgentStore:
         self.models_dir = self.root / "models"
         self.downloads_dir = self.root / "downloads"
         self._state_path = self.root / "state.json"
+        self._committed_path = self.root / "committed.json"
         self._lock = threading.Lock()
         self._process_lock: Any = None
         try:
@@ -188,18 +217,46 @@ class AgentStore:
         with self._lock:
             return self._state
 
-    def commit(self, sha256: str) -> AgentState:
-        """Make ``sha256`` the current model; the current one becomes the previous."""
+    def commit(self, sha256: str, *, update: UpdateRecord | None = None) -> AgentState:
+        """Make ``sha256`` the current model; the current one becomes the previous.
+
+        ``update`` replaces the update record in the same atomic write, so a crash never
+        leaves a committed model with its deployment still recorded as in progress.
+        """
         with self._lock:
             old = self._state
             previous = old.previous if old.current == sha256 else old.current
-            return self._write_state(dataclasses.replace(old, current=sha256, previous=previous))
+            new = dataclasses.replace(old, current=sha256, previous=previous, update=update)
+            self._write_committed(new)
+            return self._write_state(new)
 
     def roll_back(self) -> AgentState:
         """Make the previous model current again; the failed current one is forgotten."""
         with self._lock:
             old = self._state
-            return self._write_state(dataclasses.replace(old, current=old.previous, previous=None))
+            new = dataclasses.replace(old, current=old.previous, previous=None)
+            self._write_committed(new)
+            return self._write_state(new)
+
+    def accept_manifest(self, version: int, issued_at_ms: int) -> None:
+        """Record a verified manifest's version and raise the time floor to its issue time."""
+        with self._lock:
+            old = self._state
+            self._write_state(
+                dataclasses.replace(
+                    old,
+                    manifest_version=max(version, old.manifest_version or 0),
+                    time_floor_ms=max(old.time_floor_ms, issued_at_ms),
+                )
+            )
+
+    def raise_time_floor(self, controller_time_ms: int) -> None:
+        """Remember the controller's time, when it is later than any seen before."""
+        with self._lock:
+            if controller_time_ms > self._state.time_floor_ms:
+                self._write_state(
+                    dataclasses.replace(self._state, time_floor_ms=controller_time_ms)
+                )
 
     def is_applied(self, command_id: str) -> bool:
         with self._lock:
@@ -220,18 +277,54 @@ class AgentStore:
     def _read_state(self) -> AgentState:
         try:
             data = json.loads(self._state_path.read_text(encoding="utf-8"))
+            return AgentState.from_dict(data)
         except FileNotFoundError:
             return AgentState()
-        except (OSError, ValueError) as exc:
-            # A corrupt state file must not keep the agent from starting. The controller
-            # re-sends the desired deployment once the agent reports no current variant.
-            logger.error("ignoring unreadable state file %s: %s", self._state_path, exc)
-            return AgentState()
+        except (OSError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            # A corrupt state file must not keep the agent from starting, nor leave it
+            # without the model it committed. The update record and the applied command
+            # ids are lost; the controller re-sends its desired deployment.
+            logger.error(
+                "state file %s is unreadable (%s); recovering from models/", self._state_path, exc
+            )
+        return self._recover_committed()
+
+    def _recover_committed(self) -> AgentState:
         try:
-            return AgentState.from_dict(data)
-        except (TypeError, ValueError) as exc:
-            logger.error("ignoring invalid state file %s: %s", self._state_path, exc)
-            return AgentState()
+            data = json.loads(self._committed_path.read_text(encoding="utf-8"))
+            current = _optional_sha(data["current"])
+            previous = _optional_sha(data["previous"])
+        except (OSError, TypeError, ValueError, KeyError) as exc:
+            logger.error(
+                "cannot read %s either (%s); using the newest installed models",
+                self._committed_path,
+                exc,
+            )
+            current, previous = self._newest_installed()
+        else:
+            if current is not None and not self.has_model(current):
+                current, previous = previous, None
+        logger.warning("recovered state: current model %s, previous %s", current, previous)
+        return AgentState(current=current, previous=previous)
+
+    def _newest_installed(self) -> tuple[str | None, str | None]:
+        installed = []
+        for path in self.models_dir.glob("*.onnx"):
+            try:
+                sha256 = validate_sha256(path.stem)
+            except ValueError:
+                continue
+            if self.has_model(sha256):
+                installed.append((path.stat().st_mtime_ns, sha256))
+        installed.sort(reverse=True)
+        digests = [sha256 for _, sha256 in installed]
+        return (digests[0] if digests else None, digests[1] if len(digests) > 1 else None)
+
+    def _write_committed(self, state: AgentState) -> None:
+        write_json_atomic(
+            self._committed_path,
+            {"version": STATE_VERSION, "current": state.current, "previous": state.previous},
+        )
 
     def _write_state(self, state: AgentState) -> AgentState:
         write_json_atomic(self._state_path, state.to_dict())

@@ -18,13 +18,16 @@ import enum
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
 from edgefleet.agent.errors import ControllerUnavailable, RegistrationRejected
 from edgefleet.protos.limits import CHANNEL_OPTIONS
 from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
+
+if TYPE_CHECKING:
+    from edgefleet.agent.identity import DeviceIdentity
 
 __all__ = [
     "TRANSIENT_CODES",
@@ -104,11 +107,22 @@ REGISTER_TIMEOUT_S = 10.0
 
 
 class ControllerClient:
-    """One channel to the controller at ``target`` (``host:port``)."""
+    """One channel to the controller at ``target`` (``host:port``).
 
-    def __init__(self, target: str) -> None:
+    With an enrolled ``identity`` the channel uses mutual TLS and trusts only the
+    controller certificate pinned at enrollment; without one it is plaintext.
+    """
+
+    def __init__(self, target: str, *, identity: DeviceIdentity | None = None) -> None:
         self.target = target
-        self._channel = grpc.insecure_channel(target, options=list(CHANNEL_OPTIONS))
+        if identity is None:
+            self._channel = grpc.insecure_channel(target, options=list(CHANNEL_OPTIONS))
+        else:
+            self._channel = grpc.secure_channel(
+                target,
+                identity.grpc_credentials(),
+                options=[*CHANNEL_OPTIONS, *identity.channel_options()],
+            )
         self.stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
 
     @property

@@ -89,6 +89,13 @@ def load_dataset(path: str | Path) -> Dataset:
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DatasetError):
             raise
+        if "Object arrays cannot be loaded" in str(exc):
+            # numpy refuses object arrays without allow_pickle, which is never set: an
+            # object array is a pickle, and unpickling a file can run arbitrary code.
+            raise DatasetError(
+                f"dataset {path} contains pickled object arrays, and edgefleet never unpickles "
+                "data; store numeric arrays only (numpy.savez with numeric dtypes)"
+            ) from None
         raise DatasetError(
             f"cannot read dataset {path} as an .npz archive: {exc}; "
             "write it with numpy.savez or edgefleet.compress.save_dataset_npz"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 import sys
 from pathlib import Path
 
@@ -94,8 +95,16 @@ def _load_weights(model: nn.Module, weights: Path) -> None:
     if not weights.is_file():
         raise ModelLoadError(f"weights file not found: {weights}")
     try:
+        # weights_only=True lets torch's restricted unpickler rebuild tensors and plain
+        # containers only, so a weights file cannot run code on the controller.
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"weights {weights} hold pickled Python objects besides tensors, and edgefleet "
+            "never unpickles those; save only the tensors with "
+            f"torch.save(model.state_dict(), path) ({exc})"
+        ) from None
+    except Exception as exc:  # zip and torch errors
         raise ModelLoadError(
             f"cannot read weights {weights}: {exc}; save them with torch.save(model.state_dict())"
         ) from exc

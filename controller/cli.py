@@ -111,6 +111,31 @@ def serve(
             "device_id, deployment_id and rollout_id fields)."
         ),
     ] = LogFormat.TEXT,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            help="Secure mode: mutual TLS on --grpc-port and an enrollment port; without it "
+            "gRPC is plaintext and unauthenticated, for loopback use."
+        ),
+    ] = False,
+    enroll_port: Annotated[
+        int, typer.Option(help="Port of the enrollment server (with --tls); 0 picks a free one.")
+    ] = 50052,
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Extra DNS name or IP address for the controller's TLS certificate when it "
+            "is first created; repeatable."
+        ),
+    ] = None,
+    mosquitto_password_file: Annotated[
+        Path | None,
+        typer.Option(help="Mosquitto password file to add enrolled devices to (needs --tls)."),
+    ] = None,
+    mosquitto_acl_file: Annotated[
+        Path | None,
+        typer.Option(help="Mosquitto ACL file to add enrolled devices' topics to."),
+    ] = None,
 ) -> None:
     """Serve devices over gRPC (and MQTT with --mqtt-url) until SIGTERM or SIGINT."""
     if log_format is LogFormat.JSON:
@@ -123,6 +148,10 @@ def serve(
         _fail("--model needs --data with the evaluation data")
     if model is None and (data is not None or weights is not None):
         _fail("--data and --weights only apply together with --model")
+    if (mosquitto_password_file is None) != (mosquitto_acl_file is None):
+        _fail("--mosquitto-password-file and --mosquitto-acl-file go together")
+    if mosquitto_password_file is not None and not tls:
+        _fail("--mosquitto-password-file needs --tls: broker passwords are issued at enrollment")
 
     from edgefleet.controller.config import ControllerConfig, load_config
     from edgefleet.controller.service import Controller
@@ -153,7 +182,15 @@ def serve(
         if model is not None:
             assert data is not None  # checked above
             controller.register_model(model, data_path=data, weights_path=weights)
-        port = controller.serve_grpc(host=grpc_host, port=grpc_port)
+        if mosquitto_password_file is not None and mosquitto_acl_file is not None:
+            controller.manage_broker_credentials(mosquitto_password_file, mosquitto_acl_file)
+        port = controller.serve_grpc(
+            host=grpc_host,
+            port=grpc_port,
+            tls=tls,
+            enroll_port=enroll_port,
+            server_names=tuple(tls_name or ()),
+        )
         if broker is not None:
             controller.serve_mqtt(broker, group=mqtt_group)
         if http_port is not None:
@@ -169,6 +206,16 @@ def serve(
 
     # A parent process (tests, the demo) reads this line to find a port picked with 0.
     typer.echo(f"edgefleet controller listening on {grpc_host}:{port}")
+    if tls:
+        typer.echo(
+            f"edgefleet controller enrolling devices on {grpc_host}:{controller.enroll_port}"
+        )
+    elif not _is_loopback(grpc_host):
+        typer.echo(
+            f"WARNING: gRPC on {grpc_host}:{port} is PLAINTEXT and UNAUTHENTICATED; "
+            "any host that reaches it can pose as any device. Serve with --tls.",
+            err=True,
+        )
     if broker is not None:
         typer.echo(f"edgefleet controller serving MQTT devices through {broker.address.url}")
     if http is not None:
@@ -190,6 +237,114 @@ def _start_http(controller: Controller, *, host: str, port: int, max_upload_byte
     server = HttpServer(app, host=host, port=port)
     server.start()
     return server
+
+
+token_app = typer.Typer(help="Manage one-time enrollment tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    data_dir: Annotated[
+        Path, typer.Option(help="The controller's data directory, which contains trust/.")
+    ] = Path("edgefleet-data"),
+    db: Annotated[
+        str | None, typer.Option(help="Database URL; default: DATA_DIR/edgefleet.db.")
+    ] = None,
+    ttl: Annotated[float, typer.Option(help="Hours until the token expires unused.")] = 24.0,
+    device_id: Annotated[
+        str | None, typer.Option(help="Only this device id may use the token.")
+    ] = None,
+) -> None:
+    """Create a one-time enrollment token and print it (it is stored only hashed)."""
+    from datetime import timedelta
+
+    from edgefleet.controller.db import open_database
+    from edgefleet.controller.enrollment import CertificateRegistry
+    from edgefleet.controller.pki import CertificateAuthority, ServerCertificate
+    from edgefleet.errors import EdgefleetError
+    from edgefleet.ids import validate_device_id
+
+    if not ttl > 0:
+        _fail(f"--ttl must be a positive number of hours, got {ttl}")
+    try:
+        if device_id is not None:
+            validate_device_id(device_id)
+        database = open_database(db or f"sqlite:///{data_dir / 'edgefleet.db'}")
+        trust_dir = data_dir / "trust"
+        trust_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The same files `serve --tls` creates, so a token may come before the first start.
+        CertificateAuthority(trust_dir)
+        pin = ServerCertificate(trust_dir).pin
+        token = CertificateRegistry(database).create_token(
+            ttl=timedelta(hours=ttl), pin=pin, device_id=device_id
+        )
+        database.close()
+    except (EdgefleetError, OSError) as exc:
+        _fail(str(exc), code=1)
+    typer.echo(token.token)
+    typer.echo(
+        f"token {token.token_id} expires {token.expires_at.isoformat(timespec='seconds')}"
+        + (f", for device {device_id} only" if device_id else ""),
+        err=True,
+    )
+
+
+@app.command("revoke")
+def revoke(
+    device: Annotated[str, typer.Argument(help="Device id to revoke.")],
+    data_dir: Annotated[Path, typer.Option(help="The controller's data directory.")] = Path(
+        "edgefleet-data"
+    ),
+    db: Annotated[
+        str | None, typer.Option(help="Database URL; default: DATA_DIR/edgefleet.db.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Reason recorded with the revocation.")] = (
+        "revoked by an operator"
+    ),
+    mosquitto_password_file: Annotated[
+        Path | None, typer.Option(help="Mosquitto password file to remove the device from.")
+    ] = None,
+    mosquitto_acl_file: Annotated[
+        Path | None, typer.Option(help="Mosquitto ACL file to remove the device from.")
+    ] = None,
+) -> None:
+    """Revoke a device's certificates: running controllers refuse it and close its session."""
+    from edgefleet.controller.db import open_database
+    from edgefleet.controller.enrollment import CertificateRegistry
+    from edgefleet.controller.models import EventKind
+    from edgefleet.controller.mosquitto import MosquittoCredentials
+    from edgefleet.controller.registry import Registry
+    from edgefleet.errors import EdgefleetError
+    from edgefleet.ids import validate_device_id
+
+    try:
+        validate_device_id(device)
+        database = open_database(db or f"sqlite:///{data_dir / 'edgefleet.db'}")
+        count = CertificateRegistry(database).revoke_device(device, reason=reason)
+        if count:
+            Registry(database).record_event(
+                EventKind.REVOKED, device_id=device, reason=reason, details={"certificates": count}
+            )
+        database.close()
+        if mosquitto_password_file is not None and mosquitto_acl_file is not None:
+            MosquittoCredentials(mosquitto_password_file, mosquitto_acl_file).remove_device(device)
+    except (EdgefleetError, OSError) as exc:
+        _fail(str(exc), code=1)
+    if count == 0:
+        _fail(f"device {device} has no unrevoked certificate", code=1)
+    typer.echo(f"revoked {count} certificate(s) of device {device}")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

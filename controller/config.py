@@ -13,6 +13,9 @@
     shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
     host_calibration_duration_s = 2.0   # how long the host runs the reference model
     rollout_check_interval_s = 1.0      # how often rollouts check deployments and gates
+    manifest_ttl_s = 604800             # a signed manifest expires this long after sending (7 days)
+    certificate_validity_days = 365     # lifetime of a device certificate issued at enrollment
+    revocation_check_interval_s = 2.0   # how often open sessions are checked for revocation
 
     [policy]
     breach_samples = 3
@@ -64,6 +67,13 @@ class ControllerConfig:
     host_calibration_duration_s: float = 2.0
     # Device reports wake the rollout engine at once; this bounds how late a soak ends.
     rollout_check_interval_s: float = 1.0
+    # A manifest is signed again each time it is sent, so this bounds how long a captured
+    # manifest can be replayed, and how long a device may take to act on a command.
+    manifest_ttl_s: float = 7 * 24 * 3600.0
+    certificate_validity_days: float = 365.0
+    # Revocations made by another process (``edgefleet controller revoke``) reach open
+    # sessions within this interval.
+    revocation_check_interval_s: float = 2.0
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -74,6 +84,9 @@ class ControllerConfig:
             "host_calibration_duration_s",
             "rollout_check_interval_s",
             "connect_rate_per_s",
+            "manifest_ttl_s",
+            "certificate_validity_days",
+            "revocation_check_interval_s",
         ):
             _require_positive(name, getattr(self, name))
         for name, minimum in (("connect_burst", 1), ("telemetry_queue_max", 100)):

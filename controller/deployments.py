@@ -5,6 +5,10 @@ one and sends a ``DeployCommand`` on the device's session, or leaves it for the 
 session when the device is offline. ``Deployer.handle_status`` applies what the agent
 reports: ACTIVE moves the device's current variant, FAILED and ROLLED_BACK leave it on the
 variant it had, so the controller never retries a failing deployment on its own.
+
+Every command carries the manifest signed for that device and deployment
+(``edgefleet.controller.signing``). It is signed again at each send, so its expiry counts
+from the time it leaves.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import time
 from edgefleet.controller.models import DeploymentRow, DeploymentState, DeviceRow, EventKind
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.sessions import SessionRegistry
+from edgefleet.controller.signing import ManifestSigner
 from edgefleet.protos.v1 import fleet_pb2
 
 __all__ = ["Deployer", "command_id_for"]
@@ -34,15 +39,26 @@ def command_id_for(deployment_id: str) -> str:
 class Deployer:
     """Creates deployments and applies the agents' status reports; see the module docstring."""
 
-    def __init__(self, registry: Registry, sessions: SessionRegistry) -> None:
+    def __init__(
+        self, registry: Registry, sessions: SessionRegistry, signer: ManifestSigner
+    ) -> None:
         self._registry = registry
         self._sessions = sessions
+        self._signer = signer
 
     def deploy(
-        self, device: DeviceRow, *, model_id: str, variant_id: str, reason: str
+        self,
+        device: DeviceRow,
+        *,
+        model_id: str,
+        variant_id: str,
+        reason: str,
+        rollback: bool = False,
     ) -> DeploymentRow:
         """Record a deployment of ``variant_id`` to ``device`` and send its command.
 
+        ``rollback`` signs the manifest as a deliberate rollback, which an agent accepts
+        even when its version is lower than the last one it applied.
         Raises ``UnknownVariantError`` when the variant is not one of the device's profile.
         """
         variant = self._registry.get_variant(model_id, device.profile_fingerprint, variant_id)
@@ -51,6 +67,7 @@ class Deployer:
             variant_id,
             previous_variant_id=device.current_variant_id,
             reason=reason,
+            rollback=rollback,
         )
         self._registry.record_event(
             EventKind.DEPLOY_REQUESTED,
@@ -77,13 +94,23 @@ class Deployer:
         return deployment
 
     def _send(self, deployment: DeploymentRow, manifest: bytes) -> None:
+        variant = fleet_pb2.VariantManifest.FromString(manifest)
+        # Deployments recorded before manifests were versioned take their creation time.
+        version = deployment.manifest_version or int(deployment.created_at.timestamp() * 1000)
         message = fleet_pb2.ControllerMessage(
             command=fleet_pb2.Command(
                 command_id=command_id_for(deployment.id),
                 issued_at_ms=int(time.time() * 1000),
                 deploy=fleet_pb2.DeployCommand(
                     deployment_id=deployment.id,
-                    manifest=fleet_pb2.VariantManifest.FromString(manifest),
+                    manifest=variant,
+                    signed_manifest=self._signer.sign(
+                        variant,
+                        device_id=deployment.device_id,
+                        deployment_id=deployment.id,
+                        version=version,
+                        rollback=deployment.rollback,
+                    ),
                 ),
             )
         )

@@ -22,6 +22,9 @@ status code that ``grpc_server`` returns where an RPC can raise the error::
     │   └── RolloutConflictError     a target device is in another rollout
     ├── DatabaseError                the database is unreachable or cannot be migrated
     ├── RateLimitedError             over the configured connect rate        RESOURCE_EXHAUSTED
+    ├── AuthenticationError          no valid, unrevoked device certificate  UNAUTHENTICATED
+    │   └── IdentityMismatchError    the request names another device        PERMISSION_DENIED
+    ├── EnrollmentError              invalid, used or expired token          PERMISSION_DENIED
     └── ControllerStateError         the controller is not running           UNAVAILABLE
 
 Other ``InvalidInputError``s raised in an RPC (device id, digest, profile) become
@@ -37,10 +40,13 @@ __all__ = [
     "ArtifactError",
     "ArtifactNotFoundError",
     "ArtifactRangeError",
+    "AuthenticationError",
     "ConfigError",
     "ControllerError",
     "ControllerStateError",
     "DatabaseError",
+    "EnrollmentError",
+    "IdentityMismatchError",
     "InvalidRolloutError",
     "InvalidTelemetryError",
     "PlanningError",
@@ -133,3 +139,23 @@ class RateLimitedError(ControllerError):
 
 class ControllerStateError(ControllerError):
     """The controller is in a state that forbids the call (not started, or shut down)."""
+
+
+class AuthenticationError(ControllerError):
+    """A peer presented no device certificate, or one that is unknown or revoked."""
+
+
+class IdentityMismatchError(AuthenticationError):
+    """A request names a device other than the one its certificate was issued to."""
+
+
+class EnrollmentError(ControllerError, InvalidInputError):
+    """An enrollment token is unknown, used, expired or bound to another device.
+
+    The message is the same in every case, so that a device learns nothing from it;
+    ``detail`` names the case for the controller's log.
+    """
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message

@@ -11,6 +11,12 @@ batched ingest without a thread hop unless its queue is full (see
 
 Message sizes are capped at 4 MiB in both directions by ``SERVER_OPTIONS``; gRPC itself
 rejects an oversized message with RESOURCE_EXHAUSTED.
+
+In secure mode every RPC first passes ``ControllerTrust.authenticate``: the device id that
+the request names must be the one in the peer's client certificate, and that certificate
+must not be revoked (UNAUTHENTICATED otherwise, PERMISSION_DENIED for another device's id).
+``EnrollmentServicer`` runs on its own server-TLS port, on a small synchronous server; see
+``edgefleet.controller.trust``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
@@ -30,7 +37,10 @@ from grpc import aio
 from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
+    AuthenticationError,
     ControllerStateError,
+    EnrollmentError,
+    IdentityMismatchError,
     RateLimitedError,
     UnknownDeviceError,
 )
@@ -44,7 +54,14 @@ from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 if TYPE_CHECKING:
     from edgefleet.controller.service import Controller
 
-__all__ = ["AioStreamSession", "FleetServicer", "GrpcServer", "create_server"]
+__all__ = [
+    "AioStreamSession",
+    "EnrollmentServicer",
+    "FleetServicer",
+    "GrpcServer",
+    "create_enrollment_server",
+    "create_server",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +115,39 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(function, *args))
 
+    async def _authenticate(self, context: aio.ServicerContext, claimed_device_id: str) -> None:
+        """Bind the RPC to the peer's certificate in secure mode; aborts the RPC on failure."""
+        try:
+            trust = self._controller.trust
+        except ControllerStateError as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        if not trust.tls_enabled:
+            return
+        try:
+            validate_device_id(claimed_device_id)
+        except InvalidInputError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        certificates = context.auth_context().get("x509_pem_cert") or [None]
+        try:
+            trust.authenticate(certificates[0], claimed_device_id=claimed_device_id)
+        except IdentityMismatchError as exc:
+            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except AuthenticationError as exc:
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
     # -- Register -------------------------------------------------------------------
 
     async def Register(
         self, request: fleet_pb2.RegisterRequest, context: aio.ServicerContext
     ) -> fleet_pb2.RegisterResponse:
+        await self._authenticate(context, request.device_id)
         try:
             # Admitted on the loop, before the request waits for a pool thread, so that a
             # reconnect storm is turned away at once instead of queueing.
             self._controller.admit_connection(request.device_id)
             return await self._call(register_device, self._controller, request)
+        except AuthenticationError as exc:
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except InvalidInputError as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid registration: {exc}")
         except RateLimitedError as exc:
@@ -154,6 +194,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 f"the first session message must be hello, got {first.WhichOneof('body')}",
             )
         hello = first.hello
+        await self._authenticate(context, hello.device_id)
         try:
             session = AioStreamSession(
                 validate_device_id(hello.device_id), asyncio.get_running_loop()
@@ -166,6 +207,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 )
             )
             return session
+        except AuthenticationError as exc:
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except UnknownDeviceError:
             await _abort(
                 context,
@@ -186,6 +229,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
                 if session.closed:
                     break
                 await self._dispatch(device_id, message)
+                if message.WhichOneof("body") == "telemetry":
+                    # Sent once the sample is queued for storage or rejected, so that the
+                    # agent deletes it from its backlog and never sends it again.
+                    session.send(_telemetry_ack(message.telemetry.seq))
         except grpc.RpcError as exc:
             # The client cancelled or the connection broke; the session simply ends.
             logger.debug("session of device %s ended: %s", device_id, exc)
@@ -220,6 +267,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def DownloadArtifact(
         self, request: fleet_pb2.ArtifactRequest, context: aio.ServicerContext
     ) -> AsyncIterator[fleet_pb2.ArtifactChunk]:
+        await self._authenticate(context, request.device_id)
+        if self._controller.is_revoked(request.device_id):
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, "the device is revoked")
         try:
             total, chunks = await self._call(open_artifact, self._controller, request)
         except UnknownDeviceError as exc:
@@ -251,6 +301,37 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             await self._call(chunks.close)
 
 
+class EnrollmentServicer(fleet_pb2_grpc.EnrollmentServiceServicer):
+    """``edgefleet.v1.EnrollmentService``: tokens and CSRs in, device certificates out."""
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    def Enroll(
+        self, request: fleet_pb2.EnrollRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.EnrollResponse:
+        try:
+            return self._controller.enroll(request)
+        except EnrollmentError as exc:
+            _abort_sync(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except InvalidInputError as exc:
+            _abort_sync(context, grpc.StatusCode.INVALID_ARGUMENT, f"invalid enrollment: {exc}")
+        except ControllerStateError as exc:
+            _abort_sync(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
+def _telemetry_ack(seq: int) -> fleet_pb2.ControllerMessage:
+    return fleet_pb2.ControllerMessage(
+        ack=fleet_pb2.SessionAck(telemetry_seq=seq, controller_time_ms=int(time.time() * 1000))
+    )
+
+
+def _abort_sync(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    logger.info("rejected RPC with %s: %s", code.name, message)
+    context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
 async def _abort(
     context: aio.ServicerContext, code: grpc.StatusCode, message: str, *, quiet: bool = False
 ) -> NoReturn:
@@ -267,7 +348,15 @@ class GrpcServer:
     ``threading.Event`` that is set once every RPC has ended and the loop has stopped.
     """
 
-    def __init__(self, controller: Controller, *, host: str, port: int, max_workers: int) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        host: str,
+        port: int,
+        max_workers: int,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
@@ -275,7 +364,7 @@ class GrpcServer:
         self._stopped = threading.Event()
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self._server, self.port = self._run(self._bind(controller))
+            self._server, self.port = self._run(self._bind(controller, credentials))
         except OSError:
             self._close_loop()
             raise
@@ -283,24 +372,14 @@ class GrpcServer:
     def _run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def _bind(self, controller: Controller) -> tuple[aio.Server, int]:
+    async def _bind(
+        self, controller: Controller, credentials: grpc.ServerCredentials | None
+    ) -> tuple[aio.Server, int]:
         server = aio.server(options=SERVER_OPTIONS)
         fleet_pb2_grpc.add_FleetServiceServicer_to_server(
             FleetServicer(controller, self._executor), server
         )
-        # NOTE: plaintext; TLS and device authentication are not implemented yet, so bind
-        # to loopback or a trusted network only.
-        try:
-            bound_port = server.add_insecure_port(self._address)
-        except RuntimeError:
-            # grpcio raises RuntimeError without the cause; a port in use is the common one.
-            bound_port = 0
-        if bound_port == 0:
-            raise OSError(
-                f"cannot bind the gRPC server to {self._address}: the port is in use or the "
-                "address is invalid; choose another --grpc-port or stop the process that holds it"
-            )
-        return server, bound_port
+        return server, _bind(server, address=self._address, credentials=credentials)
 
     def start(self) -> None:
         self._run(self._server.start())
@@ -319,11 +398,55 @@ class GrpcServer:
 
 
 def create_server(
-    controller: Controller, *, host: str, port: int, max_workers: int
+    controller: Controller,
+    *,
+    host: str,
+    port: int,
+    max_workers: int,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[GrpcServer, int]:
     """Build (but do not start) the gRPC server; returns it with its bound port.
 
+    ``credentials`` makes the port a TLS one; None serves plaintext.
     Raises ``OSError`` when the address cannot be bound.
     """
-    server = GrpcServer(controller, host=host, port=port, max_workers=max_workers)
+    server = GrpcServer(
+        controller, host=host, port=port, max_workers=max_workers, credentials=credentials
+    )
     return server, server.port
+
+
+def create_enrollment_server(
+    controller: Controller, *, host: str, port: int, credentials: grpc.ServerCredentials
+) -> tuple[grpc.Server, int]:
+    """Build (but do not start) the enrollment server; returns it with its bound port."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=4, thread_name_prefix="enroll"),
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=16,
+    )
+    fleet_pb2_grpc.add_EnrollmentServiceServicer_to_server(EnrollmentServicer(controller), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return server, _bind(server, address=address, credentials=credentials)
+
+
+def _bind(
+    server: grpc.Server | aio.Server,
+    *,
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
+    try:
+        if credentials is None:
+            bound_port = server.add_insecure_port(address)
+        else:
+            bound_port = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        # grpcio raises RuntimeError without the cause; a port in use is the common one.
+        bound_port = 0
+    if bound_port == 0:
+        raise OSError(
+            f"cannot bind the gRPC server to {address}: the port is in use or the address "
+            "is invalid; choose another port or stop the process that holds it"
+        )
+    return bound_port

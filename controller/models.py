@@ -24,8 +24,10 @@ __all__ = [
     "Base",
     "DeploymentRow",
     "DeploymentState",
+    "DeviceCertificateRow",
     "DeviceRow",
     "DeviceState",
+    "EnrollmentTokenRow",
     "EventKind",
     "EventRow",
     "ModelRow",
@@ -204,6 +206,10 @@ class RolloutDeviceState(StrEnum):
     def is_settled(self) -> bool:
         """Whether no deployment of the rollout is in flight to this device."""
         return self not in (RolloutDeviceState.DEPLOYING, RolloutDeviceState.REVERTING)
+    ENROLLED = "enrolled"  # a device exchanged an enrollment token for a certificate
+    REVOKED = "revoked"  # an operator revoked a device's certificates
+    # A connection, request or enrollment was rejected for lack of a valid identity.
+    ACCESS_DENIED = "access_denied"
 
 
 def _enum_column(enum: type[Enum]) -> sa.Enum:
@@ -343,6 +349,10 @@ class DeploymentRow(Base):
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(default=utc_now)
+    # Version in the signed manifest; grows with every deployment to the device.
+    manifest_version: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # A deliberate return to an older manifest version, signed as such.
+    rollback: Mapped[bool] = mapped_column(default=False)
 
 
 class TelemetryRow(Base):
@@ -467,3 +477,32 @@ class RolloutDeviceRow(Base):
     soak_p95_ms: Mapped[float | None]
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     updated_at: Mapped[datetime] = mapped_column(default=utc_now)
+class EnrollmentTokenRow(Base):
+    """A one-time enrollment token; only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(sa.String(64))
+    # The only device id the token enrolls; None lets it enroll any one device.
+    device_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    used_by: Mapped[str | None] = mapped_column(sa.String(64))
+
+
+class DeviceCertificateRow(Base):
+    """A device certificate the controller's CA issued, and whether it was revoked."""
+
+    __tablename__ = "device_certificates"
+    __table_args__ = (sa.Index("ix_device_certificates_device", "device_id"),)
+
+    serial: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    # Certificates outlive deleted devices (revocation must stick), so no foreign key.
+    device_id: Mapped[str] = mapped_column(sa.String(64))
+    fingerprint: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    issued_at: Mapped[datetime] = mapped_column(default=utc_now)
+    not_after: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    revoked_reason: Mapped[str] = mapped_column(sa.Text, default="")

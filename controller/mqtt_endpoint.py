@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgefleet.controller.errors import (
+    AuthenticationError,
     ControllerError,
     ControllerStateError,
     RateLimitedError,
@@ -351,6 +352,9 @@ class MqttEndpoint:
             except UnknownDeviceError:
                 logger.warning("device %s is online but not registered; ignoring it", device_id)
                 return
+            except AuthenticationError as exc:
+                logger.warning("device %s is online but rejected: %s", device_id, exc)
+                return
             self._sessions[device_id] = session
         elif presence.state == fleet_pb2.PRESENCE_STATE_OFFLINE:
             previous = self._sessions.pop(device_id, None)
@@ -384,6 +388,6 @@ class MqttEndpoint:
 
 def _as_invalid(error: Exception) -> Exception:
     # A registration fails either on its input or because the controller is stopping.
-    if isinstance(error, ControllerStateError | InvalidInputError):
+    if isinstance(error, ControllerStateError | InvalidInputError | AuthenticationError):
         return error
     return InvalidInputError(str(error))

@@ -386,13 +386,25 @@ class Registry:
         *,
         previous_variant_id: str | None,
         reason: str,
+        rollback: bool = False,
     ) -> DeploymentRow:
-        """Insert a PENDING deployment, supersede unfinished ones and set the desired variant."""
+        """Insert a PENDING deployment, supersede unfinished ones and set the desired variant.
+
+        The deployment's manifest version is the current time in milliseconds, or one more
+        than the device's latest version if that is higher. Versions therefore keep growing
+        across a controller restart and through a controller clock that steps back.
+        """
         now = utc_now()
         with self._database.session() as session:
             device = session.get(DeviceRow, device_id)
             if device is None:
                 raise UnknownDeviceError(f"device {device_id!r} is not registered")
+            latest_version = session.scalar(
+                sa.select(sa.func.max(DeploymentRow.manifest_version)).where(
+                    DeploymentRow.device_id == device_id
+                )
+            )
+            version = max(int(now.timestamp() * 1000), (latest_version or 0) + 1)
             session.execute(
                 sa.update(DeploymentRow)
                 .where(
@@ -412,6 +424,8 @@ class Registry:
                 reason=reason,
                 created_at=now,
                 updated_at=now,
+                manifest_version=version,
+                rollback=rollback,
             )
             session.add(deployment)
             device.desired_variant_id = variant_id

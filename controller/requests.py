@@ -8,6 +8,7 @@ gRPC status codes in ``grpc_server``, the same code names as MQTT 5 user propert
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -16,7 +17,9 @@ from edgefleet.controller.calibration import parse_calibration
 from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
+    AuthenticationError,
     ControllerStateError,
+    IdentityMismatchError,
     RateLimitedError,
     UnknownDeviceError,
 )
@@ -58,6 +61,7 @@ def register_device(
         device_id=device_id,
         telemetry_interval_s=controller.config.telemetry_interval_s,
         profile_fingerprint=profile.fingerprint,
+        controller_time_ms=int(time.time() * 1000),
     )
 
 
@@ -102,6 +106,10 @@ def read_artifact_chunk(
 
 def status_name(error: Exception) -> str:
     """Return the gRPC status code name that stands for ``error`` on the wire."""
+    if isinstance(error, IdentityMismatchError):
+        return "PERMISSION_DENIED"
+    if isinstance(error, AuthenticationError):
+        return "UNAUTHENTICATED"
     if isinstance(error, UnknownDeviceError):
         return "FAILED_PRECONDITION"
     if isinstance(error, ArtifactNotFoundError):

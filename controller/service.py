@@ -11,6 +11,7 @@ lock, and database access goes through the registry's short transactions.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import statistics
 import threading
@@ -27,7 +28,9 @@ from edgefleet.controller.calibration import DeviceCalibration, HostCalibration
 from edgefleet.controller.config import ControllerConfig
 from edgefleet.controller.db import Database, open_database
 from edgefleet.controller.deployments import Deployer
+from edgefleet.controller.enrollment import CertificateRegistry, NewToken
 from edgefleet.controller.errors import (
+    AuthenticationError,
     ControllerStateError,
     InvalidTelemetryError,
     PlanningError,
@@ -53,6 +56,7 @@ from edgefleet.controller.registry import Registry
 from edgefleet.controller.rollouts import RolloutManager
 from edgefleet.controller.sessions import DeviceSession, SessionRegistry
 from edgefleet.controller.telemetry import DropCounter, TelemetryRecord, validate_sample
+from edgefleet.controller.trust import ControllerTrust
 from edgefleet.errors import InvalidInputError
 from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.mqtt import DEFAULT_SHARE_GROUP, BrokerSettings
@@ -119,6 +123,11 @@ class Controller:
         self._stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
         self._grpc_server: Any = None
+        self._enroll_server: Any = None
+        self.enroll_port: int | None = None
+        self._revoked: frozenset[str] = frozenset()
+        self._revocation_thread: threading.Thread | None = None
+        self._trust: ControllerTrust | None = None
         self._mqtt_endpoint: Any = None
         self._database: Database | None = None
         self._registry: Registry | None = None
@@ -139,6 +148,12 @@ class Controller:
         self._require_running()
         assert self._registry is not None  # set by start(); checked above
         return self._registry
+
+    @property
+    def trust(self) -> ControllerTrust:
+        self._require_running()
+        assert self._trust is not None
+        return self._trust
 
     @property
     def artifacts(self) -> ArtifactStore:
@@ -162,7 +177,14 @@ class Controller:
             self._database = open_database(self.database_url)
             self._registry = Registry(self._database)
             self._artifacts = ArtifactStore(self.data_dir / "artifacts")
-            self._deployer = Deployer(self._registry, self.sessions)
+            self._trust = ControllerTrust(
+                self.data_dir / "trust",
+                registry=self._registry,
+                certificates=CertificateRegistry(self._database),
+                manifest_ttl_s=self.config.manifest_ttl_s,
+                certificate_validity=timedelta(days=self.config.certificate_validity_days),
+            )
+            self._deployer = Deployer(self._registry, self.sessions, self._trust.signer)
             self._planner = Planner(
                 self._registry,
                 self._artifacts,
@@ -193,23 +215,139 @@ class Controller:
             target=self._retention_loop, name="telemetry-retention", daemon=True
         )
         self._retention_thread.start()
+        self._revoked = frozenset(self._trust.certificates.revoked_devices())
+        self._revocation_thread = threading.Thread(
+            target=self._revocation_loop, name="revocation-check", daemon=True
+        )
+        self._revocation_thread.start()
         logger.info(
             "controller started: database %s, data in %s", self._database.url, self.data_dir
         )
 
-    def serve_grpc(self, *, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Start the gRPC endpoint and return the bound port (useful with ``port=0``)."""
-        from edgefleet.controller.grpc_server import create_server
+    def serve_grpc(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = False,
+        enroll_port: int = 0,
+        server_names: Sequence[str] = (),
+    ) -> int:
+        """Start the gRPC endpoint and return the bound port (useful with ``port=0``).
+
+        With ``tls`` the fleet port requires mutual TLS, and an enrollment port opens on
+        ``enroll_port`` (its bound port is ``self.enroll_port``). ``server_names`` are
+        extra names for the controller's certificate when it is first created. Without
+        ``tls`` the port is plaintext and unauthenticated, meant for loopback use.
+        """
+        from edgefleet.controller.grpc_server import create_enrollment_server, create_server
 
         self._require_running()
+        assert self._trust is not None
         if self._grpc_server is not None:
             raise ControllerStateError("the gRPC server is already running")
+        credentials = None
+        if tls:
+            self._trust.enable_tls(tuple(server_names))
+            credentials = self._trust.fleet_credentials()
+        elif not _is_loopback(host):
+            logger.warning(
+                "SERVING PLAINTEXT gRPC ON %s, A NON-LOOPBACK ADDRESS: any host that reaches "
+                "it can register as any device and receive models. Serve with --tls.",
+                host,
+            )
         self._grpc_server, bound_port = create_server(
-            self, host=host, port=port, max_workers=self.config.grpc_max_workers
+            self,
+            host=host,
+            port=port,
+            max_workers=self.config.grpc_max_workers,
+            credentials=credentials,
         )
+        if tls:
+            self._enroll_server, self.enroll_port = create_enrollment_server(
+                self, host=host, port=enroll_port, credentials=self._trust.enrollment_credentials()
+            )
+            self._enroll_server.start()
+            logger.info("enrollment server (TLS) listening on %s:%d", host, self.enroll_port)
         self._grpc_server.start()
-        logger.info("gRPC server listening on %s:%d", host, bound_port)
+        logger.info(
+            "gRPC server listening on %s:%d (%s)",
+            host,
+            bound_port,
+            "mutual TLS" if tls else "plaintext",
+        )
         return bound_port
+
+    # -- trust ----------------------------------------------------------------------
+
+    def create_enrollment_token(self, *, ttl: timedelta, device_id: str | None = None) -> NewToken:
+        """Create a one-time enrollment token; devices redeem it on the enrollment port."""
+        self.trust.load_pki()
+        return self.trust.create_token(ttl=ttl, device_id=device_id)
+
+    def enroll(self, request: fleet_pb2.EnrollRequest) -> fleet_pb2.EnrollResponse:
+        """Enroll a device (see ``ControllerTrust.enroll``); re-enrolling lifts a revocation."""
+        response = self.trust.enroll(request)
+        with self._state_lock:
+            self._revoked = self._revoked - {response.device_id}
+        return response
+
+    def manage_broker_credentials(self, password_file: Path, acl_file: Path) -> None:
+        """Write each enrolled device's Mosquitto password and ACL entries to these files."""
+        from edgefleet.controller.mosquitto import MosquittoCredentials
+
+        self.trust.broker_credentials = MosquittoCredentials(password_file, acl_file)
+
+    def revoke_device(self, device_id: str, *, reason: str = "revoked by an operator") -> int:
+        """Revoke the device's certificates and broker entries, and end its open session.
+
+        Returns the number of certificates revoked.
+        """
+        count = self.trust.revoke(device_id, reason=reason)
+        self.registry.record_event(
+            EventKind.REVOKED,
+            device_id=device_id,
+            reason=reason,
+            details={"certificates": count},
+        )
+        logger.warning("revoked device %s (%d certificates): %s", device_id, count, reason)
+        self._apply_revocations({device_id})
+        return count
+
+    def is_revoked(self, device_id: str) -> bool:
+        return device_id in self._revoked
+
+    def _require_not_revoked(self, device_id: str) -> None:
+        if device_id in self._revoked:
+            self.trust.record_denied(device_id, "the device's certificate is revoked")
+            raise AuthenticationError(f"device {device_id} is revoked; enroll it again")
+
+    def _apply_revocations(self, device_ids: set[str]) -> None:
+        with self._state_lock:
+            self._revoked = self._revoked | device_ids
+        for device_id in device_ids:
+            session = self.sessions.get(device_id)
+            if session is not None:
+                logger.warning("closing the session of revoked device %s", device_id)
+                # Ends a gRPC stream at once; an MQTT session has no stream to end, so
+                # forgetting it is what stops commands from reaching the device.
+                self.close_session(session)
+
+    def _revocation_loop(self) -> None:
+        assert self._trust is not None
+        checked_at = utc_now()
+        while not self._stop.wait(self.config.revocation_check_interval_s):
+            try:
+                now = utc_now()
+                revoked = self._trust.certificates.revoked_devices(since=checked_at)
+                checked_at = now
+            except ControllerStateError:
+                return
+            except Exception:
+                logger.exception("checking for revoked certificates failed; retrying later")
+                continue
+            if revoked - self._revoked:
+                self._apply_revocations(revoked)
 
     def serve_mqtt(self, settings: BrokerSettings, *, group: str = DEFAULT_SHARE_GROUP) -> None:
         """Connect to the broker and serve devices on the MQTT transport.
@@ -240,6 +378,8 @@ class Controller:
         logger.info("controller shutting down (grace period %.1f s)", grace)
 
         stopped = None
+        if self._enroll_server is not None:
+            self._enroll_server.stop(0)
         if self._grpc_server is not None:
             # stop() rejects new RPCs at once; closing the sessions ends the long-lived
             # streams cleanly instead of cancelling them when the grace period runs out.
@@ -272,6 +412,8 @@ class Controller:
             logger.warning("a plan is still running; it is abandoned and replanned at next start")
         if self._retention_thread is not None:
             self._retention_thread.join(timeout=grace + 1)
+        if self._revocation_thread is not None:
+            self._revocation_thread.join(timeout=grace + 1)
         self._registry.mark_all_devices_offline()
         assert self._database is not None
         self._database.close()
@@ -298,8 +440,12 @@ class Controller:
         onnxruntime_version: str = "",
         current_variant_id: str = "",
     ) -> DeviceRow:
-        """Register a device (or refresh it), then plan or deploy for it in the background."""
+        """Register a device (or refresh it), then plan or deploy for it in the background.
+
+        Raises ``AuthenticationError`` for a revoked device.
+        """
         registry = self.registry
+        self._require_not_revoked(device_id)
         scale = None
         if calibration is not None:
             scale = self.host_calibration.latency_scale(calibration)
@@ -353,10 +499,12 @@ class Controller:
     def open_session(self, session: DeviceSession, *, current_variant_id: str = "") -> None:
         """Open the session of a registered device and re-send its unfinished deployment.
 
-        Raises ``UnknownDeviceError`` for a device that has not registered.
+        Raises ``UnknownDeviceError`` for a device that has not registered and
+        ``AuthenticationError`` for a revoked one.
         """
         registry = self.registry
         device_id = session.device_id
+        self._require_not_revoked(device_id)
         # One transaction, which raises UnknownDeviceError before the session opens.
         device = registry.update_device(
             device_id,
@@ -450,6 +598,8 @@ class Controller:
         self, device_id: str, sample: fleet_pb2.TelemetrySample
     ) -> TelemetryRecord | None:
         """Validate, store and act on one sample; returns None when it was dropped."""
+        if device_id in self._revoked:
+            return None
         try:
             record = validate_sample(sample, device_id=device_id)
         except InvalidTelemetryError as exc:
@@ -481,6 +631,8 @@ class Controller:
         assert registry is not None
         records: list[TelemetryRecord] = []
         for device_id, sample in samples:
+            if device_id in self._revoked:
+                continue
             try:
                 records.append(validate_sample(sample, device_id=device_id))
             except InvalidTelemetryError as exc:
@@ -531,9 +683,11 @@ class Controller:
         return records
 
     def handle_status(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> None:
-        """Apply a deployment status report from ``device_id``."""
+        """Apply a deployment status report from ``device_id``; a revoked device's is dropped."""
         assert self._deployer is not None
         self._require_running()
+        if device_id in self._revoked:
+            return
         if self._deployer.handle_status(device_id, status):
             # A finished deployment (whatever its end) starts the cooldown, so the policy
             # judges the new variant on fresh samples only.
@@ -980,6 +1134,15 @@ class Controller:
             except Exception:
                 # Retention must keep running through a transient database error.
                 logger.exception("deleting expired telemetry failed; retrying later")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _evidence(decision: Decision) -> dict[str, Any]:

@@ -116,17 +116,19 @@ class RegisterRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., profile: _Optional[_Union[DeviceProfile, _Mapping]] = ..., calibration: _Optional[_Union[Calibration, _Mapping]] = ..., agent_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., current_variant_id: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("device_id", "telemetry_interval_s", "profile_fingerprint")
+    __slots__ = ("device_id", "telemetry_interval_s", "profile_fingerprint", "controller_time_ms")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     telemetry_interval_s: float
     profile_fingerprint: str
-    def __init__(self, device_id: _Optional[str] = ..., telemetry_interval_s: _Optional[float] = ..., profile_fingerprint: _Optional[str] = ...) -> None: ...
+    controller_time_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., telemetry_interval_s: _Optional[float] = ..., profile_fingerprint: _Optional[str] = ..., controller_time_ms: _Optional[int] = ...) -> None: ...
 
 class TelemetrySample(_message.Message):
-    __slots__ = ("device_id", "seq", "sampled_at_ms", "cpu_percent", "memory_total_mb", "memory_available_mb", "load_1m", "load_5m", "load_15m", "disk_free_mb", "temperature_c", "agent_rss_mb", "variant_id", "requests", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_rps", "window_s")
+    __slots__ = ("device_id", "seq", "sampled_at_ms", "cpu_percent", "memory_total_mb", "memory_available_mb", "load_1m", "load_5m", "load_15m", "disk_free_mb", "temperature_c", "agent_rss_mb", "variant_id", "requests", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_rps", "window_s", "dropped_samples")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SAMPLED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,7 @@ class TelemetrySample(_message.Message):
     LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
     THROUGHPUT_RPS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     seq: int
     sampled_at_ms: int
@@ -165,7 +168,8 @@ class TelemetrySample(_message.Message):
     latency_p99_ms: float
     throughput_rps: float
     window_s: float
-    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sampled_at_ms: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_total_mb: _Optional[float] = ..., memory_available_mb: _Optional[float] = ..., load_1m: _Optional[float] = ..., load_5m: _Optional[float] = ..., load_15m: _Optional[float] = ..., disk_free_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., agent_rss_mb: _Optional[float] = ..., variant_id: _Optional[str] = ..., requests: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., throughput_rps: _Optional[float] = ..., window_s: _Optional[float] = ...) -> None: ...
+    dropped_samples: int
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., sampled_at_ms: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., memory_total_mb: _Optional[float] = ..., memory_available_mb: _Optional[float] = ..., load_1m: _Optional[float] = ..., load_5m: _Optional[float] = ..., load_15m: _Optional[float] = ..., disk_free_mb: _Optional[float] = ..., temperature_c: _Optional[float] = ..., agent_rss_mb: _Optional[float] = ..., variant_id: _Optional[str] = ..., requests: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., throughput_rps: _Optional[float] = ..., window_s: _Optional[float] = ..., dropped_samples: _Optional[int] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "type", "shape")
@@ -234,12 +238,14 @@ class VariantManifest(_message.Message):
     def __init__(self, variant_id: _Optional[str] = ..., model_id: _Optional[str] = ..., recipe_json: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., metrics: _Optional[_Union[VariantMetrics, _Mapping]] = ..., self_test: _Optional[_Union[SelfTest, _Mapping]] = ..., opset: _Optional[int] = ...) -> None: ...
 
 class DeployCommand(_message.Message):
-    __slots__ = ("deployment_id", "manifest")
+    __slots__ = ("deployment_id", "manifest", "signed_manifest")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_MANIFEST_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     manifest: VariantManifest
-    def __init__(self, deployment_id: _Optional[str] = ..., manifest: _Optional[_Union[VariantManifest, _Mapping]] = ...) -> None: ...
+    signed_manifest: SignedManifest
+    def __init__(self, deployment_id: _Optional[str] = ..., manifest: _Optional[_Union[VariantManifest, _Mapping]] = ..., signed_manifest: _Optional[_Union[SignedManifest, _Mapping]] = ...) -> None: ...
 
 class SetTelemetryIntervalCommand(_message.Message):
     __slots__ = ("interval_s",)
@@ -305,11 +311,21 @@ class Presence(_message.Message):
     current_variant_id: str
     def __init__(self, device_id: _Optional[str] = ..., state: _Optional[_Union[PresenceState, str]] = ..., current_variant_id: _Optional[str] = ...) -> None: ...
 
+class SessionAck(_message.Message):
+    __slots__ = ("telemetry_seq", "controller_time_ms")
+    TELEMETRY_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    telemetry_seq: int
+    controller_time_ms: int
+    def __init__(self, telemetry_seq: _Optional[int] = ..., controller_time_ms: _Optional[int] = ...) -> None: ...
+
 class ControllerMessage(_message.Message):
-    __slots__ = ("command",)
+    __slots__ = ("command", "ack")
     COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     command: Command
-    def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
+    ack: SessionAck
+    def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ..., ack: _Optional[_Union[SessionAck, _Mapping]] = ...) -> None: ...
 
 class ArtifactRequest(_message.Message):
     __slots__ = ("device_id", "sha256", "offset", "chunk_size")
@@ -336,3 +352,71 @@ class ArtifactChunk(_message.Message):
     data: bytes
     crc32: int
     def __init__(self, sha256: _Optional[str] = ..., offset: _Optional[int] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ..., crc32: _Optional[int] = ...) -> None: ...
+
+class ManifestPayload(_message.Message):
+    __slots__ = ("variant", "device_id", "deployment_id", "version", "issued_at_ms", "expires_at_ms", "rollback")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    variant: VariantManifest
+    device_id: str
+    deployment_id: str
+    version: int
+    issued_at_ms: int
+    expires_at_ms: int
+    rollback: bool
+    def __init__(self, variant: _Optional[_Union[VariantManifest, _Mapping]] = ..., device_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., version: _Optional[int] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., rollback: _Optional[bool] = ...) -> None: ...
+
+class SignedManifest(_message.Message):
+    __slots__ = ("payload", "key_id", "signature")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    key_id: str
+    signature: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class TrustedKey(_message.Message):
+    __slots__ = ("key_id", "public_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    public_key: bytes
+    def __init__(self, key_id: _Optional[str] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("token", "device_id", "csr_pem")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    device_id: str
+    csr_pem: bytes
+    def __init__(self, token: _Optional[str] = ..., device_id: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("device_id", "certificate_pem", "ca_certificate_pem", "server_certificate_pem", "server_name", "manifest_keys", "controller_time_ms", "mqtt_username", "mqtt_password")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CA_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERVER_CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_KEYS_FIELD_NUMBER: _ClassVar[int]
+    CONTROLLER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MQTT_USERNAME_FIELD_NUMBER: _ClassVar[int]
+    MQTT_PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    server_certificate_pem: bytes
+    server_name: str
+    manifest_keys: _containers.RepeatedCompositeFieldContainer[TrustedKey]
+    controller_time_ms: int
+    mqtt_username: str
+    mqtt_password: str
+    def __init__(self, device_id: _Optional[str] = ..., certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., server_certificate_pem: _Optional[bytes] = ..., server_name: _Optional[str] = ..., manifest_keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., controller_time_ms: _Optional[int] = ..., mqtt_username: _Optional[str] = ..., mqtt_password: _Optional[str] = ...) -> None: ...

@@ -25,6 +25,82 @@ if _version_not_supported:
     )
 
 
+class EnrollmentServiceStub:
+    """Served on its own TLS port without client certificates; see README "Trust and enrollment".
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Enroll = channel.unary_unary(
+                '/edgefleet.v1.EnrollmentService/Enroll',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+
+
+class EnrollmentServiceServicer:
+    """Served on its own TLS port without client certificates; see README "Trust and enrollment".
+    """
+
+    def Enroll(self, request, context):
+        """Exchanges a one-time enrollment token and a CSR for a device certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EnrollmentServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.EnrollRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.EnrollResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'edgefleet.v1.EnrollmentService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('edgefleet.v1.EnrollmentService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EnrollmentService:
+    """Served on its own TLS port without client certificates; see README "Trust and enrollment".
+    """
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.EnrollmentService/Enroll',
+            edgefleet_dot_v1_dot_fleet__pb2.EnrollRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class FleetServiceStub:
     """Missing associated documentation comment in .proto file."""
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 import typer
 
 from edgefleet.agent.cli import app as agent_app
+from edgefleet.agent.cli import enroll_command
 from edgefleet.agent.simulate_cli import simulate_command
 from edgefleet.client.commands import register_commands as register_operator_commands
 from edgefleet.compress.cli import compress_command
@@ -37,6 +38,7 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(controller_app, name="controller")
 app.command("compress")(compress_command)
 app.command("demo")(demo_command)
+app.command("enroll")(enroll_command)
 app.command("simulate")(simulate_command)
 # devices, device, telemetry, models, variants, deploy, pin, unpin, events, rollouts
 register_operator_commands(app)

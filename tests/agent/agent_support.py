@@ -105,7 +105,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self.telemetry_interval_s = 0.2
         # Abort the next download after streaming this many bytes, to test resumption.
         self.drop_after_bytes: int | None = None
-        self._sessions: list[queue.Queue[fleet_pb2.Command]] = []
+        # Acknowledge each telemetry sample with a SessionAck, as the controller does.
+        self.send_receipts = True
+        self._sessions: list[queue.Queue[fleet_pb2.ControllerMessage]] = []
 
     # -- helpers for tests ---------------------------------------------------------------
 
@@ -124,7 +126,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def send(self, command: fleet_pb2.Command) -> None:
         with self.lock:
             for commands in self._sessions:
-                commands.put(command)
+                commands.put(fleet_pb2.ControllerMessage(command=command))
 
     # -- FleetService --------------------------------------------------------------------
 
@@ -139,30 +141,41 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             device_id=request.device_id,
             telemetry_interval_s=self.telemetry_interval_s,
             profile_fingerprint=profile.fingerprint,
+            controller_time_ms=int(time.time() * 1000),
         )
 
     def Session(self, request_iterator, context):
-        commands: queue.Queue[fleet_pb2.Command] = queue.Queue()
-        reader = threading.Thread(target=self._read, args=(request_iterator,), daemon=True)
+        commands: queue.Queue[fleet_pb2.ControllerMessage] = queue.Queue()
+        reader = threading.Thread(target=self._read, args=(request_iterator, commands), daemon=True)
         reader.start()
         with self.lock:
             self._sessions.append(commands)
         try:
             while context.is_active():
                 try:
-                    command = commands.get(timeout=0.05)
+                    reply = commands.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                yield fleet_pb2.ControllerMessage(command=command)
+                yield reply
         finally:
             with self.lock:
                 self._sessions.remove(commands)
 
-    def _read(self, request_iterator: Iterator[fleet_pb2.AgentMessage]) -> None:
+    def _read(
+        self,
+        request_iterator: Iterator[fleet_pb2.AgentMessage],
+        replies: queue.Queue[fleet_pb2.ControllerMessage],
+    ) -> None:
         try:
             for message in request_iterator:
                 with self.lock:
                     self.messages.append(message)
+                if message.HasField("telemetry") and self.send_receipts:
+                    receipt = fleet_pb2.SessionAck(
+                        telemetry_seq=message.telemetry.seq,
+                        controller_time_ms=int(time.time() * 1000),
+                    )
+                    replies.put(fleet_pb2.ControllerMessage(ack=receipt))
         except grpc.RpcError:
             pass  # the session ended
 

@@ -7,10 +7,11 @@ import threading
 
 import pytest
 from agent_support import build_affine_model, build_manifest, wait_for
+from google.protobuf import json_format
 
 from edgefleet.agent.calibration import reference_sha256
 from edgefleet.agent.daemon import Agent, AgentConfig
-from edgefleet.agent.deploy import MAX_LOAD_ATTEMPTS
+from edgefleet.agent.deploy import MAX_ATTEMPTS
 from edgefleet.agent.store import AgentStore, UpdateRecord
 from edgefleet.agent.update import UpdateState
 from edgefleet.errors import InvalidInputError
@@ -18,10 +19,13 @@ from edgefleet.protos.v1 import fleet_pb2
 
 ACTIVE = fleet_pb2.DEPLOYMENT_STATE_ACTIVE
 FAILED = fleet_pb2.DEPLOYMENT_STATE_FAILED
+# Installing is reported as VERIFYING, and the health check as LOADING.
 FULL_PATH = [
     fleet_pb2.DEPLOYMENT_STATE_PENDING,
     fleet_pb2.DEPLOYMENT_STATE_DOWNLOADING,
     fleet_pb2.DEPLOYMENT_STATE_VERIFYING,
+    fleet_pb2.DEPLOYMENT_STATE_VERIFYING,
+    fleet_pb2.DEPLOYMENT_STATE_LOADING,
     fleet_pb2.DEPLOYMENT_STATE_LOADING,
     ACTIVE,
 ]
@@ -250,7 +254,10 @@ def test_daemon_stops_after_load_crashes(fleet, start_agent, tmp_path):
             manifest.variant_id,
             manifest.sha256,
             UpdateState.LOADING,
-            load_attempts=MAX_LOAD_ATTEMPTS,
+            attempts=MAX_ATTEMPTS,
+            command_json=json_format.MessageToJson(
+                fleet_pb2.DeployCommand(deployment_id="dep-0", manifest=manifest)
+            ),
         )
     )
 
@@ -260,8 +267,9 @@ def test_daemon_stops_after_load_crashes(fleet, start_agent, tmp_path):
     wait_for(lambda: FAILED in fleet.servicer.statuses("dep-0")[1:], description="FAILED")
 
     statuses = [s for s in fleet.servicer.of_kind("status") if s.deployment_id == "dep-0"]
-    assert "interrupted in state loading" in statuses[0].message
-    assert "stopped 3 times while loading" in statuses[-1].message
+    assert "restarted while loading" in statuses[0].message
+    assert f"after {MAX_ATTEMPTS} attempts" in statuses[-1].message
+    assert len(fleet.servicer.download_requests) == 0
 
 
 def test_daemon_applies_interval_command(fleet, start_agent):

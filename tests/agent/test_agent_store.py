@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -61,7 +62,7 @@ def test_store_remembers_applied_commands_bounded(tmp_path):
 
 def test_store_persists_update_record(tmp_path):
     store = AgentStore(tmp_path)
-    record = UpdateRecord("c1", "d1", "v1", SHA_C, UpdateState.LOADING, load_attempts=2)
+    record = UpdateRecord("c1", "d1", "v1", SHA_C, UpdateState.LOADING, attempts=2)
 
     store.record_update(record)
 
@@ -86,6 +87,41 @@ def test_store_ignores_corrupt_state_file(tmp_path, content):
     store = AgentStore(tmp_path)
 
     assert store.state.current is None
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"version": 1, "current": 5}', ""])
+def test_store_corrupt_state_keeps_committed_model(tmp_path, affine_variant, content):
+    store = AgentStore(tmp_path / "state")
+    old_path, old = affine_variant(scale=1.0)
+    new_path, new = affine_variant(scale=2.0)
+    store.install(old, old_path)
+    store.commit(old.sha256)
+    store.install(new, new_path)
+    store.commit(new.sha256)
+    (tmp_path / "state" / "state.json").write_text(content)
+
+    recovered = AgentStore(tmp_path / "state").state
+
+    assert recovered.current == new.sha256
+    assert recovered.previous == old.sha256
+
+
+def test_store_corrupt_state_and_committed_uses_newest(tmp_path, affine_variant):
+    store = AgentStore(tmp_path / "state")
+    old_path, old = affine_variant(scale=1.0)
+    new_path, new = affine_variant(scale=2.0)
+    store.install(old, old_path)
+    store.commit(old.sha256)
+    os.utime(store.model_path(old.sha256), (1_000_000, 1_000_000))
+    store.install(new, new_path)
+    store.commit(new.sha256)
+    (tmp_path / "state" / "state.json").write_text("{torn")
+    (tmp_path / "state" / "committed.json").write_text("{torn")
+
+    recovered = AgentStore(tmp_path / "state").state
+
+    assert recovered.current == new.sha256
+    assert recovered.previous == old.sha256
 
 
 def test_store_install_and_remove_unused(tmp_path, affine_variant):

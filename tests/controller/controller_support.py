@@ -134,11 +134,23 @@ def store_fake_ladder(
 
 
 class AgentStream:
-    """A Session stream driven by hand: ``send`` agent messages, read ``responses``."""
+    """A Session stream driven by hand: ``send`` agent messages, read ``responses``.
+
+    ``responses`` yields commands only; telemetry receipts are collected in ``receipts``.
+    """
 
     def __init__(self, stub: object, *, timeout_s: float = 30.0) -> None:
         self._outgoing: queue.Queue[fleet_pb2.AgentMessage | None] = queue.Queue()
-        self.responses = stub.Session(self._requests(), timeout=timeout_s)  # type: ignore[attr-defined]
+        self.call = stub.Session(self._requests(), timeout=timeout_s)  # type: ignore[attr-defined]
+        self.receipts: list[int] = []
+        self.responses = self._commands()
+
+    def _commands(self) -> Iterator[fleet_pb2.ControllerMessage]:
+        for message in self.call:
+            if message.HasField("ack"):
+                self.receipts.append(message.ack.telemetry_seq)
+            else:
+                yield message
 
     def _requests(self) -> Iterator[fleet_pb2.AgentMessage]:
         while (message := self._outgoing.get()) is not None:
@@ -158,7 +170,7 @@ class AgentStream:
 
     def close(self) -> None:
         self._outgoing.put(None)
-        self.responses.cancel()
+        self.call.cancel()
 
 
 def wait_for(condition: Callable[[], object], *, timeout_s: float = 10.0) -> None:

@@ -190,6 +190,9 @@ def test_nan_telemetry_dropped_and_stream_stays_up(
     second = next(stream.responses)
     stream.close()
 
+    # Every sample gets a receipt, rejected ones too, so the agent never resends them.
+    assert stream.receipts == [make_sample().seq, 2, 3]
+
     assert first.command.deploy.manifest.variant_id == ladder[0]
     assert second.command.deploy.manifest.variant_id == ladder[2]
     assert controller.dropped_samples("dev-1") == 2
