@@ -1,7 +1,7 @@
 """Add enrollment tokens, device certificates and signed manifest versions.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-12-04
 """
 
