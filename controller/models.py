@@ -162,6 +162,10 @@ class EventKind(StrEnum):
     ROLLOUT_ABORTED = "rollout_aborted"  # an operator aborted the rollout
     ROLLOUT_SUCCEEDED = "rollout_succeeded"
     ROLLOUT_REVERT = "rollout_revert"  # a device is sent back to its previous variant
+    ENROLLED = "enrolled"  # a device exchanged an enrollment token for a certificate
+    REVOKED = "revoked"  # an operator revoked a device's certificates
+    # A connection, request or enrollment was rejected for lack of a valid identity.
+    ACCESS_DENIED = "access_denied"
 
 
 class RolloutState(StrEnum):
@@ -206,10 +210,6 @@ class RolloutDeviceState(StrEnum):
     def is_settled(self) -> bool:
         """Whether no deployment of the rollout is in flight to this device."""
         return self not in (RolloutDeviceState.DEPLOYING, RolloutDeviceState.REVERTING)
-    ENROLLED = "enrolled"  # a device exchanged an enrollment token for a certificate
-    REVOKED = "revoked"  # an operator revoked a device's certificates
-    # A connection, request or enrollment was rejected for lack of a valid identity.
-    ACCESS_DENIED = "access_denied"
 
 
 def _enum_column(enum: type[Enum]) -> sa.Enum:
