@@ -194,7 +194,7 @@ class WaveState(StrEnum):
 
 
 class RolloutDeviceState(StrEnum):
-    """Where one device of a rollout stands."""
+    """Progress of one device in a rollout."""
 
     PENDING = "pending"  # its wave has not started
     DEPLOYING = "deploying"
