@@ -128,8 +128,13 @@ def test_mqtt_agent_deploys_reports_and_dies(mqtt_fleet, broker, start_agent):
     wait_for(lambda: serving_variant(agent) == variant_id, timeout_s=90, what="the deployment")
     assert controller.registry.get_device("pi-mqtt").calibration is not None
     assert controller.ladder("pi-mqtt")[0].size_bytes > ARTIFACT_LIMIT
+    # The agent serves the variant before its ACTIVE status reaches the controller.
+    wait_for(
+        lambda: controller.registry.latest_deployment("pi-mqtt").state is DeploymentState.ACTIVE,
+        timeout_s=15,
+        what="the ACTIVE status",
+    )
     deployment = controller.registry.latest_deployment("pi-mqtt")
-    assert deployment.state is DeploymentState.ACTIVE
     wait_for(
         lambda: controller.registry.count_telemetry("pi-mqtt") >= 3, timeout_s=15, what="telemetry"
     )
