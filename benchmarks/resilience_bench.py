@@ -1,9 +1,10 @@
 """Measure the agent's rollback time and its telemetry backlog over a real outage.
 
-1. Rollback: a device serving variant A receives variant B under a latency budget that no
-   model meets, so B's health check fails. The figure is the time from the failed check
-   to A serving again, and the time B served in all (health check plus rollback), watched
-   by a thread that runs inference throughout and counts failed requests.
+1. Rollback: a device serving variant A receives variant B, a much slower model, under a
+   latency budget that no model meets, so B's health check fails. The figure is the time
+   from the failed check to A serving again, and the time B served in all (health check
+   plus rollback), watched by a thread that runs inference throughout and counts failed
+   requests.
 2. Outage: an agent sends telemetry to a gRPC FleetService on loopback through a TCP
    proxy. For ``--outage-s`` seconds the proxy forwards nothing and accepts no connection,
    but keeps the open one open, as a cut cable or a dead NAT mapping would: the agent only
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests" / "agent"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_support import FleetServer, build_affine_model, build_manifest  # noqa: E402
-from fault_support import BlackholeProxy  # noqa: E402
+from fault_support import BlackholeProxy, build_slow_variant  # noqa: E402
 from fleet_bench import replace_section  # noqa: E402
 
 from edgefleet.agent.daemon import Agent, AgentConfig  # noqa: E402
@@ -91,6 +92,18 @@ def deploy(fleet: FleetServer, command_id: str, scale: float) -> fleet_pb2.Varia
     return manifest
 
 
+def deploy_slow(fleet: FleetServer, command_id: str) -> fleet_pb2.VariantManifest:
+    data, manifest = build_slow_variant()
+    fleet.servicer.artifacts[manifest.sha256] = data
+    fleet.servicer.send(
+        fleet_pb2.Command(
+            command_id=command_id,
+            deploy=fleet_pb2.DeployCommand(deployment_id=command_id, manifest=manifest),
+        )
+    )
+    return manifest
+
+
 def final_state(fleet: FleetServer, deployment_id: str) -> int | None:
     finals = (
         fleet_pb2.DEPLOYMENT_STATE_ACTIVE,
@@ -121,7 +134,7 @@ def measure_rollback(work: Path, rounds: int) -> dict:
             wait_until(lambda: fleet.servicer.open_sessions, 30, "session")
             watch = _Watcher(agent, good.variant_id)
             watch.start()
-            deploy(fleet, bad_id, 3.0)
+            deploy_slow(fleet, bad_id)
             wait_until(lambda: final_state(fleet, bad_id), 30, "rollback")  # noqa: B023
             watch.stop()
             assert final_state(fleet, bad_id) == fleet_pb2.DEPLOYMENT_STATE_ROLLED_BACK
@@ -254,7 +267,8 @@ FleetService and a real agent in the same process, on a 2-core machine shared wi
 jobs (load average at the start: {load}).
 
 **Rollback after a failed health check** ({rollback["rounds"]} rounds). The device serves
-variant A, then receives variant B under a latency budget of 1e-6 ms, which no model meets.
+variant A, then receives variant B, about a thousand times slower, under a latency budget of
+1e-6 ms, which no model meets.
 
 | figure | median | max |
 |---|---|---|
