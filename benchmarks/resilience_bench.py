@@ -123,7 +123,11 @@ def measure_rollback(work: Path, rounds: int) -> dict:
             state_dir = work / f"rollback-{number}"
             good_id, bad_id = f"good-{number}", f"bad-{number}"
             agent, thread = start_agent(fleet, state_dir)
-            wait_until(lambda: fleet.servicer.open_sessions, 30, "session")
+            wait_until(
+                lambda: agent.connected.is_set() and fleet.servicer.open_sessions == 1,  # noqa: B023
+                30,
+                "session",
+            )
             good = deploy(fleet, good_id, 2.0)
             wait_until(lambda: final_state(fleet, good_id), 30, "first deployment")  # noqa: B023
             agent.stop()
@@ -131,7 +135,12 @@ def measure_rollback(work: Path, rounds: int) -> dict:
 
             # The same device restarts under a budget no model meets.
             agent, thread = start_agent(fleet, state_dir, profile={"latency_budget_ms": 1e-6})
-            wait_until(lambda: fleet.servicer.open_sessions, 30, "session")
+            # The first agent's session must be gone, or the command could go to it.
+            wait_until(
+                lambda: agent.connected.is_set() and fleet.servicer.open_sessions == 1,  # noqa: B023
+                30,
+                "session",
+            )
             watch = _Watcher(agent, good.variant_id)
             watch.start()
             deploy_slow(fleet, bad_id)
