@@ -38,7 +38,7 @@ from edgefleet.agent.errors import (
     StorageError,
 )
 from edgefleet.agent.identity import DeviceIdentity
-from edgefleet.agent.runtime import LoadedModel, ModelRuntime, check_health
+from edgefleet.agent.runtime import HealthReport, LoadedModel, ModelRuntime, check_health
 from edgefleet.agent.store import AgentStore, UpdateRecord
 from edgefleet.agent.transport import ControllerConnection
 from edgefleet.agent.trust import ManifestRejected
@@ -369,13 +369,50 @@ class _Update:
         model = self.candidate
         if model is None:
             return UpdateEvent.UNHEALTHY, "the new model is not loaded"
+        budget_ms = self.deployer._latency_budget_ms
         try:
-            report = check_health(model, latency_budget_ms=self.deployer._latency_budget_ms)
+            report = check_health(model, latency_budget_ms=budget_ms)
+            verdict = self._judge_latency(report)
         except AgentError as exc:
+            verdict = f"health check failed: {exc}"
+        if verdict is not None:
             self.rollback_started = time.perf_counter()
-            return UpdateEvent.UNHEALTHY, f"health check failed: {exc}"
+            return UpdateEvent.UNHEALTHY, verdict
         self.commit()
-        return UpdateEvent.HEALTHY, f"health check passed: p95 {report.latency_p95_ms:.3f} ms"
+        return UpdateEvent.HEALTHY, (
+            f"health check passed: p95 {report.latency_p95_ms:.3f} ms per row "
+            f"(budget {budget_ms:g} ms)"
+        )
+
+    def _judge_latency(self, report: HealthReport) -> str | None:
+        """Return why the new model's latency fails it, or ``None`` if it passes.
+
+        Over budget fails the model only if the model it replaced is faster right now. A
+        device under CPU contention may be stepping down precisely because every model is
+        over budget, and rolling back to a slower model would make that worse.
+        """
+        if report.within_budget:
+            return None
+        over = (
+            f"p95 latency {report.latency_p95_ms:.3f} ms per row exceeds the device's budget "
+            f"of {report.latency_budget_ms:g} ms"
+        )
+        replaced = self.replaced
+        if replaced is None:
+            logger.warning("new model kept although its %s: no model to return to", over)
+            return None
+        baseline = check_health(replaced, latency_budget_ms=report.latency_budget_ms)
+        if report.latency_p95_ms <= baseline.latency_p95_ms:
+            logger.warning(
+                "new model kept although its %s: the previous one is slower (%.3f ms)",
+                over,
+                baseline.latency_p95_ms,
+            )
+            return None
+        return (
+            f"health check failed: {over}, and the previous variant {replaced.variant_id} is "
+            f"faster ({baseline.latency_p95_ms:.3f} ms)"
+        )
 
     def roll_back(self) -> tuple[UpdateEvent, str]:
         """Serve the committed model again: from memory if it is there, else from disk."""

@@ -259,8 +259,9 @@ def check_health(
 ) -> HealthReport:
     """Run the self-test on ``model`` and time it against the device's latency budget.
 
-    Raises ``SelfTestError`` when the outputs differ from the manifest's expected output,
-    or when the p95 latency per input row exceeds ``latency_budget_ms``.
+    Raises ``SelfTestError`` when the outputs differ from the manifest's expected output.
+    A p95 latency over the budget is reported in ``HealthReport.within_budget``, because
+    whether it should fail the model depends on what the device would serve instead.
     """
     feeds = _run_self_test(model)
     rows = _batch_rows(feeds)
@@ -279,11 +280,6 @@ def check_health(
         latency_p95_ms=float(np.percentile(timings, 95)),
         latency_budget_ms=latency_budget_ms,
     )
-    if not report.within_budget:
-        raise SelfTestError(
-            f"variant {model.variant_id}: self-test p95 latency {report.latency_p95_ms:.3f} ms "
-            f"per row exceeds the device's budget of {latency_budget_ms:g} ms"
-        )
     return report
 
 

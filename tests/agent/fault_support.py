@@ -58,6 +58,58 @@ def sign_command(
     )
 
 
+def build_slow_variant(
+    *, features: int = 256, layers: int = 16
+) -> tuple[bytes, fleet_pb2.VariantManifest]:
+    """Return a model far slower than the affine test models, computing ``y = x``.
+
+    ``layers`` identity MatMuls of ``features`` squared weights take about a thousand times
+    the affine model's time, so a health check finds it slower whatever the host's load.
+    """
+    import hashlib
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgefleet.agent.tensors import array_to_tensor
+
+    weight = numpy_helper.from_array(np.eye(features, dtype=np.float32), "w")
+    names = ["x", *[f"h{index}" for index in range(1, layers)], "y"]
+    nodes = [helper.make_node("MatMul", [names[i], "w"], [names[i + 1]]) for i in range(layers)]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", features])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    sha256 = hashlib.sha256(data).hexdigest()
+    test_input = np.linspace(-1, 1, 2 * features, dtype=np.float32).reshape(2, features)
+    spec = fleet_pb2.TensorSpec(name="x", type=fleet_pb2.TENSOR_TYPE_FLOAT32, shape=[-1, features])
+    manifest = fleet_pb2.VariantManifest(
+        variant_id=f"slow-{sha256[:10]}",
+        model_id="slow",
+        recipe_json="[]",
+        sha256=sha256,
+        size_bytes=len(data),
+        inputs=[spec],
+        outputs=[fleet_pb2.TensorSpec(name="y", type=spec.type, shape=spec.shape)],
+        self_test=fleet_pb2.SelfTest(
+            input=array_to_tensor(test_input),
+            expected_output=array_to_tensor(test_input),
+            rtol=1e-5,
+            atol=1e-6,
+        ),
+        opset=13,
+    )
+    return data, manifest
+
+
 def trust_key(state_dir: Path, key: Ed25519PrivateKey) -> None:
     """Make the agent in ``state_dir`` trust ``key`` for manifests, as enrollment does."""
     from edgefleet.agent.trust import write_trusted_key

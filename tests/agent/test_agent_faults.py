@@ -19,7 +19,7 @@ import grpc
 import pytest
 from agent_support import FleetServicer, build_affine_model, build_manifest, wait_for
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fault_support import HOUR_MS, BlackholeProxy, sign_command, trust_key
+from fault_support import HOUR_MS, BlackholeProxy, build_slow_variant, sign_command, trust_key
 
 from edgefleet.agent.daemon import Agent, AgentConfig
 from edgefleet.agent.download import fetch_artifact, verify_artifact
@@ -197,8 +197,15 @@ PROFILE = {
     "latency_budget_ms": 50.0,
     "inference_threads": 1,
 }
-# No model runs in a nanosecond, so every health check under this profile fails.
+# No model runs in a nanosecond, so under this profile every model is over budget and a
+# health check fails any model slower than the one it replaces.
 TOO_FAST_PROFILE = {**PROFILE, "latency_budget_ms": 1e-6}
+
+
+def publish_slow(fleet) -> fleet_pb2.VariantManifest:
+    data, manifest = build_slow_variant()
+    fleet.servicer.artifacts[manifest.sha256] = data
+    return manifest
 
 
 class ThreadAgent:
@@ -297,8 +304,9 @@ KILL_CASES = {
 def test_agent_killed_in_each_state_ends_on_verified_model(fleet, agents, tmp_path, state):
     state_dir = tmp_path / "state"
     old = preinstall(state_dir, 2.0, 1.0)
-    new = publish(fleet, 3.0, 0.5)
-    profile = TOO_FAST_PROFILE if state is UpdateState.ROLLING_BACK else PROFILE
+    rolls_back = state is UpdateState.ROLLING_BACK
+    new = publish_slow(fleet) if rolls_back else publish(fleet, 3.0, 0.5)
+    profile = TOO_FAST_PROFILE if rolls_back else PROFILE
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(agent_settings(fleet.target, state_dir, profile)))
     support = Path(__file__).with_name("fault_support.py")
@@ -375,7 +383,7 @@ def test_always_corrupt_artifact_fails_and_keeps_model(cutting_fleet, agents, tm
 def test_failed_health_check_rolls_back(fleet, agents, tmp_path):
     state_dir = tmp_path / "state"
     old = preinstall(state_dir, 2.0, 1.0)
-    new = publish(fleet, 3.0, 0.5)
+    new = publish_slow(fleet)
     running = agents(agent_settings(fleet.target, state_dir, TOO_FAST_PROFILE))
     wait_for(lambda: fleet.servicer.open_sessions, description="session")
 
@@ -385,7 +393,29 @@ def test_failed_health_check_rolls_back(fleet, agents, tmp_path):
     status = final_statuses(fleet, "dep-1")[-1]
     assert status.state == ROLLED_BACK
     assert "exceeds the device's budget" in status.message
+    assert f"previous variant {old.variant_id} is faster" in status.message
     assert_serves_verified(running.agent, old)
+
+
+def test_over_budget_but_faster_model_kept(fleet, agents, tmp_path):
+    state_dir = tmp_path / "state"
+    data, slow = build_slow_variant()
+    staged = tmp_path / "slow.onnx"
+    staged.write_bytes(data)
+    store = AgentStore(state_dir)
+    store.install(slow, staged)
+    store.commit(slow.sha256)
+    new = publish(fleet, 3.0, 0.5)
+    # Every model is over this budget, as under heavy CPU contention: stepping down to a
+    # faster model must not be undone.
+    running = agents(agent_settings(fleet.target, state_dir, TOO_FAST_PROFILE))
+    wait_for(lambda: fleet.servicer.open_sessions, description="session")
+
+    fleet.servicer.send(command("cmd-1", deploy_of(new)))
+    wait_for(lambda: final_statuses(fleet, "dep-1"), description="final status")
+
+    assert final_statuses(fleet, "dep-1")[-1].state == ACTIVE
+    assert_serves_verified(running.agent, new)
 
 
 # -- signed manifests: replay, expiry and a clock at 1970 ---------------------------------
