@@ -342,7 +342,7 @@ def bench_mobilenet(work: Path) -> dict[str, object]:
 
 # ---------------------------------------------------------------- latency model
 
-# Widths of the digits CNN family the latency and memory models are scored on; each
+# Widths of the digits CNN family that scores the latency and memory models. Each
 # width is measured as float32 and as static int8 (the same family as the test).
 FAMILY_WIDTHS = [
     (8, 16, 16),
