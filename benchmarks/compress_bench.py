@@ -87,7 +87,16 @@ def main() -> int:
         help="time limit of the architecture search on the digits, in seconds",
     )
     parser.add_argument("--skip-planner", action="store_true", help="skip planning per profile")
+    parser.add_argument(
+        "--render-from",
+        type=Path,
+        help="write the section from the results JSON of an earlier run, without measuring",
+    )
     args = parser.parse_args()
+    if args.render_from is not None:
+        results = json.loads(args.render_from.read_text())
+        replace_section(args.out, render(results, command=results["command"]))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     warnings.filterwarnings("ignore")
     # One training thread: on a shared 2-core host more threads oversubscribe the cores.
@@ -103,10 +112,13 @@ def main() -> int:
         results["minilm"] = bench_minilm(work / "minilm")
     results["elapsed_s"] = time.monotonic() - started
     results["load_end"] = os.getloadavg()[0]
-    (REPO / "benchmarks" / "compress_bench.json").write_text(json.dumps(results, indent=2))
     command = "python benchmarks/compress_bench.py --out docs/benchmarks.md"
     if args.search_seconds != 300.0:
         command += f" --search-seconds {args.search_seconds:g}"
+    if args.skip_planner:
+        command += " --skip-planner"
+    results["command"] = command
+    (REPO / "benchmarks" / "compress_bench.json").write_text(json.dumps(results, indent=2))
     replace_section(args.out, render(results, command=command))
     return 0
 
@@ -342,7 +354,7 @@ def bench_mobilenet(work: Path) -> dict[str, object]:
 
 # ---------------------------------------------------------------- latency model
 
-# Widths of the digits CNN family the latency and memory models are scored on; each
+# Widths of the digits CNN family that scores the latency and memory models. Each
 # width is measured as float32 and as static int8 (the same family as the test).
 FAMILY_WIDTHS = [
     (8, 16, 16),
@@ -649,8 +661,8 @@ def render_digits(digits: dict) -> list[str]:
     lines += [
         "",
         f"- int8 static against fp32: {fp32['size_bytes'] / int8['size_bytes']:.2f}x smaller, "
-        f"{fp32['p50_ms'] / int8['p50_ms']:.2f}x faster (p50), accuracy "
-        f"{(fp32['accuracy'] - int8['accuracy']) * 100:+.2f} points lost.",
+        f"{fp32['p50_ms'] / int8['p50_ms']:.2f}x faster (p50), accuracy loss "
+        f"{(fp32['accuracy'] - int8['accuracy']) * 100:.2f} points.",
         f"- Pruning: {mac_ratio:.2f}x fewer MACs, {speedup:.2f}x faster (p50); speed-up over "
         f"MAC reduction {speedup / mac_ratio:.2f}.",
         f"- Accuracy lost after pruning: {lost * 100:.2f} points with plain fine-tuning, "
@@ -677,7 +689,14 @@ def render_digits(digits: dict) -> list[str]:
     ]
     for c in search["front"]:
         lines.append(f"| {c['arch']} | {c['accuracy']:.4f} | {c['p50_ms']:.3f} | {c['macs']:,} |")
-    if "planner" in digits:
+    if "planner" not in digits:
+        lines += [
+            "",
+            "Planning per shipped profile was skipped in this run (`--skip-planner`). "
+            "`tests/compress/test_planner.py` plans the digits CNN for every shipped profile "
+            "and checks that each gets a variant within budget and no slower than fp32.",
+        ]
+    else:
         lines += [
             "",
             "Planner's choice per shipped profile: default recipes plus up to three searched "
@@ -738,7 +757,7 @@ def render_latency_model(model: dict) -> list[str]:
         "",
         "### Latency and memory model (digits CNN family)",
         "",
-        f"{len(model['variants'])} variants: {len(FAMILY_WIDTHS)} widths of the digits CNN, "
+        f"{len(model['variants'])} variants, {len(FAMILY_WIDTHS)} widths of the digits CNN, "
         "each as fp32 and static int8. Each p50 is the least median of 5 interleaved rounds "
         "of 100 runs. Each variant is predicted by a model fitted on the others "
         "(leave-one-out).",
@@ -770,8 +789,8 @@ def render_minilm(minilm: dict) -> list[str]:
         f"{minilm['tokens_mean']:.0f} tokens before padding to {minilm['length']}); "
         f"distillation used {minilm['sentences']['train']} others. Latency: batch 1, one "
         f"thread, {base['runs']} runs per variant in 10 interleaved rounds. onnxruntime's "
-        f"transformer optimizer (model_type bert) fused {fused} in the exported graph; it "
-        "found no attention subgraph to fuse.",
+        f"transformer optimizer (model_type bert) fused {fused} in the exported graph"
+        + ("." if "Attention" in minilm["fused"] else ", but no attention subgraph."),
         "",
         "| variant | size (bytes) | size ratio | p50 ms | speed-up | mean cosine | min cosine |",
         "|---|---|---|---|---|---|---|",

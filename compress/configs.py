@@ -263,7 +263,7 @@ class StructuredPruningConfig(TechniqueConfig):
     distill: bool = True
     temperature: float = 4.0
     alpha: float = 0.7
-    # Kept channel counts round down to multiples of this; see ChannelPruningConfig.
+    # Kept channel counts round down to multiples of this (see ChannelPruningConfig).
     round_to: int | None = 16
     seed: int = 0
 

@@ -186,7 +186,9 @@ def test_tighter_recipes_prune_beyond_largest_ratio(small_cnn, small_digits, tmp
         assert isinstance(recipe[-1], StaticQuantizationConfig)
 
 
+# Plans four profiles with every default recipe, several minutes on a busy 2-core host.
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_digits_plan_meets_every_shipped_profile(digits_cnn, digits, tmp_path):
     from compress_helpers import PROFILES_DIR
 

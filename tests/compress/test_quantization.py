@@ -27,6 +27,8 @@ from edgefleet.compress import (
     registered_configs,
     static_quantization_for,
 )
+from edgefleet.compress.errors import CompressError
+from edgefleet.compress.pruning import prune_channels
 from edgefleet.compress.runtime import create_session, run_batched
 from edgefleet.profiles import load_profile
 
@@ -325,3 +327,72 @@ def test_fallback_names_nodes_tried_when_it_cannot_fit(outlier_onnx, small_digit
         assert "max_fp32_nodes" in message
     else:
         pytest.skip("one excluded node already matched the float model exactly")
+
+
+# --- torch-stage techniques on the same tiny network -----------------------------------
+
+
+def _torch_recipes() -> dict[str, Recipe]:
+    from edgefleet.compress import (
+        ChannelPruningConfig,
+        DistillationConfig,
+        MagnitudeSparsityConfig,
+        SearchedArchitectureConfig,
+    )
+
+    prune = ChannelPruningConfig(ratio=0.5, finetune_epochs=1)
+    return {
+        "channel_pruning": Recipe([prune]),
+        "structured_pruning": Recipe([StructuredPruningConfig(ratio=0.5, finetune_epochs=1)]),
+        "distillation": Recipe([prune, DistillationConfig(epochs=1)]),
+        "magnitude_sparsity": Recipe([MagnitudeSparsityConfig(sparsity=0.5, finetune_epochs=1)]),
+        "searched_architecture": Recipe(
+            [SearchedArchitectureConfig(widths=(8, 8, 16), depths=(1, 1, 1), epochs=1)]
+        ),
+    }
+
+
+def test_every_torch_technique_has_a_tiny_model_case():
+    torch_types = {cls.TYPE for cls in registered_configs() if cls.STAGE is Stage.TORCH}
+    # test_transformer.py applies transformer pruning to a tiny BERT classifier.
+    assert torch_types == set(_torch_recipes()) | {"transformer_pruning"}
+
+
+class ResidualConcatPooledNet(ResidualConcatNet):
+    """``ResidualConcatNet`` with global average pooling before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.stem(x)
+        residual = torch.relu(stem + self.pointwise(self.depthwise(stem)))
+        merged = torch.cat([residual, self.branch(residual)], dim=1)
+        return self.head(merged.mean(dim=(2, 3)))
+
+
+def test_pruning_flattened_concat_raises_clear_error():
+    torch.manual_seed(0)
+    with pytest.raises(CompressError, match="ignored_layers"):
+        prune_channels(ResidualConcatNet().eval(), torch.randn(2, 1, 8, 8), ratio=0.5)
+
+
+@pytest.mark.parametrize("name", sorted(_torch_recipes()))
+def test_torch_technique_on_residual_concat_depthwise(name, tiny_data, tmp_path):
+    torch.manual_seed(0)
+    model = ResidualConcatPooledNet().eval()
+    cache = ArtifactCache(tmp_path)
+
+    fp32 = apply_recipe(model, Recipe(), tiny_data, cache=cache)
+    artifact = apply_recipe(model, _torch_recipes()[name], tiny_data, cache=cache)
+
+    outputs = run_batched(create_session(artifact.path, threads=1), tiny_data.x_val)
+    assert outputs.shape == (len(tiny_data.x_val), 10)
+    assert np.isfinite(outputs).all()
+    assert artifact.sha256 != fp32.sha256
+    if name in ("channel_pruning", "structured_pruning", "distillation"):
+        assert artifact.details["macs_after"] < artifact.details["macs_before"]
+        assert artifact.path.stat().st_size < fp32.path.stat().st_size
+    if name == "magnitude_sparsity":
+        assert artifact.details["weight_sparsity"] >= 0.45

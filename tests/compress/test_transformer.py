@@ -142,7 +142,7 @@ def _initializer_types(path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("include_gather", [False, True])
-def test_encoder_dynamic_int8_keeps_embeddings(include_gather, tmp_path):
+def test_encoder_dynamic_int8_embedding_option(include_gather, tmp_path):
     torch.manual_seed(0)
     config = dict(TINY_BERT, vocab_size=2000, hidden_size=64, intermediate_size=128)
     model = SentenceEncoder(config).eval()
