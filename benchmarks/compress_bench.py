@@ -267,6 +267,8 @@ def bench_planner(teacher: torch.nn.Module, dataset, work: Path) -> list[dict[st
     return rows
 
 
+# NOTE: in the last recorded run this search returned a ratio whose recipe measured
+# fewer than 2x fewer MACs; the two countings have not been reconciled yet.
 def ratio_for_mac_reduction(
     model: torch.nn.Module, example: torch.Tensor, factor: float, *, round_to: int | None
 ) -> float:
@@ -646,8 +648,10 @@ def render_digits(digits: dict) -> list[str]:
     lines = [
         "### Digits CNN (scikit-learn digits, 360 validation images)",
         "",
-        f"Pruning: ratio {digits['ratio_2x']:.2f} is the smallest uniform ratio that cuts "
-        f"MACs at least 2x with kept channels rounded down to multiples of {PRUNING_ROUND_TO}.",
+        f"Pruning: uniform ratio {digits['ratio_2x']:.2f}, the smallest that cut MACs at "
+        "least 2x in `ratio_for_mac_reduction`, with kept channels rounded down to multiples "
+        f"of {PRUNING_ROUND_TO}. The pruned recipes below measure "
+        f"{digits['rows'][3]['macs_before'] / digits['rows'][3]['macs']:.2f}x fewer MACs.",
         "",
         "| variant | accuracy | size (bytes) | gzip (bytes) | p50 ms | p95 ms | MACs |",
         "|---|---|---|---|---|---|---|",
