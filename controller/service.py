@@ -978,6 +978,7 @@ class Controller:
         model = self.registry.active_model()
         if model is None:
             return
+        self._confirm_served_deployment(device)
         unfinished = (
             device.desired_variant_id is not None
             and device.desired_variant_id != device.current_variant_id
@@ -988,6 +989,32 @@ class Controller:
             f"placement of device {device.device_id}",
             lambda: self._place_device(device.device_id),
         )
+
+    def _confirm_served_deployment(self, device: DeviceRow) -> None:
+        """Complete the device's unfinished deployment when the device already serves it.
+
+        An agent reports ACTIVE once and ignores a command it has applied, so a report
+        lost with a killed controller process is never sent again. The variant the
+        device names on connecting is then the only sign that the deployment finished.
+        """
+        deployment = self.registry.latest_deployment(device.device_id)
+        if deployment is None or deployment.state.is_terminal:
+            return
+        if device.current_variant_id != deployment.variant_id:
+            return
+        logger.info(
+            "device %s connected serving variant %s of unfinished deployment %s; marking it active",
+            device.device_id,
+            deployment.variant_id,
+            deployment.id,
+            extra={"device_id": device.device_id, "deployment_id": deployment.id},
+        )
+        status = fleet_pb2.DeploymentStatus(
+            deployment_id=deployment.id,
+            state=fleet_pb2.DEPLOYMENT_STATE_ACTIVE,
+            message="the device reconnected serving this variant",
+        )
+        self.handle_status(device.device_id, status)
 
     def _resume_interrupted_plans(self) -> None:
         assert self._registry is not None

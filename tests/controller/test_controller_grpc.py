@@ -249,6 +249,33 @@ def test_reconnect_resends_unfinished_deployment(
     assert second.deploy.manifest == first.deploy.manifest
 
 
+def test_reconnect_serving_variant_completes_deployment(
+    stub: fleet_pb2_grpc.FleetServiceStub, controller: Controller, profile: DeviceProfile
+) -> None:
+    store_fake_ladder(controller, profile)
+    _register(stub, profile)
+    assert controller.wait_until_idle(10)
+    first_stream = AgentStream(stub)
+    first_stream.hello("dev-1")
+    deploy = next(first_stream.responses).command.deploy
+    # The device applies the variant, but its ACTIVE report never reaches the controller.
+    first_stream.close()
+    wait_for(lambda: controller.registry.get_device("dev-1").state is DeviceState.OFFLINE)
+    assert not controller.registry.find_deployment(deploy.deployment_id).state.is_terminal
+
+    second_stream = AgentStream(stub)
+    second_stream.hello("dev-1", current_variant_id=deploy.manifest.variant_id)
+    wait_for(
+        lambda: controller.registry.find_deployment(deploy.deployment_id).state.value == "active"
+    )
+    second_stream.close()
+
+    device = controller.registry.get_device("dev-1")
+    assert device.current_variant_id == deploy.manifest.variant_id
+    deployed = controller.registry.list_events(kinds=[EventKind.DEPLOYED])
+    assert [event.to_variant for event in deployed] == [deploy.manifest.variant_id]
+
+
 def test_failed_deployment_keeps_previous_variant(
     stub: fleet_pb2_grpc.FleetServiceStub, controller: Controller, profile: DeviceProfile
 ) -> None:
