@@ -4,7 +4,7 @@
 The event loop watches each client's socket (``add_reader``/``add_writer``) and calls
 ``loop_read`` or ``loop_write`` when it is ready. One task calls ``loop_misc`` of every
 client once a second for keepalive pings. So a connection costs a paho client and
-a socket, not a network thread, and one process holds thousands.
+a socket, not a network thread, and one process keeps thousands open.
 
 ``MqttLink`` is one simulated device's connection. It speaks the protocol of
 ``edgefleet.protos.mqtt`` exactly as ``edgefleet.agent.mqtt.MqttConnection`` does: a

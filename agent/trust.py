@@ -8,8 +8,8 @@ check, and ``ManifestRejected.reason`` names what failed:
 - ``UNSIGNED``: the command carries no signed manifest, or an empty signature;
 - ``UNKNOWN_KEY``: the key id is not among the trusted keys;
 - ``BAD_SIGNATURE``: the signature does not verify over the payload. The payload was
-  changed after signing, or another key signed it under a trusted key id; the two cannot
-  be told apart;
+  changed after signing, or another key signed it under a trusted key id. The two cases
+  cannot be distinguished;
 - ``TAMPERED``: the signature verifies, but the unsigned fields of the ``DeployCommand``
   (its deployment id or manifest copy) differ from the signed payload;
 - ``MALFORMED``: the signed payload does not parse or lacks its variant;
@@ -65,7 +65,7 @@ _KEYS_DIR = Path("trust") / "manifest-keys"
 
 
 class RejectReason(enum.StrEnum):
-    """Why ``verify_manifest`` rejected a manifest; see the module docstring."""
+    """Reason for which ``verify_manifest`` rejected a manifest; see the module docstring."""
 
     UNSIGNED = "unsigned"
     UNKNOWN_KEY = "unknown_key"
@@ -78,7 +78,7 @@ class RejectReason(enum.StrEnum):
 
 
 class ManifestRejected(EdgefleetError):
-    """A manifest failed verification; ``reason`` says which check failed.
+    """A manifest failed verification; ``reason`` names the failed check.
 
     It is fatal: the same manifest fails again on retry, so the deployment ends.
     """

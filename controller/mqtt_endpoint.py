@@ -71,8 +71,8 @@ ARTIFACT_WORKERS = 4
 # Registrations queued for the control thread beyond which new ones are rejected with
 # RESOURCE_EXHAUSTED, whatever the connect rate allows.
 MAX_PENDING_REGISTRATIONS = 64
-# A registration that waited longer is skipped: the agent's reply timeout is 10 s
-# (edgefleet.agent.mqtt.REPLY_TIMEOUT_S), so nobody reads its reply any more.
+# A registration that waited longer is skipped, because the agent stops waiting for its reply
+# after 10 s (edgefleet.agent.mqtt.REPLY_TIMEOUT_S).
 STALE_REGISTRATION_S = 8.0
 CONNECT_TIMEOUT_S = 10.0
 # Log one WARNING per this many undecodable or misaddressed messages.

@@ -118,6 +118,8 @@ class Registry:
             return device
 
     def _ensure_profile(self, session: sa.orm.Session, profile: DeviceProfile) -> None:
+        # NOTE: check-then-insert, so two devices of a new profile registering at once can
+        # race and one fails with IntegrityError; its agent retries and then succeeds.
         if session.get(ProfileRow, profile.fingerprint) is None:
             session.add(
                 ProfileRow(

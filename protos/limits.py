@@ -22,8 +22,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     # Measured with grpcio 1.85 on a connection whose peer stopped responding. Without this the
-    # unanswered ping times out after gRPC's default of 60 s, whatever keepalive_timeout_ms
-    # says (benchmarks/resilience_bench.py, tests/agent/test_agent_faults.py).
+    # unanswered ping times out after gRPC's default of 60 s, whatever the value of
+    # keepalive_timeout_ms (benchmarks/resilience_bench.py, tests/agent/test_agent_faults.py).
     ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),

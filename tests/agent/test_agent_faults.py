@@ -114,7 +114,7 @@ def test_grpc_transfer_resumes_at_every_cut(cutting_fleet, tmp_path):
 
 
 def _serve_chunks(fetcher_box: list, data: bytes, sha256: str, cut_at: int | None):
-    """Return a publish function that answers chunk requests like the controller would."""
+    """Return a publish function that serves chunk requests as the controller does."""
     lost = threading.Event()
 
     def publish(request: fleet_pb2.ArtifactRequest) -> None:
