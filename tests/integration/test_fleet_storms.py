@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -123,28 +124,38 @@ def test_backlog_burst_stored_not_dropped(start_broker, start_controller):
     devices = [f"burst-{index}" for index in range(10)]
     for device_id in devices:
         controller.register_device(device_id, DEFAULT_PROFILE)
+    # Another connection holds SQLite's write lock, so ingest cannot store anything
+    # until it lets go; however fast this machine is, the queue must fill.
+    lock = sqlite3.connect(fleet.data_dir / "edgefleet.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
     # One sender publishes a backlog far larger than the ingest queue, as a fleet
     # flushing its outboxes after an outage does.
     probe = MqttProbe(broker, "burst-sender")
     total = 0
-    for seq in range(1, 301):
-        for device_id in devices:
-            sample = fleet_pb2.TelemetrySample(
-                device_id=device_id,
-                seq=seq,
-                sampled_at_ms=int(time.time() * 1000),
-                cpu_percent=20.0,
-                memory_total_mb=4096.0,
-                memory_available_mb=2048.0,
-                window_s=1.0,
-            )
-            topic = DeviceTopics(device_id).topic(TopicKind.TELEMETRY)
-            probe.client.publish(topic, sample.SerializeToString(), qos=1)
-            total += 1
+    try:
+        for seq in range(1, 301):
+            for device_id in devices:
+                sample = fleet_pb2.TelemetrySample(
+                    device_id=device_id,
+                    seq=seq,
+                    sampled_at_ms=int(time.time() * 1000),
+                    cpu_percent=20.0,
+                    memory_total_mb=4096.0,
+                    memory_available_mb=2048.0,
+                    window_s=1.0,
+                )
+                topic = DeviceTopics(device_id).topic(TopicKind.TELEMETRY)
+                probe.client.publish(topic, sample.SerializeToString(), qos=1)
+                total += 1
+        # The endpoint waits on the full queue (well inside SQLite's busy timeout).
+        _wait_for(lambda: controller.ingest_stats().blocked_submits > 0, timeout_s=20)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
 
     _wait_for(lambda: controller.registry.count_telemetry() == total, timeout_s=60)
     probe.close()
     stats = controller.ingest_stats()
     assert stats.dropped == 0
-    assert stats.blocked_submits > 0  # the queue filled up and the endpoint waited
+    assert stats.blocked_submits > 0
     assert controller.dropped_samples() == 0
