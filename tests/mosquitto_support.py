@@ -129,11 +129,13 @@ class MqttProbe:
         if username is not None:
             self.client.username_pw_set(username, password)
         self.messages: list[paho.MQTTMessage] = []
+        # Each message with the time.monotonic() it arrived at, in order.
+        self.arrivals: list[tuple[float, paho.MQTTMessage]] = []
         self.connack = None
         self.subacks: dict[int, list] = {}
         self.pubacks: dict[int, object] = {}
         self.client.on_connect = self._on_connect
-        self.client.on_message = lambda _c, _u, message: self.messages.append(message)
+        self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", broker.port, keepalive=10)
@@ -142,6 +144,10 @@ class MqttProbe:
 
     def _on_connect(self, _client, _userdata, _flags, reason_code, _properties) -> None:
         self.connack = reason_code
+
+    def _on_message(self, _client, _userdata, message) -> None:
+        self.arrivals.append((time.monotonic(), message))
+        self.messages.append(message)
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _properties) -> None:
         self.subacks[mid] = list(reason_codes)
