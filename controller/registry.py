@@ -14,9 +14,11 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from edgefleet.controller.db import Database
 from edgefleet.controller.errors import (
+    DatabaseError,
     UnknownDeviceError,
     UnknownModelError,
     UnknownVariantError,
@@ -39,7 +41,7 @@ from edgefleet.controller.models import (
 from edgefleet.controller.telemetry import TelemetryRecord
 from edgefleet.profiles import DeviceProfile, parse_profile
 
-__all__ = ["Registry", "VariantRecord"]
+__all__ = ["Registry", "VariantRecord", "insert_profile"]
 
 # Device columns that ``Registry.update_device`` may change.
 _UPDATABLE_DEVICE_FIELDS = frozenset(
@@ -118,14 +120,8 @@ class Registry:
             return device
 
     def _ensure_profile(self, session: sa.orm.Session, profile: DeviceProfile) -> None:
-        # NOTE: check-then-insert, so two devices of a new profile registering at once can
-        # race and one fails with IntegrityError; its agent retries and then succeeds.
         if session.get(ProfileRow, profile.fingerprint) is None:
-            session.add(
-                ProfileRow(
-                    fingerprint=profile.fingerprint, name=profile.name, profile=profile.to_dict()
-                )
-            )
+            insert_profile(session, profile)
 
     def find_device(self, device_id: str) -> DeviceRow | None:
         with self._database.session() as session:
@@ -596,3 +592,22 @@ def _row_to_record(row: TelemetryRow) -> TelemetryRecord:
     return TelemetryRecord(
         **{field: getattr(row, field) for field in TelemetryRecord.__dataclass_fields__}
     )
+
+
+def insert_profile(session: sa.orm.Session, profile: DeviceProfile) -> None:
+    """Insert ``profile`` unless a row with its fingerprint exists.
+
+    Devices of a new profile registering at once each find no row, so the insert ignores
+    a conflict instead of failing all registrations but one.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        insert = postgresql.insert
+    elif dialect == "sqlite":
+        insert = sqlite.insert
+    else:
+        raise DatabaseError(f"unsupported database {dialect!r}; use SQLite or PostgreSQL")
+    statement = insert(ProfileRow).values(
+        fingerprint=profile.fingerprint, name=profile.name, profile=profile.to_dict()
+    )
+    session.execute(statement.on_conflict_do_nothing(index_elements=[ProfileRow.fingerprint]))

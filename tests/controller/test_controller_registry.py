@@ -7,7 +7,7 @@ from controller_support import PROFILE_FIELDS, make_record, store_fake_ladder
 
 from edgefleet.controller.errors import UnknownDeviceError, UnknownVariantError
 from edgefleet.controller.models import DeploymentState, DeviceState, EventKind
-from edgefleet.controller.registry import Registry
+from edgefleet.controller.registry import Registry, insert_profile
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile, parse_profile
 
@@ -153,3 +153,15 @@ def test_ladder_ordered_and_unknown_variant_rejected(
     assert [row.ladder_rank for row in rows] == [0, 1, 2]
     with pytest.raises(UnknownVariantError, match="nope"):
         controller.registry.get_variant(model.id, profile.fingerprint, "nope")
+
+
+def test_profile_insert_ignores_existing_row(registry: Registry, profile: DeviceProfile) -> None:
+    # As when another device of the same new profile registered after this one looked.
+    registry.register_device("dev-1", profile)
+
+    with registry._database.session() as session:
+        insert_profile(session, profile)
+    registry.register_device("dev-2", profile)
+
+    assert registry.profile_fingerprints() == [profile.fingerprint]
+    assert registry.get_profile(profile.fingerprint) == profile
