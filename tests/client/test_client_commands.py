@@ -259,3 +259,33 @@ def test_commands_module_imports_no_httpx_or_rich():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_register_uploads_model_and_data(fleet):
+    model = fleet.workdir / "digits_mlp.onnx"
+    data = fleet.workdir / "digits.npz"
+
+    # The same file again: the controller returns the model it already has.
+    registered = run_json(fleet, "register", str(model), "--data", str(data))
+    table = edgefleet("register", str(model), "--data", str(data), url=fleet.url)
+
+    assert registered["model_id"] == fleet.model_id
+    assert table.returncode == 0, table.stderr
+    assert f"registered model {fleet.model_id}" in table.stdout
+
+
+def test_register_rejects_missing_and_broken_files(fleet, tmp_path):
+    data = fleet.workdir / "digits.npz"
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a protobuf")
+
+    missing = edgefleet("register", str(tmp_path / "none.onnx"), "--data", str(data), url=fleet.url)
+    rejected = edgefleet("register", str(broken), "--data", str(data), url=fleet.url)
+
+    assert missing.returncode == 2
+    assert "none.onnx" in missing.stderr
+    assert "not found" in missing.stderr
+    assert rejected.returncode == 1
+    assert "not a valid ONNX model" in rejected.stderr
+    assert "Traceback" not in rejected.stderr
+    assert api(fleet, "/models")["active_model_id"] == fleet.model_id

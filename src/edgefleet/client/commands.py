@@ -1,8 +1,8 @@
 """Operator commands that talk to a running controller over its HTTP API.
 
-``edgefleet devices``, ``device``, ``telemetry``, ``models``, ``variants``, ``deploy``,
-``pin``, ``unpin``, ``rollouts ...`` and ``events``. Each prints rich tables, or the API's
-JSON with ``--json``. Only typer and the standard library are imported at module level, so
+``edgefleet devices``, ``device``, ``telemetry``, ``models``, ``register``, ``variants``,
+``deploy``, ``pin``, ``unpin``, ``rollouts ...`` and ``events``. Each prints rich tables, or
+the API's JSON with ``--json``. Only typer and the standard library are imported at module level, so
 ``edgefleet agent run`` still starts on a device without httpx and rich. There, a missing
 module surfaces as the root CLI's message about the ``controller`` extra.
 """
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import wraps
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
@@ -227,6 +228,38 @@ def models_command(
         _print_json(models)
         return
     _console().print(models_table(models))
+
+
+@_handle_errors
+def register_command(
+    model: Annotated[Path, typer.Argument(help="The trained model, exported to ONNX.")],
+    data: Annotated[
+        Path,
+        typer.Option(help="Evaluation data: an .npz with x_train, y_train, x_val and y_val."),
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Display name; default: the model's file name.")
+    ] = None,
+    controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    json_output: JsonOutput = False,
+) -> None:
+    """Upload a model and its evaluation data; the controller then plans it per profile."""
+    from edgefleet.errors import InvalidInputError
+
+    for option, path in (("MODEL", model), ("--data", data)):
+        if not path.is_file():
+            raise InvalidInputError(
+                f"{option} file {str(path)!r} not found; pass the path of an existing file"
+            )
+    with _client(controller_url) as client:
+        registered = client.register_model(model, data, name=name)
+    if json_output:
+        _print_json(registered)
+        return
+    _console().print(
+        f"registered model {registered['model_id']} ({registered['name']}); the controller "
+        "compresses it for every profile: `edgefleet models` shows the plans"
+    )
 
 
 @_handle_errors
@@ -658,6 +691,7 @@ def register_commands(app: typer.Typer) -> None:
     app.command("device")(device_command)
     app.command("telemetry")(telemetry_command)
     app.command("models")(models_command)
+    app.command("register")(register_command)
     app.command("variants")(variants_command)
     app.command("deploy")(deploy_command)
     app.command("pin")(pin_command)

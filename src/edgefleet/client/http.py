@@ -13,6 +13,7 @@ the fix; ``hint`` adds the command that lists valid ids for a ``*_not_found`` co
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +30,9 @@ __all__ = [
     "ControllerUnreachableError",
     "validate_controller_url",
 ]
+
+# An upload also waits for the controller to store and check both files.
+UPLOAD_TIMEOUT_S = 300.0
 
 # The command that lists valid ids, per not-found error code of the API.
 _LISTING_HINTS = {
@@ -107,11 +111,17 @@ class ControllerClient:
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
+        files: dict[str, Any] | None = None,
+        form: dict[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> Any:
         """Send one request and return the JSON body; raises a ``ClientError`` subclass."""
         query = {key: value for key, value in (params or {}).items() if value is not None}
         extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        if files is not None:
+            extra["files"] = files
+        if form:
+            extra["data"] = form
         try:
             response = self._http.request(method, path, params=query, json=json, **extra)
         except httpx.TransportError as exc:
@@ -170,6 +180,17 @@ class ControllerClient:
 
     def models(self) -> dict[str, Any]:
         return self.request("GET", "/models")
+
+    def register_model(
+        self, model_path: Path, data_path: Path, *, name: str | None = None
+    ) -> dict[str, Any]:
+        """Upload an ONNX model and its .npz evaluation data; returns the registered model."""
+        with model_path.open("rb") as model, data_path.open("rb") as data:
+            files = {"model": (model_path.name, model), "data": (data_path.name, data)}
+            form = {"name": name} if name else None
+            return self.request(
+                "POST", "/models", files=files, form=form, timeout_s=UPLOAD_TIMEOUT_S
+            )
 
     def variants(self, model_id: str, *, profile: str | None = None) -> dict[str, Any]:
         return self.request(
