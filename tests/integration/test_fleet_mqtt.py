@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 from fleet_support import fleet_config, wait_for, write_profile
+from ladder_support import LARGE_FEATURES, linear_variant, store_ladder
 from mosquitto_support import MqttProbe
-from onnx import TensorProto, helper, numpy_helper
 
 import edgefleet.controller.mqtt_endpoint as mqtt_endpoint
 from edgefleet.agent.errors import RegistrationRejected
 from edgefleet.agent.mqtt import MqttConnection
-from edgefleet.agent.tensors import array_to_tensor
-from edgefleet.controller.models import DeploymentState, DeviceState, PlanState
-from edgefleet.controller.registry import VariantRecord
+from edgefleet.controller.models import DeploymentState, DeviceState
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import load_profile
 from edgefleet.protos.mqtt import BrokerAddress, BrokerSettings, DeviceTopics, TopicKind
@@ -29,7 +24,6 @@ from edgefleet.protos.v1 import fleet_pb2
 
 ACL_FILE = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto" / "acl"
 # 1100 x 1100 float32 weights make the ONNX file about 4.8 MB, over 4 MiB.
-FEATURES = 1100
 ARTIFACT_LIMIT = 4 * 1024 * 1024
 KEEPALIVE_S = 2
 # Mosquitto 2.0 runs its keepalive check at most once every 5 s (src/keepalive.c), on a
@@ -37,71 +31,10 @@ KEEPALIVE_S = 2
 MOSQUITTO_KEEPALIVE_CHECK_S = 7
 
 
-def build_linear_variant(scale: float) -> tuple[bytes, fleet_pb2.VariantManifest]:
-    """Return an ONNX model computing ``x @ (scale * I)`` and its manifest with a self-test."""
-    weights = np.eye(FEATURES, dtype=np.float32) * np.float32(scale)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", FEATURES])],
-        initializer=[numpy_helper.from_array(weights, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    data = model.SerializeToString()
-    sha256 = hashlib.sha256(data).hexdigest()
-    test_input = np.linspace(-1, 1, 2 * FEATURES, dtype=np.float32).reshape(2, FEATURES)
-    spec = fleet_pb2.TensorSpec(name="x", type=fleet_pb2.TENSOR_TYPE_FLOAT32, shape=[-1, FEATURES])
-    out = fleet_pb2.TensorSpec(name="y", type=fleet_pb2.TENSOR_TYPE_FLOAT32, shape=[-1, FEATURES])
-    manifest = fleet_pb2.VariantManifest(
-        variant_id=sha256[:16],
-        model_id="linear",
-        recipe_json="[]",
-        sha256=sha256,
-        size_bytes=len(data),
-        inputs=[spec],
-        outputs=[out],
-        self_test=fleet_pb2.SelfTest(
-            input=array_to_tensor(test_input),
-            expected_output=array_to_tensor(test_input * np.float32(scale)),
-            rtol=1e-5,
-            atol=1e-5,
-        ),
-        opset=13,
-    )
-    return data, manifest
-
-
-def store_ladder(controller: Controller, profile_path: Path) -> str:
+def store_large_ladder(controller: Controller, profile_path: Path) -> str:
     """Store a one-rung ladder with a real 4.8 MB variant for the profile; returns its id."""
-    onnx.checker.check_model(onnx.load_from_string(build_linear_variant(2.0)[0]))
-    data, manifest = build_linear_variant(2.0)
-    profile = load_profile(profile_path)
-    registry = controller.registry
-    model = registry.register_model(
-        name="linear", digest="1" * 64, source="linear.onnx", data_path="x.npz", weights_path=None
-    )
-    registry.register_device("ladder-owner", profile)
-    controller.artifacts.put_bytes(data, expected_sha256=manifest.sha256)
-    manifest.model_id = model.id
-    record = VariantRecord(
-        variant_id=manifest.variant_id,
-        recipe_json="[]",
-        sha256=manifest.sha256,
-        size_bytes=len(data),
-        accuracy=0.9,
-        latency_p95_ms=1.0,
-        host_latency_p95_ms=1.0,
-        peak_memory_mb=30.0,
-        manifest=manifest.SerializeToString(),
-        ladder_rank=0,
-    )
-    plan = registry.create_plan(model.id, profile.fingerprint, latency_scale=1.0)
-    registry.store_variants(model.id, profile.fingerprint, [record], plan_id=plan.id)
-    registry.update_plan(plan.id, state=PlanState.DONE, reason="test ladder")
-    registry.delete_device("ladder-owner")
-    return manifest.variant_id
+    data, manifest = linear_variant(LARGE_FEATURES, scale=2.0)
+    return store_ladder(controller, load_profile(profile_path), data, manifest).variant_id
 
 
 @pytest.fixture
@@ -124,7 +57,7 @@ def device_state(controller: Controller, device_id: str) -> DeviceState | None:
 
 def test_mqtt_agent_deploys_reports_and_dies(mqtt_fleet, broker, start_agent):
     controller, profile = mqtt_fleet
-    variant_id = store_ladder(controller, profile)
+    variant_id = store_large_ladder(controller, profile)
     agent = start_agent("pi-mqtt", broker=broker.url, keepalive_s=KEEPALIVE_S,
                         profile_name="mqtt-board")  # fmt: skip
 
@@ -222,7 +155,7 @@ def test_mqtt_frozen_agent_offline_within_keepalive(mqtt_fleet, broker, start_ag
 
 def test_mqtt_download_resumes_after_broker_restart(mqtt_fleet, broker, start_agent, monkeypatch):
     controller, profile = mqtt_fleet
-    variant_id = store_ladder(controller, profile)
+    variant_id = store_large_ladder(controller, profile)
     served: list[tuple[float, int]] = []
     lock = threading.Lock()
     original = mqtt_endpoint.read_artifact_chunk

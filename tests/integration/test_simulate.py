@@ -2,81 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
-import numpy as np
 import pytest
 from fleet_support import fleet_config
-from onnx import TensorProto, helper, numpy_helper
+from ladder_support import linear_variant, store_ladder
 from typer.testing import CliRunner
 
 from edgefleet.agent.simulate import DEFAULT_PROFILE, SimulationConfig, run_simulation
 from edgefleet.agent.transport import TransportKind
 from edgefleet.cli import app
-from edgefleet.controller.models import DeploymentState, PlanState
-from edgefleet.controller.registry import VariantRecord
+from edgefleet.controller.models import DeploymentState
 from edgefleet.controller.service import Controller
 from edgefleet.errors import InvalidInputError
-from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.mqtt import BrokerSettings
-from edgefleet.protos.v1 import fleet_pb2
 
 AGENTS = 20
 FEATURES = 32
 DURATION_S = 8.0
-
-
-def store_small_ladder(controller: Controller, profile: DeviceProfile) -> str:
-    """Store a one-rung ladder with a small real ONNX variant for ``profile``; returns its id."""
-    weights = np.eye(FEATURES, dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", FEATURES])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", FEATURES])],
-        initializer=[numpy_helper.from_array(weights, "w")],
-    )
-    model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model_proto.ir_version = 7
-    data = model_proto.SerializeToString()
-    sha256 = hashlib.sha256(data).hexdigest()
-    spec = fleet_pb2.TensorSpec(name="x", type=fleet_pb2.TENSOR_TYPE_FLOAT32, shape=[-1, FEATURES])
-    out = fleet_pb2.TensorSpec(name="y", type=fleet_pb2.TENSOR_TYPE_FLOAT32, shape=[-1, FEATURES])
-
-    registry = controller.registry
-    model = registry.register_model(
-        name="linear", digest="2" * 64, source="linear.onnx", data_path="x.npz", weights_path=None
-    )
-    manifest = fleet_pb2.VariantManifest(
-        variant_id=sha256[:16],
-        model_id=model.id,
-        recipe_json="[]",
-        sha256=sha256,
-        size_bytes=len(data),
-        inputs=[spec],
-        outputs=[out],
-        opset=13,
-    )
-    registry.register_device("ladder-owner", profile)
-    controller.artifacts.put_bytes(data, expected_sha256=sha256)
-    record = VariantRecord(
-        variant_id=manifest.variant_id,
-        recipe_json="[]",
-        sha256=sha256,
-        size_bytes=len(data),
-        accuracy=0.9,
-        latency_p95_ms=1.0,
-        host_latency_p95_ms=1.0,
-        peak_memory_mb=30.0,
-        manifest=manifest.SerializeToString(),
-        ladder_rank=0,
-    )
-    plan = registry.create_plan(model.id, profile.fingerprint, latency_scale=1.0)
-    registry.store_variants(model.id, profile.fingerprint, [record], plan_id=plan.id)
-    registry.update_plan(plan.id, state=PlanState.DONE, reason="test ladder")
-    registry.delete_device("ladder-owner")
-    return manifest.variant_id
 
 
 def assert_fleet_deployed(controller: Controller, report: dict, variant_id: str) -> None:
@@ -101,7 +44,7 @@ def assert_fleet_deployed(controller: Controller, report: dict, variant_id: str)
 def test_simulate_grpc_fleet_through_cli(start_controller):
     fleet = start_controller(fleet_config())
     controller = fleet.controller
-    variant_id = store_small_ladder(controller, DEFAULT_PROFILE)
+    variant_id = store_ladder(controller, DEFAULT_PROFILE, *linear_variant(FEATURES)).variant_id
 
     result = CliRunner().invoke(
         app,
@@ -129,7 +72,7 @@ def test_simulate_mqtt_fleet(broker, start_controller):
     controller = fleet.controller
     settings = BrokerSettings.from_options(broker.url)
     controller.serve_mqtt(settings)
-    variant_id = store_small_ladder(controller, DEFAULT_PROFILE)
+    variant_id = store_ladder(controller, DEFAULT_PROFILE, *linear_variant(FEATURES)).variant_id
 
     config = SimulationConfig(
         agents=AGENTS,
