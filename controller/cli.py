@@ -7,6 +7,7 @@ SQLAlchemy, gRPC and torch load inside the command.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -140,8 +141,13 @@ def serve(
     """Serve devices over gRPC (and MQTT with --mqtt-url) until SIGTERM or SIGINT."""
     if log_format is LogFormat.JSON:
         configure_logging(log_format)
-    if http_port is not None and not 0 <= http_port <= 65535:
-        _fail(f"--http-port {http_port} is not a port; use 1-65535, or 0 for a free one")
+    for option, value in (
+        ("--grpc-port", grpc_port),
+        ("--enroll-port", enroll_port),
+        ("--http-port", http_port),
+    ):
+        if value is not None and not 0 <= value <= 65535:
+            _fail(f"{option} {value} is not a port; use 1-65535, or 0 for a free one")
     if not http_max_upload_mb > 0:
         _fail(f"--http-max-upload-mb must be positive, got {http_max_upload_mb:g}")
     if model is not None and data is None:
@@ -177,13 +183,20 @@ def serve(
     http = None
     stop = threading.Event()
     _install_signal_handlers(stop)
+    # What the controller was doing, for an OSError that names only its errno.
+    step = "starting"
     try:
         controller.start()
         if model is not None:
             assert data is not None  # checked above
+            step = f"registering the model {model}"
             controller.register_model(model, data_path=data, weights_path=weights)
         if mosquitto_password_file is not None and mosquitto_acl_file is not None:
+            step = "opening the Mosquitto password and ACL files"
             controller.manage_broker_credentials(mosquitto_password_file, mosquitto_acl_file)
+        step = f"listening for gRPC on {grpc_host}:{grpc_port} (--grpc-host, --grpc-port" + (
+            f", enrollment on --enroll-port {enroll_port})" if tls else ")"
+        )
         port = controller.serve_grpc(
             host=grpc_host,
             port=grpc_port,
@@ -192,17 +205,24 @@ def serve(
             server_names=tuple(tls_name or ()),
         )
         if broker is not None:
+            step = f"connecting to the broker {broker.address.url} (--mqtt-url)"
             controller.serve_mqtt(broker, group=mqtt_group)
         if http_port is not None:
+            step = f"listening for HTTP on {http_host}:{http_port} (--http-host, --http-port)"
             http = _start_http(
                 controller,
                 host=http_host,
                 port=http_port,
                 max_upload_bytes=int(http_max_upload_mb * 1024 * 1024),
             )
-    except (EdgefleetError, OSError) as exc:
+    except EdgefleetError as exc:
         controller.shutdown(grace_s=0)
         _fail(str(exc), code=1)
+    except OSError as exc:
+        controller.shutdown(grace_s=0)
+        # Errors raised by edgefleet itself carry no errno, and their message names the fix.
+        detail = str(exc) if exc.errno is None else f"{exc.strerror}; {_os_error_hint(exc)}"
+        _fail(f"failed {step}: {detail}", code=1)
 
     # A parent process (tests, the demo) reads this line to find a port picked with 0.
     typer.echo(f"edgefleet controller listening on {grpc_host}:{port}")
@@ -226,6 +246,19 @@ def serve(
     if http is not None:
         http.stop()
     controller.shutdown()
+
+
+def _os_error_hint(exc: OSError) -> str:
+    """Return what to do next about an OSError from binding a port or reaching a broker."""
+    if exc.errno == errno.EADDRINUSE:
+        return "another process uses that port: stop it or pick another port"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "ports below 1024 need root: pick a port from 1024 up"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this machine's: bind 127.0.0.1 or 0.0.0.0"
+    if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT):
+        return "start the broker, or fix the URL"
+    return "check the address and the options named"
 
 
 def _start_http(controller: Controller, *, host: str, port: int, max_upload_bytes: int) -> Any:

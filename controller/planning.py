@@ -283,6 +283,10 @@ def _rerank(row: Any, rank: int) -> VariantRecord:
     )
 
 
+# How long ``PlannerWorker.shutdown`` waits for an idle worker thread to end.
+_IDLE_JOIN_S = 5.0
+
+
 class PlannerWorker:
     """Runs planner and calibration tasks one at a time on a background thread.
 
@@ -334,7 +338,10 @@ class PlannerWorker:
                     self._pending -= 1
             self._idle.notify_all()
             self._tasks.put(None)
-        self._thread.join(timeout_s)
+            # With the queue emptied, only a running task keeps the count above zero.
+            idle = self._pending == 0
+        # An idle thread only has the stop marker left to read, so it ends at once.
+        self._thread.join(max(timeout_s, _IDLE_JOIN_S) if idle else timeout_s)
         return not self._thread.is_alive()
 
     def _loop(self) -> None:

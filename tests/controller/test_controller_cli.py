@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from controller_support import PROFILE_FIELDS
 
 from edgefleet.protos.limits import CHANNEL_OPTIONS
@@ -61,14 +62,18 @@ def test_serve_http_api_with_json_logs(tmp_path: Path) -> None:
     assert any(e["message"].startswith("HTTP API listening") for e in lines)
 
 
-def test_serve_rejects_bad_http_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--http-port", "70000"), ("--grpc-port", "-5"), ("--enroll-port", "70000")],
+)
+def test_serve_rejects_bad_port(tmp_path: Path, option: str, value: str) -> None:
     result = subprocess.run(
-        [*_COMMAND, "--data-dir", str(tmp_path), "--http-port", "70000"],
+        [*_COMMAND, "--data-dir", str(tmp_path), option, value],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
     assert result.returncode == 2
-    assert "--http-port 70000" in result.stderr
+    assert f"{option} {value} is not a port" in result.stderr
 
 
 def test_serve_reports_http_port_in_use(tmp_path: Path) -> None:
@@ -83,7 +88,25 @@ def test_serve_reports_http_port_in_use(tmp_path: Path) -> None:
         )  # fmt: skip
 
     assert result.returncode == 1
-    assert "in use" in result.stderr
+    assert f"127.0.0.1:{port} (--http-host, --http-port)" in result.stderr
+    assert "another process uses that port" in result.stderr
+    # Nothing was planning, so shutting down abandons no plan.
+    assert "a plan is still running" not in result.stderr
+
+
+def test_serve_reports_unreachable_broker(tmp_path: Path) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = subprocess.run(
+        [*_COMMAND, "--data-dir", str(tmp_path), "--grpc-port", "0",
+         "--mqtt-url", f"mqtt://127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert f"broker mqtt://127.0.0.1:{port} (--mqtt-url)" in result.stderr
+    assert "start the broker" in result.stderr
 
 
 def test_serve_rejects_model_without_data(tmp_path: Path) -> None:

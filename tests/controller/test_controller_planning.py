@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from controller_support import AgentStream, make_sample, wait_for
 
 from edgefleet.controller.models import EventKind, PlanState
-from edgefleet.controller.planning import model_digest
+from edgefleet.controller.planning import PlannerWorker, model_digest
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
@@ -206,3 +207,26 @@ def test_recompression_adds_rung_and_steps_device_down(
     assert target in new_ids
     stepped = controller.registry.list_events(kinds=[EventKind.STEPPED_DOWN])
     assert stepped and stepped[-1].to_variant == target
+
+
+def test_worker_shutdown_idle_ends_at_once() -> None:
+    worker = PlannerWorker()
+
+    assert worker.shutdown(timeout_s=0) is True
+
+
+def test_worker_shutdown_reports_running_task() -> None:
+    worker = PlannerWorker()
+    release = threading.Event()
+    started = threading.Event()
+
+    def task() -> None:
+        started.set()
+        release.wait(10)
+
+    worker.submit("a long plan", task)
+    started.wait(5)
+    try:
+        assert worker.shutdown(timeout_s=0) is False
+    finally:
+        release.set()
