@@ -300,6 +300,12 @@ def token_create(
 
     if not ttl > 0:
         _fail(f"--ttl must be a positive number of hours, got {ttl}")
+    if not data_dir.is_dir():
+        # A mistyped path would otherwise get a new CA that no controller serves with.
+        _fail(
+            f"data directory {str(data_dir)!r} does not exist; pass the --data-dir of "
+            "`controller serve`, or create the directory first to set up a new controller"
+        )
     try:
         if device_id is not None:
             validate_device_id(device_id)
@@ -351,9 +357,17 @@ def revoke(
     from edgefleet.errors import EdgefleetError
     from edgefleet.ids import validate_device_id
 
+    url = db or f"sqlite:///{data_dir / 'edgefleet.db'}"
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        # Revoking in a new, empty database would leave the real one trusting the device.
+        _fail(
+            f"no controller database at {str(missing)!r}; pass the --data-dir or --db of "
+            "`controller serve`"
+        )
     try:
         validate_device_id(device)
-        database = open_database(db or f"sqlite:///{data_dir / 'edgefleet.db'}")
+        database = open_database(url)
         count = CertificateRegistry(database).revoke_device(device, reason=reason)
         if count:
             Registry(database).record_event(
@@ -367,6 +381,15 @@ def revoke(
     if count == 0:
         _fail(f"device {device} has no unrevoked certificate", code=1)
     typer.echo(f"revoked {count} certificate(s) of device {device}")
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """Return the file of a SQLite URL when it does not exist, else None."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url == f"{prefix}:memory:":
+        return None
+    path = Path(url.removeprefix(prefix))
+    return None if path.is_file() else path
 
 
 def _is_loopback(host: str) -> bool:

@@ -445,6 +445,20 @@ def test_revoke_unknown_device_fails(controller: Controller, fleet_port: int) ->
     assert "no unrevoked certificate" in result.output
 
 
+def test_token_and_revoke_reject_missing_data_dir(tmp_path: Path) -> None:
+    mistyped = tmp_path / "edgefleet-dta"
+
+    token = CliRunner().invoke(controller_cli, ["token", "create", "--data-dir", str(mistyped)])
+    revoke = CliRunner().invoke(controller_cli, ["revoke", "dev-a", "--data-dir", str(mistyped)])
+
+    assert token.exit_code == 2
+    assert "edgefleet-dta" in token.output
+    assert "does not exist" in token.output
+    assert revoke.exit_code == 2
+    assert "no controller database" in revoke.output
+    assert not mistyped.exists(), "nothing may be created at a mistyped path"
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
