@@ -28,6 +28,7 @@ from edgefleet.controller.errors import ControllerStateError, PlanningError
 from edgefleet.controller.manifests import build_manifest, recipe_json
 from edgefleet.controller.models import ModelRow, PlanState
 from edgefleet.controller.registry import Registry, VariantRecord
+from edgefleet.errors import InvalidInputError
 
 __all__ = ["PlanJob", "PlanOutcome", "Planner", "PlannerWorker", "model_digest"]
 
@@ -78,6 +79,26 @@ def model_digest(source: str, *, data_path: Path, weights_path: Path | None) -> 
             digest.update(f"{label}={_file_sha256(path)}\n".encode())
     digest.update(f"factory={factory}\n".encode())
     return digest.hexdigest()
+
+
+def check_model_files(source: str, *, data_path: Path, weights_path: Path | None) -> None:
+    """Raise ``InvalidInputError`` unless the model loads and takes the dataset's samples.
+
+    These are the checks ``edgefleet compress`` makes before it plans. Without them a model
+    that cannot take its data would become the active model and fail every plan.
+    """
+    from edgefleet import compress
+    from edgefleet.compress.planner import check_dataset_fits
+
+    dataset = compress.load_dataset(data_path)
+    if source.endswith(".onnx"):
+        model: Any = compress.load_onnx_model(source)
+    else:
+        model = compress.load_torch_model(source, weights=weights_path)
+    try:
+        check_dataset_fits(model, dataset)
+    except InvalidInputError as exc:
+        raise type(exc)(f"model {Path(source).name} with data {data_path.name}: {exc}") from exc
 
 
 def _file_sha256(path: Path) -> str:

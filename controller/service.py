@@ -49,7 +49,14 @@ from edgefleet.controller.models import (
     VariantRow,
     utc_now,
 )
-from edgefleet.controller.planning import PlanJob, Planner, PlannerWorker, PlanOutcome, model_digest
+from edgefleet.controller.planning import (
+    PlanJob,
+    Planner,
+    PlannerWorker,
+    PlanOutcome,
+    check_model_files,
+    model_digest,
+)
 from edgefleet.controller.policy import Decision, DeviceView, PolicyAction, Rung, evaluate
 from edgefleet.controller.ratelimit import TokenBucket
 from edgefleet.controller.registry import Registry
@@ -713,7 +720,8 @@ class Controller:
         """Register a model (``.onnx`` path or ``file.py:factory``) and plan every profile.
 
         Registering the same files again is a no-op apart from making the model active.
-        Raises ``InvalidInputError`` when a file is missing.
+        Raises ``InvalidInputError`` when a file is missing, the model does not load, or
+        it does not take the dataset's samples.
         """
         data = Path(data_path)
         weights = Path(weights_path) if weights_path is not None else None
@@ -730,6 +738,7 @@ class Controller:
             digest = model_digest(source, data_path=data, weights_path=weights)
         except PlanningError as exc:
             raise InvalidInputError(str(exc)) from exc
+        check_model_files(source, data_path=data, weights_path=weights)
         model = self.registry.register_model(
             name=name or source_path.stem,
             digest=digest,

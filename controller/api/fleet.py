@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +27,7 @@ from edgefleet.controller.api.schemas import (
 )
 from edgefleet.controller.models import DeploymentState, ModelRow
 from edgefleet.controller.service import Controller
+from edgefleet.errors import InvalidInputError
 
 __all__ = ["router"]
 
@@ -205,9 +207,15 @@ def _store_and_register(
         folder.mkdir(exist_ok=True)
         os.replace(staged_model, folder / model_name)
         os.replace(staged_data, folder / data_name)
-    row = controller.register_model(
-        str(folder / model_name), data_path=folder / data_name, name=name or None
-    )
+    try:
+        row = controller.register_model(
+            str(folder / model_name), data_path=folder / data_name, name=name or None
+        )
+    except InvalidInputError:
+        sources = {row.source for row in queries.list_models(controller.registry.database)}
+        if str(folder / model_name) not in sources:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     logger.info("model %s (%s) registered through the HTTP API", row.name, row.id)
     return row
 

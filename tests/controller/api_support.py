@@ -77,15 +77,15 @@ def store_series(
     controller.registry.add_telemetry_many(records)
 
 
-def npz_bytes() -> bytes:
+def npz_bytes(sample_shape: tuple[int, ...] = (3, 64, 64)) -> bytes:
     """An evaluation data set in the layout ``load_dataset`` expects, as .npz bytes."""
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     np.savez(
         buffer,
-        x_train=rng.random((8, 3, 64, 64), dtype=np.float32),
+        x_train=rng.random((8, *sample_shape), dtype=np.float32),
         y_train=np.arange(8) % 2,
-        x_val=rng.random((4, 3, 64, 64), dtype=np.float32),
+        x_val=rng.random((4, *sample_shape), dtype=np.float32),
         y_val=np.arange(4) % 2,
     )
     return buffer.getvalue()

@@ -443,6 +443,10 @@ def test_register_model_rejects_bad_files(controller: Controller, profile: Devic
         missing_data = fleet.client.post(
             "/api/v1/models", files={"model": ("m.onnx", REFERENCE_ONNX.read_bytes())}
         )
+        wrong_shape = upload(
+            ("reference.onnx", REFERENCE_ONNX.read_bytes()), ("eval.npz", npz_bytes((4, 8)))
+        )
+        models = fleet.client.get("/api/v1/models").json()
 
     error = assert_error(wrong_suffix, 400, "invalid_input", "'model.pt'", ".onnx")
     assert error["field"] == "model"
@@ -450,6 +454,10 @@ def test_register_model_rejects_bad_files(controller: Controller, profile: Devic
     error = assert_error(not_npz, 400, "invalid_input", "data file")
     assert error["field"] == "data"
     assert_error(missing_data, 422, "validation_failed", "body field data", "Field required")
+    assert_error(wrong_shape, 400, "invalid_input", "rejects dataset samples of shape (4, 8)")
+    # No rejected upload became a model: only the fake ladder's model is registered.
+    assert len(models["models"]) == 1
+    assert not any((controller.data_dir / "uploads").iterdir()), "rejected files were kept"
 
 
 def test_register_model_rejects_oversized_upload(
