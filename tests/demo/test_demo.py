@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -63,3 +64,31 @@ def test_demo_rejects_invalid_http_port():
     )
     assert result.returncode == 2
     assert "--http-port 70000 is not a port" in result.stderr
+
+
+def test_demo_sigterm_stops_every_child(tmp_path):
+    import psutil
+
+    command = [sys.executable, "-m", "edgefleet", "demo", "--workdir", str(tmp_path / "run")]
+    env = {**os.environ, "COLUMNS": "200"}
+    demo = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        started = 0
+        for line in demo.stdout:
+            started += line.startswith("agent ")
+            if started == 3:
+                break
+        assert started == 3, "the demo never started its three agents"
+        children = psutil.Process(demo.pid).children(recursive=True)
+
+        demo.send_signal(signal.SIGTERM)
+        demo.communicate(timeout=120)
+        _stopped, alive = psutil.wait_procs(children, timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+
+    assert demo.returncode != 0
+    assert [child.pid for child in alive] == []

@@ -273,6 +273,8 @@ def _dashboard_url(log_path: Path, *, timeout_s: float) -> str:
                 return line.removeprefix(marker).removesuffix("/api/v1").strip() + "/"
         time.sleep(0.2)
     raise DemoError(f"the controller did not report its HTTP port; see {log_path}")
+
+
 def _start_broker(run: DemoRun, log_dir: Path, *, say: Callable[[str], None]) -> str:
     """Start Mosquitto on a free loopback port; return its URL."""
     binary = find_mosquitto()
