@@ -74,12 +74,13 @@ HEADING = "## Compression techniques"
 PRUNING_ROUND_TO = 16
 # Architecture search time per profile inside the planner.
 PLANNER_SEARCH_SECONDS = 30.0
-# Distillation against plain fine-tuning where fine-tuning alone leaves a clear loss: 60%
-# of the channels removed, 10 labelled images per class (100 of the 1,437 training
-# images, a fresh stratified draw per seed), 5 epochs for both at Adam's learning rate
-# 0.001. The setting, T and alpha were picked in preliminary runs on this validation
-# split with seeds 0 to 9 (T from 1 to 8, alpha from 0.5 to 1.0, learning rates 0.001
-# and 0.003); the bench runs seeds 10 to 19, so its subsets and shuffles are a new sample.
+# Distillation is compared with plain fine-tuning where fine-tuning alone leaves a clear
+# loss. 60% of the channels are removed, and both train for 5 epochs at Adam's learning
+# rate 0.001 on 10 labelled images per class (100 of the 1,437 training images, a fresh
+# stratified draw per seed). The setting, T and alpha were picked in preliminary runs
+# on this validation split with seeds 0 to 9 (T from 1 to 8, alpha from 0.5 to 1.0,
+# learning rates 0.001 and 0.003). The bench runs seeds 10 to 19, so its subsets and
+# shuffles are a new sample.
 DISTIL_RATIO = 0.6
 DISTIL_LABELLED_PER_CLASS = 10
 DISTIL_EPOCHS = 5
@@ -243,7 +244,7 @@ def bench_distillation(teacher: torch.nn.Module, dataset, work: Path) -> dict[st
     """Compare fine-tuning and distillation after harsh pruning on a small labelled subset.
 
     Both recipes prune the same channels, then train for the same epochs on the same
-    labelled images with the same seed; only the loss differs. Accuracy is measured on the
+    labelled images with the same seed, so only the loss differs. Accuracy is measured on the
     full validation split through the exported ONNX model.
     """
     cache = ArtifactCache(work / "cache")

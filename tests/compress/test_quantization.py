@@ -339,8 +339,8 @@ def outlier_mlp_onnx(small_digits, tmp_path_factory):
     layer before each gets the matching output row and bias scaled down by as much. ReLU
     is positively homogeneous, so the float function is unchanged. Per-tensor int8 of
     either scaled layer rounds its other columns away, while the first layer stays
-    harmless to quantize. Two files come back: ``one`` with only the second layer scaled,
-    ``two`` with both.
+    harmless to quantize. Returns the file with only the second layer scaled under
+    ``one_outlier`` and the file with both scaled under ``two_outliers``.
     """
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -365,7 +365,7 @@ def outlier_mlp_onnx(small_digits, tmp_path_factory):
     one = export_onnx(model, small_digits.x_val, directory / "one.onnx")
     move_outlier(linears[1], linears[2], unit=1)
     two = export_onnx(model, small_digits.x_val, directory / "two.onnx")
-    return {"one": one, "two": two}
+    return {"one_outlier": one, "two_outliers": two}
 
 
 def test_dynamic_fallback_keeps_sensitive_gemm_in_fp32(outlier_mlp_onnx, small_digits, tmp_path):
@@ -373,7 +373,7 @@ def test_dynamic_fallback_keeps_sensitive_gemm_in_fp32(outlier_mlp_onnx, small_d
     plain = DynamicQuantizationConfig(per_channel=False, max_accuracy_drop=0.02, max_fp32_nodes=0)
     fallback = dataclasses.replace(plain, max_fp32_nodes=3)
     cache = ArtifactCache(tmp_path)
-    source = outlier_mlp_onnx["one"]
+    source = outlier_mlp_onnx["one_outlier"]
     fp32 = apply_recipe(source, Recipe(), small_digits, cache=cache)
 
     with pytest.raises(VerificationError, match="tried all nodes int8"):
@@ -397,7 +397,7 @@ def test_dynamic_fallback_reports_nodes_when_it_cannot_fit(
     outlier_mlp_onnx, small_digits, tmp_path
 ):
     cache = ArtifactCache(tmp_path)
-    source = outlier_mlp_onnx["two"]
+    source = outlier_mlp_onnx["two_outliers"]
     one_node = DynamicQuantizationConfig(
         per_channel=False, max_accuracy_drop=0.02, max_fp32_nodes=1
     )
@@ -416,7 +416,7 @@ def test_dynamic_fallback_reports_nodes_when_it_cannot_fit(
 
 def test_static_fallback_reports_nodes_when_it_cannot_fit(outlier_mlp_onnx, small_digits, tmp_path):
     cache = ArtifactCache(tmp_path)
-    source = outlier_mlp_onnx["two"]
+    source = outlier_mlp_onnx["two_outliers"]
     one_node = StaticQuantizationConfig(per_channel=False, max_accuracy_drop=0.02, max_fp32_nodes=1)
 
     with pytest.raises(VerificationError) as raised:
