@@ -796,9 +796,13 @@ def render_digits(digits: dict) -> list[str]:
             "",
             "Planner's choice per shipped profile: default recipes plus up to three searched "
             f"architectures from a {PLANNER_SEARCH_SECONDS:.0f} s search at the profile's "
-            "thread count, each alone and with int8. Variants slower than fp32 are dropped. "
-            "The last column is the share of the profile's variants whose host p50 the "
-            "latency model predicts within 10% when left out of the fit.",
+            "thread count, each alone and with int8. Variants slower than fp32 are dropped, "
+            "and among equally accurate variants the one closest to fp32 outputs ranks first. "
+            "Latency is measured on this host at the profile's thread count, unscaled, so a "
+            "profile with more threads than the host has cores measures preemption in its p95 "
+            "as well as the graph's cost. The last column is the share of the profile's "
+            "variants whose host p50 the latency model predicts within 10% when left out of "
+            "the fit.",
             "",
             "| profile | budget | chosen | accuracy | size | p95 ms (fp32 p95) | variants "
             "(searched) | p50 within 10% |",
@@ -837,18 +841,19 @@ def render_distillation(experiment: dict, fp32_accuracy: float) -> list[str]:
     ties = sum(row["distilled"] == row["finetuned"] for row in seeds)
     lines = [
         "",
-        "Distillation against plain fine-tuning, where fine-tuning alone leaves a clear loss: "
-        f"{experiment['ratio']:.0%} of the channels pruned ({experiment['mac_reduction']:.2f}x "
-        f"fewer MACs, accuracy {experiment['pruned_accuracy']:.4f} before training), then "
+        "Distillation against plain fine-tuning, in a setting where fine-tuning alone leaves "
+        f"a clear loss. {experiment['ratio']:.0%} of the channels are pruned "
+        f"({experiment['mac_reduction']:.2f}x fewer MACs, accuracy "
+        f"{experiment['pruned_accuracy']:.4f} before training). Then each recipe trains for "
         f"{experiment['epochs']} epochs on {experiment['labelled']} labelled training images "
-        f"({experiment['labelled_per_class']} per class of {experiment['train_size']}, a new "
-        "stratified draw per seed). Both recipes use the same images, epochs, learning rate "
-        "and seed; distillation uses the unpruned model as teacher with "
+        f"({experiment['labelled_per_class']} per class out of {experiment['train_size']:,}, "
+        "a new stratified draw per seed). Both recipes use the same images, epochs, learning "
+        "rate and seed. Distillation uses the unpruned model as teacher with "
         f"T={experiment['temperature']:g} and alpha={experiment['alpha']:g}. The setting, T "
-        "and alpha were picked in preliminary runs on this validation split (T from 1 to 8, "
-        "alpha from 0.5 to 1.0, learning rates 0.001 and 0.003, seeds 0 to 9), where this "
-        "setting recovered 57% of the loss; the seeds below are a new sample of subsets and "
-        "shuffles.",
+        "and alpha were picked in preliminary runs on this validation split with seeds 0 to "
+        "9 (T from 1 to 8, alpha from 0.5 to 1.0, learning rates 0.001 and 0.003). There "
+        "this setting recovered 57% of the loss. The seeds below are a new sample of subsets "
+        "and shuffles.",
         "",
         "| seed | fine-tune | distil |",
         "|---|---|---|",
