@@ -92,6 +92,7 @@ if TYPE_CHECKING:
     from edgefleet.compress.quantization import (
         NodeSensitivity,
         convert_weights_to_fp16,
+        dynamic_node_sensitivities,
         dynamic_quantization_for,
         node_sensitivities,
         quantize_onnx_dynamic,
@@ -186,6 +187,7 @@ __all__ = [
     "distill_embeddings",
     "distill_to_fewer_layers",
     "distillation_loss",
+    "dynamic_node_sensitivities",
     "dynamic_quantization_for",
     "export_onnx",
     "export_sentence_encoder",
@@ -283,6 +285,7 @@ _EXPORTS = {
     "distill_embeddings": "transformer",
     "distill_to_fewer_layers": "transformer",
     "distillation_loss": "distillation",
+    "dynamic_node_sensitivities": "quantization",
     "dynamic_quantization_for": "quantization",
     "export_onnx": "export",
     "export_sentence_encoder": "transformer",

@@ -95,6 +95,20 @@ class TechniqueConfig:
         """Return a short human-readable label such as ``prune 50% (magnitude)``."""
         return self.TYPE
 
+    @classmethod
+    def upgrade_fields(cls, version: int, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Return ``fields`` of an older serialized ``version`` as the current version's.
+
+        Subclasses that bump ``VERSION`` override this for the versions they still read.
+        Raises ``ConfigError`` for any version other than ``VERSION``.
+        """
+        if version != cls.VERSION:
+            raise ConfigError(
+                f"{cls.TYPE}: version {version} is not supported; this edgefleet reads version "
+                f"{cls.VERSION}"
+            )
+        return fields
+
     def to_dict(self) -> dict[str, Any]:
         """Return the config as ``{"type", "version", "fields"}`` with JSON-safe values."""
         fields = {}
@@ -141,17 +155,11 @@ def config_from_dict(data: Mapping[str, Any]) -> TechniqueConfig:
     version = data.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ConfigError(f"{cls.TYPE}: version must be a positive integer, got {version!r}")
-    if version != cls.VERSION:
-        # NOTE: only one version of each config exists so far; a migration hook belongs
-        # here when a field changes meaning.
-        raise ConfigError(
-            f"{cls.TYPE}: version {version} is not supported; this edgefleet reads version "
-            f"{cls.VERSION}"
-        )
 
     fields = data.get("fields", {})
     if not isinstance(fields, Mapping):
         raise ConfigError(f"{cls.TYPE}: fields must be a JSON object, got {fields!r}")
+    fields = cls.upgrade_fields(version, fields)
     known = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -401,10 +409,16 @@ class DynamicQuantizationConfig(TechniqueConfig):
     Per-channel weights are the default because per-tensor scales cost accuracy on
     transformers: on all-MiniLM-L6-v2 the mean cosine similarity to fp32 sentence
     embeddings is 0.96 per tensor and 0.99 per channel (``benchmarks/compress_bench.py``).
+
+    The variant is rejected when validation accuracy drops by more than
+    ``max_accuracy_drop`` (a fraction, 0.02 = 2 points) after the fallback has kept up to
+    ``max_fp32_nodes`` of the most sensitive quantized nodes in float32.
     """
 
     TYPE: ClassVar[str] = "dynamic_quantization"
-    VERSION: ClassVar[int] = 1
+    # Version 2 added max_fp32_nodes. Version 1 configs load with max_fp32_nodes=0, the
+    # gate without fallback that version 1 ran.
+    VERSION: ClassVar[int] = 2
     STAGE: ClassVar[Stage] = Stage.ONNX
 
     per_channel: bool = True
@@ -413,9 +427,19 @@ class DynamicQuantizationConfig(TechniqueConfig):
     include_conv: bool = False
     include_gather: bool = False
     max_accuracy_drop: float = 0.02
+    # Accuracy-aware fallback: when the drop exceeds max_accuracy_drop, keep up to this many
+    # of the most sensitive nodes in float32, one at a time, before rejecting the variant.
+    max_fp32_nodes: int = 3
 
     def validate(self) -> None:
         _check_range(self, "max_accuracy_drop", 0.0, 1.0, inclusive=True)
+        _check_min(self, "max_fp32_nodes", 0)
+
+    @classmethod
+    def upgrade_fields(cls, version: int, fields: Mapping[str, Any]) -> Mapping[str, Any]:
+        if version == 1 and "max_fp32_nodes" not in fields:
+            return {**fields, "max_fp32_nodes": 0}
+        return super().upgrade_fields(version, fields)
 
     def describe(self) -> str:
         ops = ["MatMul", "Gemm", *(["Conv"] if self.include_conv else [])]

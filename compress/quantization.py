@@ -6,7 +6,8 @@ Three techniques, each a config with a registered handler:
   ranges calibrated on training samples (min-max, entropy or percentile), per-channel
   weights, and an accuracy-aware fallback that keeps the most sensitive nodes in float32.
 - ``DynamicQuantizationConfig``: int8 weights, activations quantized at run time; for
-  MatMul-heavy models such as transformers.
+  MatMul-heavy models such as transformers. The same fallback keeps the most sensitive
+  quantized nodes in float32.
 - ``Fp16WeightsConfig``: float16 weight storage (see ``convert_weights_to_fp16``).
 
 ``static_quantization_for(profile)`` derives the static settings from a device profile's
@@ -20,7 +21,7 @@ import dataclasses
 import io
 import logging
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization import (
     CalibrationMethod as OrtCalibrationMethod,
 )
+from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgefleet.compress.configs import (
@@ -55,6 +57,7 @@ __all__ = [
     "ArrayCalibrationReader",
     "NodeSensitivity",
     "convert_weights_to_fp16",
+    "dynamic_node_sensitivities",
     "dynamic_quantization_for",
     "node_sensitivities",
     "quantize_onnx_dynamic",
@@ -216,24 +219,62 @@ def node_sensitivities(
     outputs on ``inputs`` are compared with ``reference`` (the float model's outputs).
     Returns the nodes, most sensitive first. Costs one calibration per node.
     """
+
+    def quantize_only(name: str, destination: Path) -> None:
+        quantize_onnx_static(
+            prepared,
+            destination,
+            config,
+            input_name=input_name,
+            calibration_inputs=calibration_inputs,
+            nodes_to_quantize=[name],
+            preprocessed=True,
+        )
+
+    return _rank_nodes(prepared, _WEIGHTED_OPS, quantize_only, inputs, reference)
+
+
+def dynamic_node_sensitivities(
+    prepared: Path,
+    config: DynamicQuantizationConfig,
+    *,
+    inputs: np.ndarray,
+    reference: np.ndarray,
+) -> list[NodeSensitivity]:
+    """Rank the nodes that ``config`` quantizes dynamically by the error each one alone adds.
+
+    ``prepared`` is a graph from ``prepare_for_dynamic_quantization``. Each MatMul, Gemm and
+    Attention node (and Conv or Gather when ``config`` includes them) is quantized on its
+    own and the outputs on ``inputs`` are compared with ``reference``. Returns the nodes,
+    most sensitive first.
+    """
+
+    def quantize_only(name: str, destination: Path) -> None:
+        quantize_onnx_dynamic(
+            prepared, destination, config, nodes_to_quantize=[name], preprocessed=True
+        )
+
+    return _rank_nodes(prepared, _dynamic_op_types(config), quantize_only, inputs, reference)
+
+
+def _rank_nodes(
+    prepared: Path,
+    op_types: Collection[str],
+    quantize_only: Callable[[str, Path], None],
+    inputs: np.ndarray,
+    reference: np.ndarray,
+) -> list[NodeSensitivity]:
+    """Quantize each node of ``op_types`` alone and sort by output error, largest first."""
     model = onnx.load(str(prepared), load_external_data=False)
     candidates = [
-        (node.name, node.op_type) for node in model.graph.node if node.op_type in _WEIGHTED_OPS
+        (node.name, node.op_type) for node in model.graph.node if node.op_type in op_types
     ]
     spread = max(float(reference.var()), np.finfo(np.float32).tiny)
     ranked = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-sensitivity-") as scratch:
         for name, op_type in candidates:
             single = Path(scratch) / "single.onnx"
-            quantize_onnx_static(
-                prepared,
-                single,
-                config,
-                input_name=input_name,
-                calibration_inputs=calibration_inputs,
-                nodes_to_quantize=[name],
-                preprocessed=True,
-            )
+            quantize_only(name, single)
             outputs = run_batched(create_session(single, threads=1), inputs)
             error = float(np.mean((outputs - reference) ** 2)) / spread
             ranked.append(NodeSensitivity(node=name, op_type=op_type, output_error=error))
@@ -318,7 +359,7 @@ def quantize_static_step(
 
 
 def _fall_back(
-    config: StaticQuantizationConfig,
+    config: StaticQuantizationConfig | DynamicQuantizationConfig,
     ranking: Sequence[NodeSensitivity],
     quantize: Callable[[Sequence[str]], np.ndarray],
     labels: np.ndarray,
@@ -361,33 +402,57 @@ def dynamic_quantization_for(
     )
 
 
+def prepare_for_dynamic_quantization(source: Path, directory: Path) -> Path:
+    """Preprocess ``source`` into ``directory`` and rewrite each Gemm as MatMul and Add.
+
+    ``quantize_dynamic`` makes the same rewrite itself (onnxruntime 1.32, in
+    ``ONNXQuantizer.__init__``) and only then matches ``nodes_to_quantize`` and
+    ``nodes_to_exclude``, against the new names (``<gemm>_MatMul``). Rewriting first
+    gives the sensitivity ranking and the exclusions those same names.
+    """
+    prepared = preprocess_for_quantization(source, directory)
+    model = ONNXModel(onnx.load(str(prepared)))
+    model.replace_gemm_with_matmul()
+    onnx.save(model.model, str(prepared))
+    return prepared
+
+
+def _dynamic_op_types(config: DynamicQuantizationConfig) -> list[str]:
+    return [
+        *_DYNAMIC_LINEAR_OPS,
+        *(("Conv",) if config.include_conv else ()),
+        *(("Gather",) if config.include_gather else ()),
+    ]
+
+
 def quantize_onnx_dynamic(
     source: Path,
     destination: Path,
     config: DynamicQuantizationConfig,
     *,
+    nodes_to_quantize: Sequence[str] | None = None,
     nodes_to_exclude: Sequence[str] = (),
+    preprocessed: bool = False,
 ) -> Path:
     """Write a dynamically quantized version of ``source`` to ``destination``.
 
-    ``quant_pre_process`` runs first, so node names in ``nodes_to_exclude`` refer to the
-    preprocessed graph. Raises ``CompressError`` when onnxruntime fails.
+    Unless ``preprocessed``, ``prepare_for_dynamic_quantization`` runs first, so node
+    names in ``nodes_to_quantize`` and ``nodes_to_exclude`` refer to the graph it returns.
+    Raises ``CompressError`` when onnxruntime fails.
     """
-    op_types = [
-        *_DYNAMIC_LINEAR_OPS,
-        *(("Conv",) if config.include_conv else ()),
-        *(("Gather",) if config.include_gather else ()),
-    ]
     with tempfile.TemporaryDirectory(prefix="edgefleet-dynamic-") as scratch:
-        prepared = preprocess_for_quantization(source, Path(scratch))
+        prepared = (
+            source if preprocessed else prepare_for_dynamic_quantization(source, Path(scratch))
+        )
         try:
             quantize_dynamic(
                 str(prepared),
                 str(destination),
-                op_types_to_quantize=op_types,
+                op_types_to_quantize=_dynamic_op_types(config),
                 per_channel=config.per_channel,
                 reduce_range=config.reduce_range,
                 weight_type=_QUANT_TYPES[config.weight_type],
+                nodes_to_quantize=list(nodes_to_quantize) if nodes_to_quantize else None,
                 nodes_to_exclude=list(nodes_to_exclude),
             )
         except Exception as exc:  # onnxruntime.quantization raises bare Exception types
@@ -402,11 +467,65 @@ def quantize_dynamic_step(
 ) -> Path:
     """Quantize weights of MatMul and Gemm nodes (and Conv, Gather if enabled) to int8.
 
-    Raises ``VerificationError`` when validation accuracy drops by more than
-    ``config.max_accuracy_drop``.
+    When validation accuracy drops by more than ``config.max_accuracy_drop``, the
+    quantized nodes are ranked by ``dynamic_node_sensitivities`` and kept in float32 one at
+    a time, most sensitive first, up to ``config.max_fp32_nodes``. Raises
+    ``VerificationError`` naming every node tried when no such variant is within the
+    tolerance.
     """
-    quantize_onnx_dynamic(source, destination, config)
-    _gate_accuracy(config.describe(), config.max_accuracy_drop, source, destination, context)
+    dataset = context.dataset
+    parent_logits = run_batched(create_session(source, threads=1), dataset.x_val)
+    parent_accuracy = _accuracy(parent_logits, dataset.y_val)
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-dynamic-step-") as scratch:
+        prepared = prepare_for_dynamic_quantization(source, Path(scratch))
+
+        def quantize(excluded: Sequence[str]) -> np.ndarray:
+            quantize_onnx_dynamic(
+                prepared, destination, config, nodes_to_exclude=excluded, preprocessed=True
+            )
+            return run_batched(create_session(destination, threads=1), dataset.x_val)
+
+        logits = quantize(())
+        accuracy = _accuracy(logits, dataset.y_val)
+        context.progress(
+            f"{config.describe()}: val accuracy {parent_accuracy:.4f} -> {accuracy:.4f}"
+        )
+        excluded: list[str] = []
+        attempts = [f"all nodes int8: {accuracy:.4f}"]
+        if parent_accuracy - accuracy > config.max_accuracy_drop and config.max_fp32_nodes:
+            ranking = dynamic_node_sensitivities(
+                prepared,
+                config,
+                inputs=dataset.x_val[:_SENSITIVITY_SAMPLES],
+                reference=parent_logits[:_SENSITIVITY_SAMPLES],
+            )
+            logits, accuracy = _fall_back(
+                config,
+                ranking,
+                quantize,
+                dataset.y_val,
+                parent_accuracy,
+                excluded,
+                attempts,
+                context.progress,
+            )
+
+    agreement = float((logits.argmax(axis=1) == parent_logits.argmax(axis=1)).mean())
+    context.details.update(
+        max_abs_logit_diff=float(np.max(np.abs(logits - parent_logits))),
+        top1_agreement=agreement,
+        fp32_nodes=len(excluded),
+    )
+    if parent_accuracy - accuracy > config.max_accuracy_drop:
+        raise VerificationError(
+            f"{config.describe()} lowered validation accuracy from {parent_accuracy:.4f} to "
+            f"{accuracy:.4f}, more than max_accuracy_drop={config.max_accuracy_drop}; "
+            f"tried {'; '.join(attempts)}. Use per-channel weights, set reduce_range, or "
+            "raise max_fp32_nodes"
+        )
+    if excluded:
+        logger.info("kept %s in float32 to stay within the accuracy tolerance", excluded)
     return destination
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 
 import pytest
@@ -14,6 +15,10 @@ from edgefleet.compress import (
     registered_configs,
 )
 from edgefleet.compress.handlers import handler_for
+
+# Importing the pipeline registers every technique's config and handler, as apply_recipe
+# does, so the parametrized tests cover all of them when this file runs alone.
+importlib.import_module("edgefleet.compress.pipeline")
 
 
 @pytest.mark.parametrize("config_type", registered_configs(), ids=lambda cls: cls.TYPE)

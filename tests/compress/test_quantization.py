@@ -22,6 +22,7 @@ from edgefleet.compress import (
     StructuredPruningConfig,
     VerificationError,
     apply_recipe,
+    config_from_dict,
     export_onnx,
     measure_latency,
     registered_configs,
@@ -30,6 +31,7 @@ from edgefleet.compress import (
 from edgefleet.compress.errors import CompressError
 from edgefleet.compress.pruning import prune_channels
 from edgefleet.compress.runtime import create_session, run_batched
+from edgefleet.compress.training import train_classifier
 from edgefleet.profiles import load_profile
 
 
@@ -327,6 +329,115 @@ def test_fallback_names_nodes_tried_when_it_cannot_fit(outlier_onnx, small_digit
         assert "max_fp32_nodes" in message
     else:
         pytest.skip("one excluded node already matched the float model exactly")
+
+
+@pytest.fixture(scope="module")
+def outlier_mlp_onnx(small_digits, tmp_path_factory):
+    """Return a trained 64-32-32-10 MLP whose two last Gemm weights each have an outlier.
+
+    The second and third Linear layers get one input column scaled up 500x, and the
+    layer before each gets the matching output row and bias scaled down by as much. ReLU
+    is positively homogeneous, so the float function is unchanged. Per-tensor int8 of
+    either scaled layer rounds its other columns away, while the first layer stays
+    harmless to quantize. Returns the file with only the second layer scaled under
+    ``one_outlier`` and the file with both scaled under ``two_outliers``.
+    """
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Linear(32, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+    train_classifier(model, small_digits, epochs=20, seed=0, learning_rate=3e-3)
+    linears = [layer for layer in model if isinstance(layer, nn.Linear)]
+
+    def move_outlier(before: nn.Linear, after: nn.Linear, unit: int) -> None:
+        with torch.no_grad():
+            before.weight[unit] /= 500.0
+            before.bias[unit] /= 500.0
+            after.weight[:, unit] *= 500.0
+
+    directory = tmp_path_factory.mktemp("outlier-mlp")
+    move_outlier(linears[0], linears[1], unit=0)
+    one = export_onnx(model, small_digits.x_val, directory / "one.onnx")
+    move_outlier(linears[1], linears[2], unit=1)
+    two = export_onnx(model, small_digits.x_val, directory / "two.onnx")
+    return {"one_outlier": one, "two_outliers": two}
+
+
+def test_dynamic_fallback_keeps_sensitive_gemm_in_fp32(outlier_mlp_onnx, small_digits, tmp_path):
+    lines: list[str] = []
+    plain = DynamicQuantizationConfig(per_channel=False, max_accuracy_drop=0.02, max_fp32_nodes=0)
+    fallback = dataclasses.replace(plain, max_fp32_nodes=3)
+    cache = ArtifactCache(tmp_path)
+    source = outlier_mlp_onnx["one_outlier"]
+    fp32 = apply_recipe(source, Recipe(), small_digits, cache=cache)
+
+    with pytest.raises(VerificationError, match="tried all nodes int8"):
+        apply_recipe(source, Recipe([plain]), small_digits, cache=cache)
+    artifact = apply_recipe(
+        source, Recipe([fallback]), small_digits, cache=cache, progress=lines.append
+    )
+
+    assert fp32.accuracy - artifact.accuracy <= 0.02
+    assert artifact.details["fp32_nodes"] == 1
+    kept = [line for line in lines if line.startswith("kept ")]
+    assert len(kept) == 1
+    # quantize_dynamic rewrites each Gemm as MatMul and Add before quantizing it.
+    assert "MatMul" in kept[0]
+    ops = [node.op_type for node in onnx.load(str(artifact.path)).graph.node]
+    assert ops.count("MatMulInteger") == 2
+    assert ops.count("MatMul") == 1
+
+
+def test_dynamic_fallback_reports_nodes_when_it_cannot_fit(
+    outlier_mlp_onnx, small_digits, tmp_path
+):
+    cache = ArtifactCache(tmp_path)
+    source = outlier_mlp_onnx["two_outliers"]
+    one_node = DynamicQuantizationConfig(
+        per_channel=False, max_accuracy_drop=0.02, max_fp32_nodes=1
+    )
+
+    with pytest.raises(VerificationError) as raised:
+        apply_recipe(source, Recipe([one_node]), small_digits, cache=cache)
+    message = str(raised.value)
+    assert "tried all nodes int8" in message
+    assert message.count("in float32:") == 1
+    assert "max_fp32_nodes" in message
+
+    two_nodes = dataclasses.replace(one_node, max_fp32_nodes=2)
+    artifact = apply_recipe(source, Recipe([two_nodes]), small_digits, cache=cache)
+    assert artifact.details["fp32_nodes"] == 2
+
+
+def test_static_fallback_reports_nodes_when_it_cannot_fit(outlier_mlp_onnx, small_digits, tmp_path):
+    cache = ArtifactCache(tmp_path)
+    source = outlier_mlp_onnx["two_outliers"]
+    one_node = StaticQuantizationConfig(per_channel=False, max_accuracy_drop=0.02, max_fp32_nodes=1)
+
+    with pytest.raises(VerificationError) as raised:
+        apply_recipe(source, Recipe([one_node]), small_digits, cache=cache)
+    message = str(raised.value)
+    assert "tried all nodes int8" in message
+    assert message.count("in float32:") == 1
+    assert "max_fp32_nodes" in message
+
+    two_nodes = dataclasses.replace(one_node, max_fp32_nodes=2)
+    artifact = apply_recipe(source, Recipe([two_nodes]), small_digits, cache=cache)
+    assert artifact.details["fp32_nodes"] == 2
+
+
+def test_dynamic_config_version_1_loads_without_fallback():
+    loaded = config_from_dict(
+        {"type": "dynamic_quantization", "version": 1, "fields": {"per_channel": False}}
+    )
+
+    assert loaded == DynamicQuantizationConfig(per_channel=False, max_fp32_nodes=0)
+    assert loaded.to_dict()["version"] == 2
 
 
 # --- torch-stage techniques on the same tiny network -----------------------------------
