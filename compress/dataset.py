@@ -77,6 +77,12 @@ def load_dataset(path: str | Path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file not found: {path}; pass an .npz file with {_KEYS_TEXT}")
+    if not zipfile.is_zipfile(path):
+        # np.load would try a pickle next and report that it refuses one.
+        raise DatasetError(
+            f"dataset {path} is not an .npz archive; pass an .npz file with {_KEYS_TEXT}, "
+            "written with numpy.savez or edgefleet.compress.save_dataset_npz"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in DATASET_KEYS if key not in archive.files]

@@ -114,6 +114,8 @@ def check_onnx_file(
     path = Path(path)
     if not path.is_file():
         raise error(f"ONNX file not found: {path}")
+    if path.stat().st_size == 0:
+        raise error(f"{path} is empty, not an ONNX model; export the model again")
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)

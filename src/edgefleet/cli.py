@@ -52,6 +52,9 @@ def configure(
         level=log_level.value.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if log_level is not LogLevel.DEBUG:
+        # Alembic logs each plugin and migration context at INFO on every start.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # Top-level modules that only the ``controller`` extra installs.

@@ -51,5 +51,6 @@ def test_dataset_rejects_bad_arrays(arrays, message):
 def test_load_dataset_rejects_non_npz(tmp_path):
     path = tmp_path / "d.npz"
     path.write_text("not an archive")
-    with pytest.raises(DatasetError, match="cannot read dataset"):
+    with pytest.raises(DatasetError, match=r"is not an \.npz archive") as raised:
         load_dataset(path)
+    assert "pickle" not in str(raised.value)

@@ -43,6 +43,13 @@ def test_check_rejects_file_that_is_not_onnx(tmp_path):
         check_onnx_file(path)
 
 
+def test_check_rejects_empty_file(tmp_path):
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"empty\.onnx is empty"):
+        check_onnx_file(path)
+
+
 def test_check_rejects_missing_file(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         check_onnx_file(tmp_path / "absent.onnx")
