@@ -129,6 +129,18 @@ def test_token_single_use(controller: Controller, fleet_port: int, tmp_path: Pat
     assert DeviceIdentity.load(tmp_path / "b") is None
 
 
+def test_enroll_at_fleet_port_names_enrollment_port(
+    controller: Controller, fleet_port: int, tmp_path: Path
+) -> None:
+    token = controller.create_enrollment_token(ttl=timedelta(minutes=5))
+
+    with pytest.raises(EnrollmentFailed, match="enrollment port") as raised:
+        enroll(f"127.0.0.1:{fleet_port}", token=token.token, device_id="dev-a", state_dir=tmp_path)
+
+    assert "--enroll-port" in str(raised.value)
+    assert DeviceIdentity.load(tmp_path) is None
+
+
 def test_expired_token_rejected(controller: Controller, fleet_port: int, tmp_path: Path) -> None:
     token = controller.create_enrollment_token(ttl=timedelta(milliseconds=1))
     time.sleep(0.05)
