@@ -157,10 +157,10 @@ def enroll(
         code = exc.code().name if isinstance(exc, grpc.Call) else "UNKNOWN"
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
         if code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-            # The fleet port ends this TLS handshake, because it asks for a client
+            # The fleet port ends this TLS handshake, because it requires a client
             # certificate that a device gets only from enrolling.
             raise EnrollmentFailed(
-                f"no enrollment answer from {controller} ({code}: {details}); pass the "
+                f"no enrollment response from {controller} ({code}: {details}); pass the "
                 "controller's enrollment port (serve --enroll-port, 50052 by default), not "
                 "its fleet port"
             ) from exc
