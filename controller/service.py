@@ -38,6 +38,7 @@ from edgefleet.controller.errors import (
     RolloutConflictError,
 )
 from edgefleet.controller.ingest import IngestStats, TelemetryIngest
+from edgefleet.controller.lock import DataDirLock
 from edgefleet.controller.models import (
     DeploymentRow,
     DeviceRow,
@@ -116,6 +117,7 @@ class Controller:
         self.config = config or ControllerConfig()
         self.data_dir = Path(data_dir)
         self.database_url = database_url or f"sqlite:///{self.data_dir / 'edgefleet.db'}"
+        self._lock = DataDirLock(self.data_dir)
         self.sessions = SessionRegistry()
         self.host_calibration = HostCalibration(duration_s=self.config.host_calibration_duration_s)
         self.telemetry_drops = DropCounter()
@@ -181,7 +183,12 @@ class Controller:
             if self._state is not ControllerState.CREATED:
                 raise ControllerStateError(f"cannot start a controller that is {self._state}")
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self._database = open_database(self.database_url)
+            self._lock.acquire()
+            try:
+                self._database = open_database(self.database_url)
+            except BaseException:
+                self._lock.release()
+                raise
             self._registry = Registry(self._database)
             self._artifacts = ArtifactStore(self.data_dir / "artifacts")
             self._trust = ControllerTrust(
@@ -424,6 +431,7 @@ class Controller:
         self._registry.mark_all_devices_offline()
         assert self._database is not None
         self._database.close()
+        self._lock.release()
         self._state = ControllerState.STOPPED
         logger.info("controller stopped")
 
