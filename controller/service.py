@@ -37,7 +37,7 @@ from edgefleet.controller.errors import (
     RateLimitedError,
     RolloutConflictError,
 )
-from edgefleet.controller.ingest import IngestStats, TelemetryIngest
+from edgefleet.controller.ingest import IngestStats, OnStored, TelemetryIngest
 from edgefleet.controller.models import (
     DeploymentRow,
     DeviceRow,
@@ -567,21 +567,32 @@ class Controller:
             "second); retry after a backoff"
         )
 
-    def submit_telemetry(self, device_id: str, sample: fleet_pb2.TelemetrySample | bytes) -> bool:
+    def submit_telemetry(
+        self,
+        device_id: str,
+        sample: fleet_pb2.TelemetrySample | bytes,
+        on_stored: OnStored | None = None,
+    ) -> bool:
         """Queue a sample (or its serialized bytes) for batched storage.
 
         Blocks while the ingest queue is full; returns False when the sample was dropped
-        because the controller is stopping. ``ingest_stats`` counts both.
+        because the controller is stopping. ``ingest_stats`` counts both. ``on_stored``
+        receives the highest seq of its samples once their batch is stored.
         """
         if self._ingest is None:
             raise ControllerStateError(f"the controller is {self._state}, not running")
-        return self._ingest.submit(device_id, sample)
+        return self._ingest.submit(device_id, sample, on_stored)
 
-    def offer_telemetry(self, device_id: str, sample: fleet_pb2.TelemetrySample | bytes) -> bool:
+    def offer_telemetry(
+        self,
+        device_id: str,
+        sample: fleet_pb2.TelemetrySample | bytes,
+        on_stored: OnStored | None = None,
+    ) -> bool:
         """Queue a sample without waiting; returns False, counting nothing, when it is full."""
         if self._ingest is None:
             raise ControllerStateError(f"the controller is {self._state}, not running")
-        return self._ingest.offer(device_id, sample)
+        return self._ingest.offer(device_id, sample, on_stored)
 
     def ingest_stats(self) -> IngestStats:
         """Return the counters of the batched telemetry ingest, drops included."""
