@@ -314,7 +314,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
 
 
 def goal_met(name: str, report: dict, scenario: Scenario) -> bool:
-    """Whether one run met its scenario's goal, as stated in ``GOALS``."""
+    """Return whether one run met its scenario's goal, as stated in ``GOALS``."""
     if name == "ingest":
         rate, lag = report["ingest_msgs_per_s"], report["ingest_lag_p99_ms"]
         return rate is not None and lag is not None and rate >= 2000 and lag < 1000

@@ -332,18 +332,18 @@ class MqttEndpoint:
         """
         registrations: list[tuple[str, paho.MQTTMessage]] = []
         onlines: list[tuple[str, fleet_pb2.Presence]] = []
-        held: set[str] = set()
+        held_devices: set[str] = set()
 
         def flush() -> None:
             self._register_batch(registrations)
             self._open_sessions(onlines)
             registrations.clear()
             onlines.clear()
-            held.clear()
+            held_devices.clear()
 
         try:
             for device_id, kind, message, arrived in batch:
-                if device_id in held:
+                if device_id in held_devices:
                     flush()
                 if kind is TopicKind.REGISTER:
                     with self._pending_lock:
@@ -353,7 +353,7 @@ class MqttEndpoint:
                         self.stale_registrations += 1
                         continue
                     registrations.append((device_id, message))
-                    held.add(device_id)
+                    held_devices.add(device_id)
                     continue
                 try:
                     if kind is TopicKind.PRESENCE:
@@ -363,7 +363,7 @@ class MqttEndpoint:
                             and presence.state == fleet_pb2.PRESENCE_STATE_ONLINE
                         ):
                             onlines.append((device_id, presence))
-                            held.add(device_id)
+                            held_devices.add(device_id)
                         elif presence is not None:
                             self._presence(device_id, presence)
                     else:
