@@ -76,6 +76,8 @@ _T = TypeVar("_T")
 # sample doubled the messages a stream carries. The cost: when a stream breaks, the
 # samples stored in its last interval have no receipt, and the agent sends them again.
 RECEIPT_INTERVAL_S = 2.0
+# How long ``GrpcServer.stop`` waits for the event loop to queue the last receipts.
+_RECEIPT_FLUSH_TIMEOUT_S = 5.0
 
 
 class _ReceiptBook:
@@ -123,6 +125,13 @@ class AioStreamSession(DeviceSession):
             return False
         return self._post(message)
 
+    def send_on_loop(self, message: fleet_pb2.ControllerMessage) -> bool:
+        """Queue ``message`` from the loop's thread; returns False if the session is closed."""
+        if self._closed.is_set():
+            return False
+        self._queue.put_nowait(message)
+        return True
+
     def close(self) -> None:
         """End the session; ``outgoing`` returns after the messages queued so far."""
         if not self._closed.is_set():
@@ -155,13 +164,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         """Send each stream one ``SessionAck`` for its samples stored in each interval."""
         while True:
             await asyncio.sleep(interval_s)
-            now_ms = int(time.time() * 1000)
-            for session, seq in self._receipts.take().items():
-                session.send(
-                    fleet_pb2.ControllerMessage(
-                        ack=fleet_pb2.SessionAck(telemetry_seq=seq, controller_time_ms=now_ms)
-                    )
+            await self.send_pending_receipts()
+
+    async def send_pending_receipts(self) -> None:
+        """Send a ``SessionAck`` to each stream with samples stored since its last one."""
+        now_ms = int(time.time() * 1000)
+        for session, seq in self._receipts.take().items():
+            session.send_on_loop(
+                fleet_pb2.ControllerMessage(
+                    ack=fleet_pb2.SessionAck(telemetry_seq=seq, controller_time_ms=now_ms)
                 )
+            )
 
     async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -438,6 +451,20 @@ class GrpcServer:
         """Reject new RPCs at once, give open ones ``grace`` seconds, then cancel them."""
         if self._receipt_sender is not None:
             self._receipt_sender.cancel()
+            # Queued before the controller closes the sessions, so agents do not send
+            # again the samples stored in the last interval.
+            flush = asyncio.run_coroutine_threadsafe(
+                self._servicer.send_pending_receipts(), self._loop
+            )
+            try:
+                flush.result(timeout=_RECEIPT_FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                flush.cancel()
+                logger.warning(
+                    "the last telemetry receipts were not queued within %.0f s; agents "
+                    "will send those samples again",
+                    _RECEIPT_FLUSH_TIMEOUT_S,
+                )
         future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
         future.add_done_callback(lambda _future: self._close_loop())
         return self._stopped

@@ -482,3 +482,23 @@ def test_receipts_cover_stored_samples_in_few_acks(
     assert stream.receipts[-1] == 20
     assert len(stream.receipts) < 20
     assert stream.receipts == sorted(stream.receipts)
+
+
+def test_receipts_sent_before_shutdown(
+    stub: fleet_pb2_grpc.FleetServiceStub, controller: Controller, profile: DeviceProfile
+) -> None:
+    _register(stub, profile)
+    stream = AgentStream(stub)
+    stream.hello("dev-1")
+    wait_for(lambda: controller.sessions.is_connected("dev-1"))
+    stream.send(fleet_pb2.AgentMessage(telemetry=make_sample(seq=41)))
+    wait_for(lambda: controller.registry.count_telemetry("dev-1") == 1)
+
+    controller.shutdown(grace_s=2.0)
+    # The server ends the stream when it stops, so this loop ends.
+    commands = list(stream.responses)
+
+    # Sent when the server stopped, not a receipt interval later, so the agent does not
+    # send the stored sample again after it reconnects.
+    assert stream.receipts == [41]
+    assert commands == []
