@@ -116,7 +116,7 @@ class AioStreamSession(DeviceSession):
         self._receipts = receipts or _ReceiptBook()
 
     def record_stored(self, seq: int) -> None:
-        """Note that the samples up to ``seq`` are stored; the loop sends the receipt later."""
+        """Record that the samples up to ``seq`` are stored. The loop sends the receipt later."""
         self._receipts.record(self, seq)
 
     def send(self, message: fleet_pb2.ControllerMessage) -> bool:
