@@ -17,8 +17,8 @@ stop by themselves when ``duration_s`` has passed.
 
 The ingest figures of the report come from the controller's database (``db_url``): the
 telemetry rows of the simulated devices received during the run. Without a database URL
-they are None, because neither transport acknowledges a sample after the controller
-stored it.
+they are None, because MQTT acknowledges a sample at the broker, not after the
+controller stored it, and the simulated gRPC agents ignore the ``SessionAck`` receipts.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ loopback, runs ``edgefleet simulate`` against them and records its JSON report:
 
 The broker is configured with ``max_connections -1`` and started with its open-file
 limit raised, so that it can hold thousands of connections.
+
+The script writes the section "Fleet scale on one controller process" of the output
+file: the tables, whether each goal was met, and the CPU time of the controller and of
+the simulator in each run, so that a reader can see which of them ran out of CPU. The
+analysis of a run belongs in the section after it, which the script leaves alone.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import dataclasses
 import getpass
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -152,6 +158,7 @@ def run_scenario(scenario: Scenario, transport: str, *, processes: int, model: t
         with log_path.open("wb") as log:
             controller = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
         restarted_at: list[datetime] = []
+        controller_cpu_s: float | None = None
         try:
             wait_for_port(grpc_port, timeout_s=120)
             restarter = None
@@ -162,10 +169,27 @@ def run_scenario(scenario: Scenario, transport: str, *, processes: int, model: t
                     daemon=True,
                 )
                 restarter.start()
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # From here on: the controller's start-up (imports, migrations) is not counted.
+            controller_start_s = _process_cpu_s(controller.pid)
             result = subprocess.run(simulate, capture_output=True, text=True)
+            children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            controller_end_s = _process_cpu_s(controller.pid)
+            if controller_start_s is not None and controller_end_s is not None:
+                controller_cpu_s = round(controller_end_s - controller_start_s, 1)
             if result.returncode != 0:
                 raise RuntimeError(f"simulate failed: {result.stderr[-4000:]}")
             report = json.loads(result.stdout.strip().splitlines()[-1])
+            # The simulator's worker processes are its children, waited for before it
+            # exits, so their CPU time is counted in its own.
+            report["simulator_cpu_s"] = round(
+                children_after.ru_utime
+                + children_after.ru_stime
+                - children_before.ru_utime
+                - children_before.ru_stime,
+                1,
+            )
+            report["controller_cpu_s"] = controller_cpu_s
             report["load_after"] = os.getloadavg()[0]
             report.update(_deployed_size(db_url))
             if restarted_at:
@@ -239,27 +263,87 @@ def _reconnect_figures(db_url: str, restarted_at: datetime) -> dict:
     }
 
 
+def _process_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds of a running process, from ``/proc/PID/stat``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in brackets may contain spaces; utime and stime are the 14th
+    # and 15th fields, counted from the pid.
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return round(ticks / os.sysconf("SC_CLK_TCK"), 1)
+
+
+_INGEST_LOG = re.compile(
+    r"(?P<submitted>\d+) samples submitted, (?P<stored>\d+) stored in (?P<batches>\d+) "
+    r"batches, (?P<dropped>\d+) dropped, (?P<waited>\d+) submits waited for room; "
+    r"connections: (?P<admitted>\d+) admitted, (?P<rate_rejected>\d+) over the connect rate"
+)
+
+
 def _ingest_counters(log: str) -> dict:
+    """The controller's closing ingest and connect-rate counters, from its log."""
     for line in reversed(log.splitlines()):
         if "telemetry ingest:" in line:
-            return {"controller_ingest_log": line.split("telemetry ingest:", 1)[1].strip()}
-    return {"controller_ingest_log": None}
+            text = line.split("telemetry ingest:", 1)[1].strip()
+            match = _INGEST_LOG.search(text)
+            counters = {k: int(v) for k, v in match.groupdict().items()} if match else {}
+            return {"controller_ingest_log": text, "controller_counters": counters}
+    return {"controller_ingest_log": None, "controller_counters": {}}
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    # Durations, ramps and the restart time scale together, so a short trial run keeps
+    # the shape of a full one.
+    factor = args.time_factor
     return [
-        Scenario("ingest", args.ingest_agents, 60, 10, 1.0),
-        Scenario("connections", args.connection_agents, 90, 30, 10.0),
-        Scenario("deploy", args.deploy_agents, 180, 10, 5.0, with_model=True),
-        Scenario("broker restart", args.restart_agents, 75, 10, 5.0, restart_broker_at_s=30),
+        Scenario("ingest", args.ingest_agents, 60 * factor, 10 * factor, 1.0),
+        Scenario("connections", args.connection_agents, 90 * factor, 30 * factor, 10.0),
+        Scenario("deploy", args.deploy_agents, 180 * factor, 10 * factor, 5.0, with_model=True),
+        Scenario(
+            "broker restart",
+            args.restart_agents,
+            75 * factor,
+            10 * factor,
+            5.0,
+            restart_broker_at_s=30 * factor,
+        ),
     ]
 
 
-def _cell(name: str, report: dict | None) -> str:
-    if report is None:
-        return "not run"
+def goal_met(name: str, report: dict, scenario: Scenario) -> bool:
+    """Return whether one run met its scenario's goal, as stated in ``GOALS``."""
     if name == "ingest":
         rate, lag = report["ingest_msgs_per_s"], report["ingest_lag_p99_ms"]
+        return rate is not None and lag is not None and rate >= 2000 and lag < 1000
+    if name == "connections":
+        return report["agents_online_at_end"] >= 5000
+    if name == "deploy":
+        seconds = report["deploy_seconds"]
+        return seconds is not None and seconds < 60 and report["agents"] >= 1000
+    back = report.get("all_back_after_s")
+    bound = CONNECT_RATE_PER_S + CONNECT_BURST
+    return (
+        back is not None
+        and report.get("devices_back", 0) >= scenario.agents >= 1000
+        and report.get("max_registrations_per_s", 0) <= bound
+    )
+
+
+def _cell(name: str, report: dict | None, scenario: Scenario) -> str:
+    if report is None:
+        return "not run"
+    verdict = "met" if goal_met(name, report, scenario) else "not met"
+    return f"{verdict}: {_figures(name, report)}"
+
+
+def _figures(name: str, report: dict) -> str:
+    if name == "ingest":
+        rate, lag = report["ingest_msgs_per_s"], report["ingest_lag_p99_ms"]
+        if rate is None or lag is None:
+            return "no telemetry stored"
         return f"{rate:,.0f} msg/s, p99 lag {lag:,.0f} ms"
     if name == "connections":
         return f"{report['agents_online_at_end']:,} of {report['agents']:,} online at the end"
@@ -290,19 +374,26 @@ GOALS = {
 
 
 def render(
-    results: dict[str, dict[str, dict]], scenario_list: list[Scenario], *, command: str, load: str
+    results: dict[str, dict[str, dict]],
+    scenario_list: list[Scenario],
+    *,
+    command: str,
+    load: str,
+    processes: int,
 ) -> str:
     goal_rows = []
     detail_rows = []
+    cpu_rows = []
     for scenario in scenario_list:
         by_transport = results.get(scenario.name, {})
         goal_rows.append(
             f"| {scenario.name} | {GOALS[scenario.name]} | "
-            f"{_cell(scenario.name, by_transport.get('mqtt'))} | "
-            f"{_cell(scenario.name, by_transport.get('grpc'))} |"
+            f"{_cell(scenario.name, by_transport.get('mqtt'), scenario)} | "
+            f"{_cell(scenario.name, by_transport.get('grpc'), scenario)} |"
         )
         for transport, report in by_transport.items():
             lag = report["ingest_lag_p99_ms"]
+            cpu_rows.append(_cpu_row(scenario, transport, report))
             detail_rows.append(
                 f"| {scenario.name} | {transport} | {scenario.agents:,} | "
                 f"{scenario.telemetry_interval_s:g} s | {scenario.duration_s:.0f} s "
@@ -313,11 +404,12 @@ def render(
             )
     goals = "\n".join(goal_rows)
     details = "\n".join(detail_rows)
+    cpus = "\n".join(cpu_rows)
     return f"""## Fleet scale on one controller process
 
 Command: `{command}`. Machine: {machine_description()}.
 Measured on {time.strftime("%Y-%m-%d")}; load average before the run: {load}.
-The simulated agents (`edgefleet simulate`, asyncio, 4 processes), the broker and the
+The simulated agents (`edgefleet simulate`, asyncio, {processes} processes), the broker and the
 controller share the same 2 cores, so every figure includes the cost of simulating the
 fleet. One controller process serves each run, with SQLite, and is started fresh for
 each scenario and transport. Ingest rates are steady rates: rows received from one
@@ -334,7 +426,40 @@ variant; its size is given.
 | sent | ingested | p99 lag ms | load after |
 |---|---|---|---|---|---|---|---|---|---|---|
 {details}
+
+Where the CPU went: CPU seconds of the controller process and of the simulator
+(all its worker processes) during the simulation, and the cores each kept busy on
+average. One controller process runs Python under one GIL, so it cannot use much more
+than one core; near 1.0 it is the bottleneck. The 2 cores are shared with the broker.
+The last columns are the controller's own counters: ingest batches, submits that
+waited for room in the full ingest queue, and registrations over the connect rate.
+
+| scenario | transport | controller CPU s | controller cores | simulator CPU s \
+| simulator cores | batches | waited submits | over connect rate |
+|---|---|---|---|---|---|---|---|---|
+{cpus}
+
 """
+
+
+def _cpu_row(scenario: Scenario, transport: str, report: dict) -> str:
+    duration = report["duration_s"]
+    controller = report.get("controller_cpu_s")
+    simulator = report.get("simulator_cpu_s")
+    counters = report.get("controller_counters") or {}
+
+    def cores(seconds: float | None) -> str:
+        return "n/a" if seconds is None or not duration else f"{seconds / duration:.2f}"
+
+    def count(name: str) -> str:
+        return f"{counters[name]:,}" if name in counters else "n/a"
+
+    return (
+        f"| {scenario.name} | {transport} | {'n/a' if controller is None else controller} | "
+        f"{cores(controller)} | {'n/a' if simulator is None else simulator} | "
+        f"{cores(simulator)} | {count('batches')} | {count('waited')} | "
+        f"{count('rate_rejected')} |"
+    )
 
 
 def main() -> int:
@@ -345,12 +470,21 @@ def main() -> int:
     parser.add_argument("--restart-agents", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=4, help="simulator processes")
     parser.add_argument(
+        "--time-factor",
+        type=float,
+        default=1.0,
+        help="multiply every scenario's duration, ramp and broker restart time by this "
+        "(a full run at 1.0 takes about 15 minutes)",
+    )
+    parser.add_argument(
         "--only", nargs="*", default=None, help="scenario names to run (default: all)"
     )
     parser.add_argument("--transports", nargs="*", default=["mqtt", "grpc"])
     parser.add_argument("--out", type=Path, help="markdown file whose scale section is replaced")
     parser.add_argument("--json", type=Path, help="also write every raw report to this file")
     args = parser.parse_args()
+    if not 0 < args.time_factor <= 10:
+        parser.error(f"--time-factor must be in (0, 10], got {args.time_factor}")
 
     raise_open_files()
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -375,7 +509,7 @@ def main() -> int:
         args.json.write_text(json.dumps(results, indent=2))
     shown = [arg for arg in sys.argv[1:] if arg != "--json" and not arg.endswith(".json")]
     command = " ".join(["python benchmarks/scale_bench.py", *shown])
-    section = render(results, scenario_list, command=command, load=load)
+    section = render(results, scenario_list, command=command, load=load, processes=args.processes)
     if args.out is None:
         print(section)  # noqa: T201 - the script's output
     else:

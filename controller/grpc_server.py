@@ -9,6 +9,11 @@ threads, awaited by the coroutine of its RPC. Telemetry goes into the controller
 batched ingest without a thread hop unless its queue is full (see
 ``edgefleet.controller.ingest``).
 
+Telemetry receipts: the agent keeps each sample until a ``SessionAck`` with its seq or a
+higher one arrives. The ingest thread records the highest stored seq of each stream, and
+the loop sends each stream with new stored samples one ``SessionAck`` every
+``RECEIPT_INTERVAL_S``, not one per sample.
+
 Message sizes are capped at 4 MiB in both directions by ``SERVER_OPTIONS``; gRPC itself
 rejects an oversized message with RESOURCE_EXHAUSTED.
 
@@ -28,7 +33,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
@@ -67,22 +72,65 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+# At one sample a second this sends one receipt for two samples, where a receipt per
+# sample doubled the messages a stream carries. The cost: when a stream breaks, the
+# samples stored in its last interval have no receipt, and the agent sends them again.
+RECEIPT_INTERVAL_S = 2.0
+# How long ``GrpcServer.stop`` waits for the event loop to queue the last receipts.
+_RECEIPT_FLUSH_TIMEOUT_S = 5.0
+
+
+class _ReceiptBook:
+    """Streams with samples stored since their last ``SessionAck``, and the highest seq."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[AioStreamSession, int] = {}
+
+    def record(self, session: AioStreamSession, seq: int) -> None:
+        # Called on the ingest thread.
+        with self._lock:
+            if seq > self._pending.get(session, -1):
+                self._pending[session] = seq
+
+    def take(self) -> dict[AioStreamSession, int]:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return pending
+
 
 class AioStreamSession(DeviceSession):
     """A gRPC Session stream: ``send`` may run on any thread, ``outgoing`` on the loop."""
 
     transport = "grpc"
 
-    def __init__(self, device_id: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        loop: asyncio.AbstractEventLoop,
+        receipts: _ReceiptBook | None = None,
+    ) -> None:
         super().__init__(device_id)
         self._loop = loop
         self._queue: asyncio.Queue[fleet_pb2.ControllerMessage | None] = asyncio.Queue()
+        self._receipts = receipts or _ReceiptBook()
+
+    def record_stored(self, seq: int) -> None:
+        """Record that the samples up to ``seq`` are stored. The loop sends the receipt later."""
+        self._receipts.record(self, seq)
 
     def send(self, message: fleet_pb2.ControllerMessage) -> bool:
         """Queue ``message``; returns False if the session or the server is closed."""
         if self._closed.is_set():
             return False
         return self._post(message)
+
+    def send_on_loop(self, message: fleet_pb2.ControllerMessage) -> bool:
+        """Queue ``message`` from the loop's thread; returns False if the session is closed."""
+        if self._closed.is_set():
+            return False
+        self._queue.put_nowait(message)
+        return True
 
     def close(self) -> None:
         """End the session; ``outgoing`` returns after the messages queued so far."""
@@ -110,6 +158,23 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, controller: Controller, executor: ThreadPoolExecutor) -> None:
         self._controller = controller
         self._executor = executor
+        self._receipts = _ReceiptBook()
+
+    async def send_receipts(self, interval_s: float = RECEIPT_INTERVAL_S) -> None:
+        """Send each stream one ``SessionAck`` for its samples stored in each interval."""
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.send_pending_receipts()
+
+    async def send_pending_receipts(self) -> None:
+        """Send a ``SessionAck`` to each stream with samples stored since its last one."""
+        now_ms = int(time.time() * 1000)
+        for session, seq in self._receipts.take().items():
+            session.send_on_loop(
+                fleet_pb2.ControllerMessage(
+                    ack=fleet_pb2.SessionAck(telemetry_seq=seq, controller_time_ms=now_ms)
+                )
+            )
 
     async def _call(self, function: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -197,7 +262,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         await self._authenticate(context, hello.device_id)
         try:
             session = AioStreamSession(
-                validate_device_id(hello.device_id), asyncio.get_running_loop()
+                validate_device_id(hello.device_id), asyncio.get_running_loop(), self._receipts
             )
             await self._call(
                 functools.partial(
@@ -228,11 +293,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             async for message in request_iterator:
                 if session.closed:
                     break
-                await self._dispatch(device_id, message)
-                if message.WhichOneof("body") == "telemetry":
-                    # Sent once the sample is queued for storage or rejected, so that the
-                    # agent deletes it from its backlog and never sends it again.
-                    session.send(_telemetry_ack(message.telemetry.seq))
+                await self._dispatch(session, message)
         except grpc.RpcError as exc:
             # The client cancelled or the connection broke; the session simply ends.
             logger.debug("session of device %s ended: %s", device_id, exc)
@@ -241,15 +302,20 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         finally:
             session.close()
 
-    async def _dispatch(self, device_id: str, message: fleet_pb2.AgentMessage) -> None:
+    async def _dispatch(self, session: AioStreamSession, message: fleet_pb2.AgentMessage) -> None:
+        device_id = session.device_id
         kind = message.WhichOneof("body")
         try:
             if kind == "telemetry":
                 # A full ingest queue blocks a pool thread, not the loop, and this stream
-                # reads nothing more until it has room: backpressure, not a drop.
+                # reads nothing more until it has room: backpressure, not a drop. The
+                # receipt follows once the sample is stored or rejected as invalid.
                 sample = message.telemetry
-                if not self._controller.offer_telemetry(device_id, sample):
-                    await self._call(self._controller.submit_telemetry, device_id, sample)
+                on_stored = session.record_stored
+                if not self._controller.offer_telemetry(device_id, sample, on_stored):
+                    await self._call(
+                        self._controller.submit_telemetry, device_id, sample, on_stored
+                    )
             elif kind == "status":
                 await self._call(self._controller.handle_status, device_id, message.status)
             else:
@@ -320,12 +386,6 @@ class EnrollmentServicer(fleet_pb2_grpc.EnrollmentServiceServicer):
             _abort_sync(context, grpc.StatusCode.UNAVAILABLE, str(exc))
 
 
-def _telemetry_ack(seq: int) -> fleet_pb2.ControllerMessage:
-    return fleet_pb2.ControllerMessage(
-        ack=fleet_pb2.SessionAck(telemetry_seq=seq, controller_time_ms=int(time.time() * 1000))
-    )
-
-
 def _abort_sync(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     logger.info("rejected RPC with %s: %s", code.name, message)
     context.abort(code, message)
@@ -362,6 +422,7 @@ class GrpcServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
         self._stopped = threading.Event()
+        self._receipt_sender: Future[None] | None = None
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
             self._server, self.port = self._run(self._bind(controller, credentials))
@@ -376,16 +437,34 @@ class GrpcServer:
         self, controller: Controller, credentials: grpc.ServerCredentials | None
     ) -> tuple[aio.Server, int]:
         server = aio.server(options=SERVER_OPTIONS)
-        fleet_pb2_grpc.add_FleetServiceServicer_to_server(
-            FleetServicer(controller, self._executor), server
-        )
+        self._servicer = FleetServicer(controller, self._executor)
+        fleet_pb2_grpc.add_FleetServiceServicer_to_server(self._servicer, server)
         return server, _bind(server, address=self._address, credentials=credentials)
 
     def start(self) -> None:
         self._run(self._server.start())
+        self._receipt_sender = asyncio.run_coroutine_threadsafe(
+            self._servicer.send_receipts(), self._loop
+        )
 
     def stop(self, grace: float | None) -> threading.Event:
         """Reject new RPCs at once, give open ones ``grace`` seconds, then cancel them."""
+        if self._receipt_sender is not None:
+            self._receipt_sender.cancel()
+            # Queued before the controller closes the sessions, so agents do not send
+            # again the samples stored in the last interval.
+            flush = asyncio.run_coroutine_threadsafe(
+                self._servicer.send_pending_receipts(), self._loop
+            )
+            try:
+                flush.result(timeout=_RECEIPT_FLUSH_TIMEOUT_S)
+            except TimeoutError:
+                flush.cancel()
+                logger.warning(
+                    "the last telemetry receipts were not queued within %.0f s; agents "
+                    "will send those samples again",
+                    _RECEIPT_FLUSH_TIMEOUT_S,
+                )
         future = asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop)
         future.add_done_callback(lambda _future: self._close_loop())
         return self._stopped

@@ -12,6 +12,13 @@ MQTT then stops reading the broker's socket and the broker queues for us, and a 
 stream stops reading, so HTTP/2 flow control pushes back on the agent. A sample is
 dropped only when ingest is stopping, when its bytes do not parse, or when storing its
 batch fails. Every drop is counted in ``IngestStats``.
+
+Receipts: a sample may come with an ``on_stored`` callback. After its batch is stored,
+the ingest thread calls each callback once with the highest ``seq`` among that
+callback's samples in the batch, so a sender learns which samples are safe to forget
+without one message per sample. Samples that the store rejects as invalid count as
+stored, because sending them again would not help. A batch that fails to store calls
+no callback.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ _SUBMIT_POLL_S = 0.5
 
 Sample = fleet_pb2.TelemetrySample | bytes
 StoreBatch = Callable[[Sequence[tuple[str, fleet_pb2.TelemetrySample]]], object]
+# Called on the ingest thread with the highest seq stored; it must not block.
+OnStored = Callable[[int], object]
+_Item = tuple[str, Sample, OnStored | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ class TelemetryIngest:
         on_undecodable: Callable[[str, Exception], None] | None = None,
     ) -> None:
         self._store = store
-        self._queue: queue.Queue[tuple[str, Sample]] = queue.Queue(queue_max)
+        self._queue: queue.Queue[_Item] = queue.Queue(queue_max)
         self._batch_max = batch_max
         self._batch_wait_s = batch_wait_s
         self._on_undecodable = on_undecodable
@@ -90,29 +100,30 @@ class TelemetryIngest:
         if self.stats().dropped:
             logger.warning("telemetry ingest dropped %d samples", self.stats().dropped)
 
-    def offer(self, device_id: str, sample: Sample) -> bool:
+    def offer(self, device_id: str, sample: Sample, on_stored: OnStored | None = None) -> bool:
         """Queue one sample if there is room now; returns False, counting nothing, if not."""
         try:
-            self._queue.put_nowait((device_id, sample))
+            self._queue.put_nowait((device_id, sample, on_stored))
         except queue.Full:
             return False
         with self._lock:
             self._submitted += 1
         return True
 
-    def submit(self, device_id: str, sample: Sample) -> bool:
+    def submit(self, device_id: str, sample: Sample, on_stored: OnStored | None = None) -> bool:
         """Queue one sample, blocking while the queue is full; returns False if dropped."""
+        item = (device_id, sample, on_stored)
         with self._lock:
             self._submitted += 1
         try:
-            self._queue.put_nowait((device_id, sample))
+            self._queue.put_nowait(item)
             return True
         except queue.Full:
             with self._lock:
                 self._blocked += 1
         while not self._stopping.is_set():
             try:
-                self._queue.put((device_id, sample), timeout=_SUBMIT_POLL_S)
+                self._queue.put(item, timeout=_SUBMIT_POLL_S)
                 return True
             except queue.Full:
                 continue
@@ -138,7 +149,7 @@ class TelemetryIngest:
             if batch:
                 self._store_batch(batch)
 
-    def _next_batch(self) -> list[tuple[str, Sample]]:
+    def _next_batch(self) -> list[_Item]:
         try:
             batch = [self._queue.get(timeout=0.2)]
         except queue.Empty:
@@ -160,9 +171,10 @@ class TelemetryIngest:
                 break
         return batch
 
-    def _store_batch(self, batch: list[tuple[str, Sample]]) -> None:
+    def _store_batch(self, batch: list[_Item]) -> None:
         samples = []
-        for device_id, sample in batch:
+        highest_seq: dict[OnStored, int] = {}
+        for device_id, sample, on_stored in batch:
             if isinstance(sample, bytes):
                 try:
                     sample = fleet_pb2.TelemetrySample.FromString(sample)
@@ -172,6 +184,8 @@ class TelemetryIngest:
                         self._on_undecodable(device_id, exc)
                     continue
             samples.append((device_id, sample))
+            if on_stored is not None:
+                highest_seq[on_stored] = max(highest_seq.get(on_stored, 0), sample.seq)
         try:
             self._store(samples)
         except Exception:
@@ -183,6 +197,11 @@ class TelemetryIngest:
         with self._lock:
             self._batches += 1
             self._stored += len(samples)
+        for on_stored, seq in highest_seq.items():
+            try:
+                on_stored(seq)
+            except Exception:
+                logger.exception("a telemetry receipt callback failed for seq %d", seq)
 
     def _count_dropped(self, count: int) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ The rows are snapshots of the committed values, so change state only through the
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,7 +41,7 @@ from edgefleet.controller.models import (
 from edgefleet.controller.telemetry import TelemetryRecord
 from edgefleet.profiles import DeviceProfile, parse_profile
 
-__all__ = ["Registry", "VariantRecord", "insert_profile"]
+__all__ = ["DeviceRegistration", "Registry", "VariantRecord", "insert_profile"]
 
 # Device columns that ``Registry.update_device`` may change.
 _UPDATABLE_DEVICE_FIELDS = frozenset(
@@ -63,6 +63,23 @@ class VariantRecord:
     peak_memory_mb: float
     manifest: bytes
     ladder_rank: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRegistration:
+    """One device to insert or refresh in ``Registry.register_devices``.
+
+    A ``latency_scale`` replaces the device's, and ``event`` is recorded with the row.
+    """
+
+    device_id: str
+    profile: DeviceProfile
+    calibration: dict[str, Any] | None = None
+    agent_version: str = ""
+    onnxruntime_version: str = ""
+    current_variant_id: str | None = None
+    latency_scale: float | None = None
+    event: EventRow | None = None
 
 
 class Registry:
@@ -93,31 +110,50 @@ class Registry:
         """Insert a device, or refresh the profile and calibration of a known one.
 
         A ``latency_scale`` replaces the device's, and ``event`` is recorded in the same
-        transaction: one commit per registration, because a reconnecting fleet sends
-        hundreds of them a second.
+        transaction.
         """
+        registration = DeviceRegistration(
+            device_id=device_id,
+            profile=profile,
+            calibration=calibration,
+            agent_version=agent_version,
+            onnxruntime_version=onnxruntime_version,
+            current_variant_id=current_variant_id,
+            latency_scale=latency_scale,
+            event=event,
+        )
+        return self.register_devices([registration])[0]
+
+    def register_devices(self, registrations: Sequence[DeviceRegistration]) -> list[DeviceRow]:
+        """Insert or refresh many devices in one transaction; returns their rows in order.
+
+        One commit for the whole batch, because a reconnecting fleet sends hundreds of
+        registrations a second. A device id that appears twice ends with the later values.
+        """
+        ids = list({registration.device_id for registration in registrations})
         with self._database.session() as session:
-            self._ensure_profile(session, profile)
-            device = session.get(DeviceRow, device_id)
-            if device is None:
-                device = DeviceRow(device_id=device_id, state=DeviceState.OFFLINE, pinned=False)
-                session.add(device)
-            elif device.profile_fingerprint != profile.fingerprint:
-                # Variants belong to a profile, so a new profile invalidates the target.
-                device.desired_variant_id = None
-                device.latency_scale = None
-            device.profile_fingerprint = profile.fingerprint
-            device.profile = profile.to_dict()
-            device.calibration = calibration
-            device.agent_version = agent_version
-            device.onnxruntime_version = onnxruntime_version
-            device.current_variant_id = current_variant_id or None
-            device.last_seen = utc_now()
-            if latency_scale is not None:
-                device.latency_scale = latency_scale
-            if event is not None:
-                session.add(event)
-            return device
+            for profile in {r.profile.fingerprint: r.profile for r in registrations}.values():
+                self._ensure_profile(session, profile)
+            known = {
+                device.device_id: device
+                for device in session.scalars(
+                    sa.select(DeviceRow).where(DeviceRow.device_id.in_(ids))
+                )
+            }
+            rows = []
+            for registration in registrations:
+                device = known.get(registration.device_id)
+                if device is None:
+                    device = DeviceRow(
+                        device_id=registration.device_id, state=DeviceState.OFFLINE, pinned=False
+                    )
+                    session.add(device)
+                    known[registration.device_id] = device
+                _refresh_device(device, registration)
+                if registration.event is not None:
+                    session.add(registration.event)
+                rows.append(device)
+            return rows
 
     def _ensure_profile(self, session: sa.orm.Session, profile: DeviceProfile) -> None:
         if session.get(ProfileRow, profile.fingerprint) is None:
@@ -168,6 +204,31 @@ class Registry:
             if event is not None:
                 session.add(event)
             return device
+
+    def update_devices(
+        self, changes: Mapping[str, Mapping[str, Any]], *, events: Iterable[EventRow] = ()
+    ) -> dict[str, DeviceRow]:
+        """Set columns of many devices in one transaction; returns the rows, by device id.
+
+        Devices that are not registered are left out of the result, and their events
+        are not recorded.
+        """
+        for device_fields in changes.values():
+            unknown = sorted(set(device_fields) - _UPDATABLE_DEVICE_FIELDS)
+            if unknown:
+                raise TypeError(f"update_devices got unknown or read-only field(s) {unknown}")
+        with self._database.session() as session:
+            devices = {
+                device.device_id: device
+                for device in session.scalars(
+                    sa.select(DeviceRow).where(DeviceRow.device_id.in_(list(changes)))
+                )
+            }
+            for device_id, device in devices.items():
+                for name, value in changes[device_id].items():
+                    setattr(device, name, value)
+            session.add_all(event for event in events if event.device_id in devices)
+            return devices
 
     def mark_all_devices_offline(self) -> int:
         """Set every device offline (at startup and shutdown); returns how many changed."""
@@ -582,6 +643,23 @@ class Registry:
             query = query.limit(limit)
         with self._database.session() as session:
             return list(session.scalars(query))
+
+
+def _refresh_device(device: DeviceRow, registration: DeviceRegistration) -> None:
+    profile = registration.profile
+    if device.profile_fingerprint is not None and device.profile_fingerprint != profile.fingerprint:
+        # Variants belong to a profile, so a new profile invalidates the target.
+        device.desired_variant_id = None
+        device.latency_scale = None
+    device.profile_fingerprint = profile.fingerprint
+    device.profile = profile.to_dict()
+    device.calibration = registration.calibration
+    device.agent_version = registration.agent_version
+    device.onnxruntime_version = registration.onnxruntime_version
+    device.current_variant_id = registration.current_variant_id or None
+    device.last_seen = utc_now()
+    if registration.latency_scale is not None:
+        device.latency_scale = registration.latency_scale
 
 
 def _record_fields(record: TelemetryRecord) -> dict[str, Any]:

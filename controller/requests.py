@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edgefleet.controller.calibration import parse_calibration
+from edgefleet.controller.calibration import DeviceCalibration, parse_calibration
 from edgefleet.controller.errors import (
     ArtifactNotFoundError,
     ArtifactRangeError,
@@ -32,7 +33,26 @@ from edgefleet.protos.v1 import fleet_pb2
 if TYPE_CHECKING:
     from edgefleet.controller.service import Controller
 
-__all__ = ["open_artifact", "read_artifact_chunk", "register_device", "status_name"]
+__all__ = [
+    "RegistrationRequest",
+    "open_artifact",
+    "read_artifact_chunk",
+    "register_device",
+    "register_devices",
+    "status_name",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRequest:
+    """A validated registration, the input of ``Controller.register_devices``."""
+
+    device_id: str
+    profile: DeviceProfile
+    calibration: DeviceCalibration | None = None
+    agent_version: str = ""
+    onnxruntime_version: str = ""
+    current_variant_id: str = ""
 
 
 def register_device(
@@ -42,6 +62,45 @@ def register_device(
 
     The endpoint calls ``Controller.admit_connection`` first, when the request arrives.
     """
+    registration = _validate_registration(request)
+    controller.register_device(
+        registration.device_id,
+        registration.profile,
+        calibration=registration.calibration,
+        agent_version=registration.agent_version,
+        onnxruntime_version=registration.onnxruntime_version,
+        current_variant_id=registration.current_variant_id,
+    )
+    return _registered(controller, registration)
+
+
+def register_devices(
+    controller: Controller, requests: Sequence[fleet_pb2.RegisterRequest]
+) -> list[fleet_pb2.RegisterResponse | InvalidInputError | AuthenticationError]:
+    """Register every valid device of ``requests`` in one transaction.
+
+    Returns, in order, the reply to each request or the error that rejected it:
+    ``InvalidInputError`` naming the bad field, ``AuthenticationError`` for a revoked
+    device. A failed transaction raises.
+    """
+    results: list[fleet_pb2.RegisterResponse | InvalidInputError | AuthenticationError] = []
+    valid: list[tuple[int, RegistrationRequest]] = []
+    for request in requests:
+        try:
+            valid.append((len(results), _validate_registration(request)))
+            results.append(fleet_pb2.RegisterResponse())
+        except InvalidInputError as exc:
+            results.append(exc)
+    outcomes = controller.register_devices([registration for _index, registration in valid])
+    for (index, registration), outcome in zip(valid, outcomes, strict=True):
+        if isinstance(outcome, AuthenticationError):
+            results[index] = outcome
+        else:
+            results[index] = _registered(controller, registration)
+    return results
+
+
+def _validate_registration(request: fleet_pb2.RegisterRequest) -> RegistrationRequest:
     device_id = validate_device_id(request.device_id)
     if not request.HasField("profile"):
         raise InvalidInputError("profile is required")
@@ -49,18 +108,23 @@ def register_device(
     calibration = (
         parse_calibration(request.calibration) if request.HasField("calibration") else None
     )
-    controller.register_device(
-        device_id,
-        profile,
+    return RegistrationRequest(
+        device_id=device_id,
+        profile=profile,
         calibration=calibration,
         agent_version=request.agent_version,
         onnxruntime_version=request.onnxruntime_version,
         current_variant_id=request.current_variant_id,
     )
+
+
+def _registered(
+    controller: Controller, registration: RegistrationRequest
+) -> fleet_pb2.RegisterResponse:
     return fleet_pb2.RegisterResponse(
-        device_id=device_id,
+        device_id=registration.device_id,
         telemetry_interval_s=controller.config.telemetry_interval_s,
-        profile_fingerprint=profile.fingerprint,
+        profile_fingerprint=registration.profile.fingerprint,
         controller_time_ms=int(time.time() * 1000),
     )
 

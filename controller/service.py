@@ -23,6 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from edgefleet.controller.artifacts import ArtifactStore
 from edgefleet.controller.calibration import DeviceCalibration, HostCalibration
 from edgefleet.controller.config import ControllerConfig
@@ -36,8 +38,9 @@ from edgefleet.controller.errors import (
     PlanningError,
     RateLimitedError,
     RolloutConflictError,
+    UnknownDeviceError,
 )
-from edgefleet.controller.ingest import IngestStats, TelemetryIngest
+from edgefleet.controller.ingest import IngestStats, OnStored, TelemetryIngest
 from edgefleet.controller.lock import DataDirLock
 from edgefleet.controller.models import (
     DeploymentRow,
@@ -60,7 +63,8 @@ from edgefleet.controller.planning import (
 )
 from edgefleet.controller.policy import Decision, DeviceView, PolicyAction, Rung, evaluate
 from edgefleet.controller.ratelimit import TokenBucket
-from edgefleet.controller.registry import Registry
+from edgefleet.controller.registry import DeviceRegistration, Registry
+from edgefleet.controller.requests import RegistrationRequest
 from edgefleet.controller.rollouts import RolloutManager
 from edgefleet.controller.sessions import DeviceSession, SessionRegistry
 from edgefleet.controller.telemetry import DropCounter, TelemetryRecord, validate_sample
@@ -127,6 +131,8 @@ class Controller:
         self._ingest: TelemetryIngest | None = None
         self._state = ControllerState.CREATED
         self._state_lock = threading.Lock()
+        # Thread counts with a host calibration queued on the planner thread.
+        self._calibrations_queued: set[int] = set()
         self._runtime: dict[str, _DeviceRuntime] = {}
         self._recompressing: set[tuple[str, str]] = set()
         self._stop = threading.Event()
@@ -459,53 +465,113 @@ class Controller:
 
         Raises ``AuthenticationError`` for a revoked device.
         """
-        registry = self.registry
-        self._require_not_revoked(device_id)
+        request = RegistrationRequest(
+            device_id=device_id,
+            profile=profile,
+            calibration=calibration,
+            agent_version=agent_version,
+            onnxruntime_version=onnxruntime_version,
+            current_variant_id=current_variant_id,
+        )
+        result = self.register_devices([request])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def register_devices(
+        self, requests: Sequence[RegistrationRequest]
+    ) -> list[DeviceRow | AuthenticationError]:
+        """Register many devices in one transaction; returns a row or the error per request.
+
+        A revoked device gets an ``AuthenticationError`` in its place, and the others are
+        still registered. When the batch transaction fails (a profile inserted by another
+        controller process at the same moment, say), each device is registered alone in
+        its own transaction, and a failure there raises.
+        """
+        results: list[DeviceRow | AuthenticationError | None] = [None] * len(requests)
+        accepted: list[tuple[int, RegistrationRequest]] = []
+        for index, request in enumerate(requests):
+            try:
+                self._require_not_revoked(request.device_id)
+            except AuthenticationError as exc:
+                results[index] = exc
+                continue
+            accepted.append((index, request))
+
+        registrations = [self._registration(request) for _index, request in accepted]
+        try:
+            devices = self.registry.register_devices(registrations)
+        except sa.exc.SQLAlchemyError:
+            if len(registrations) == 1:
+                raise
+            logger.warning(
+                "registering %d devices in one transaction failed; registering each alone",
+                len(registrations),
+                exc_info=True,
+            )
+            devices = [self.registry.register_devices([one])[0] for one in registrations]
+
+        for (index, request), device in zip(accepted, devices, strict=True):
+            results[index] = device
+            self._after_registration(request, device)
+        return [result for result in results if result is not None]
+
+    def _registration(self, request: RegistrationRequest) -> DeviceRegistration:
+        calibration = request.calibration
         scale = None
         if calibration is not None:
             scale = self.host_calibration.latency_scale(calibration)
-        device = registry.register_device(
-            device_id,
-            profile,
+        profile = request.profile
+        return DeviceRegistration(
+            device_id=request.device_id,
+            profile=profile,
             calibration=calibration.to_dict() if calibration is not None else None,
-            agent_version=agent_version,
-            onnxruntime_version=onnxruntime_version,
-            current_variant_id=current_variant_id or None,
+            agent_version=request.agent_version,
+            onnxruntime_version=request.onnxruntime_version,
+            current_variant_id=request.current_variant_id or None,
             latency_scale=scale,
             event=EventRow(
                 at=utc_now(),
                 kind=EventKind.REGISTERED,
-                device_id=device_id,
+                device_id=request.device_id,
                 reason=f"registered with profile {profile.name}",
                 details={
                     "profile_fingerprint": profile.fingerprint,
-                    "agent_version": agent_version,
+                    "agent_version": request.agent_version,
                 },
             ),
         )
+
+    def _after_registration(self, request: RegistrationRequest, device: DeviceRow) -> None:
+        device_id = request.device_id
         logger.info(
             "registered device %s with profile %s",
             device_id,
-            profile.name,
+            request.profile.name,
             extra={"device_id": device_id},
         )
-
+        calibration = request.calibration
         if (
             calibration is not None
-            and scale is None
+            and self.host_calibration.latency_scale(calibration) is None
             and calibration.reference_sha256 == self.host_calibration.reference_sha256
         ):
             # Measure the host first, on the planner thread, so the plan that follows
-            # uses the device's scale and neither disturbs the other's timing.
+            # uses the device's scale and neither disturbs the other's timing. One
+            # queued calibration per thread count covers every device registered before
+            # it starts, because it scales all devices that have no scale yet.
             threads = calibration.threads
-            self._worker_submit(
-                f"host calibration at {threads} threads",
-                lambda: self._calibrate_host(threads),
-            )
+            with self._state_lock:
+                queued = threads in self._calibrations_queued
+                self._calibrations_queued.add(threads)
+            if not queued:
+                self._worker_submit(
+                    f"host calibration at {threads} threads",
+                    lambda: self._calibrate_host(threads),
+                )
         self._worker_submit(
             f"placement of device {device_id}", lambda: self._place_device(device_id)
         )
-        return device
 
     def set_pinned(self, device_id: str, pinned: bool) -> DeviceRow:
         """Pin a device to its desired variant (the policy leaves it alone), or unpin it."""
@@ -517,32 +583,67 @@ class Controller:
         Raises ``UnknownDeviceError`` for a device that has not registered and
         ``AuthenticationError`` for a revoked one.
         """
-        registry = self.registry
-        device_id = session.device_id
-        self._require_not_revoked(device_id)
-        # One transaction, which raises UnknownDeviceError before the session opens.
-        device = registry.update_device(
-            device_id,
-            state=DeviceState.ONLINE,
-            last_seen=utc_now(),
-            current_variant_id=current_variant_id or None,
-            event=EventRow(
-                at=utc_now(),
-                kind=EventKind.CONNECTED,
-                device_id=device_id,
-                reason="session opened",
-                to_variant=current_variant_id or None,
-            ),
-        )
-        self.sessions.open(session)
-        logger.info(
-            "device %s connected over %s, serving %s",
-            device_id,
-            session.transport,
-            device.current_variant_id or "nothing",
-            extra={"device_id": device_id},
-        )
-        self._resume_deployment(device)
+        error = self.open_sessions([(session, current_variant_id)])[0]
+        if error is not None:
+            raise error
+
+    def open_sessions(
+        self, openings: Sequence[tuple[DeviceSession, str]]
+    ) -> list[UnknownDeviceError | AuthenticationError | None]:
+        """Open sessions of ``(session, current_variant_id)`` with one database transaction.
+
+        Returns, in order, None for each opened session, or the error that kept it closed:
+        ``UnknownDeviceError`` for a device that has not registered, ``AuthenticationError``
+        for a revoked one. Each device's unfinished deployment is re-sent.
+        """
+        errors: list[UnknownDeviceError | AuthenticationError | None] = []
+        changes: dict[str, dict[str, Any]] = {}
+        events: list[EventRow] = []
+        for session, current_variant_id in openings:
+            device_id = session.device_id
+            try:
+                self._require_not_revoked(device_id)
+            except AuthenticationError as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            now = utc_now()
+            changes[device_id] = {
+                "state": DeviceState.ONLINE,
+                "last_seen": now,
+                "current_variant_id": current_variant_id or None,
+            }
+            events.append(
+                EventRow(
+                    at=now,
+                    kind=EventKind.CONNECTED,
+                    device_id=device_id,
+                    reason="session opened",
+                    to_variant=current_variant_id or None,
+                )
+            )
+        # One transaction, which finds unregistered devices before their sessions open.
+        devices = self.registry.update_devices(changes, events=events) if changes else {}
+
+        for index, (session, _variant) in enumerate(openings):
+            if errors[index] is not None:
+                continue
+            device = devices.get(session.device_id)
+            if device is None:
+                errors[index] = UnknownDeviceError(
+                    f"device {session.device_id!r} is not registered"
+                )
+                continue
+            self.sessions.open(session)
+            logger.info(
+                "device %s connected over %s, serving %s",
+                device.device_id,
+                session.transport,
+                device.current_variant_id or "nothing",
+                extra={"device_id": device.device_id},
+            )
+            self._resume_deployment(device)
+        return errors
 
     def close_session(self, session: DeviceSession) -> None:
         """Forget a session that ended; the device goes offline unless it reconnected."""
@@ -582,21 +683,32 @@ class Controller:
             "second); retry after a backoff"
         )
 
-    def submit_telemetry(self, device_id: str, sample: fleet_pb2.TelemetrySample | bytes) -> bool:
+    def submit_telemetry(
+        self,
+        device_id: str,
+        sample: fleet_pb2.TelemetrySample | bytes,
+        on_stored: OnStored | None = None,
+    ) -> bool:
         """Queue a sample (or its serialized bytes) for batched storage.
 
         Blocks while the ingest queue is full; returns False when the sample was dropped
-        because the controller is stopping. ``ingest_stats`` counts both.
+        because the controller is stopping. ``ingest_stats`` counts both. ``on_stored``
+        receives the highest seq of its samples once their batch is stored.
         """
         if self._ingest is None:
             raise ControllerStateError(f"the controller is {self._state}, not running")
-        return self._ingest.submit(device_id, sample)
+        return self._ingest.submit(device_id, sample, on_stored)
 
-    def offer_telemetry(self, device_id: str, sample: fleet_pb2.TelemetrySample | bytes) -> bool:
+    def offer_telemetry(
+        self,
+        device_id: str,
+        sample: fleet_pb2.TelemetrySample | bytes,
+        on_stored: OnStored | None = None,
+    ) -> bool:
         """Queue a sample without waiting; returns False, counting nothing, when it is full."""
         if self._ingest is None:
             raise ControllerStateError(f"the controller is {self._state}, not running")
-        return self._ingest.offer(device_id, sample)
+        return self._ingest.offer(device_id, sample, on_stored)
 
     def ingest_stats(self) -> IngestStats:
         """Return the counters of the batched telemetry ingest, drops included."""
@@ -823,6 +935,10 @@ class Controller:
         self._worker.submit(name, task)
 
     def _calibrate_host(self, threads: int) -> None:
+        # Devices that register from here on queue another calibration, which scales
+        # any of them that this one's device list misses.
+        with self._state_lock:
+            self._calibrations_queued.discard(threads)
         self.host_calibration.measure(threads)
         for device in self.registry.list_devices():
             if device.latency_scale is not None or not device.calibration:

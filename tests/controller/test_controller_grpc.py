@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from controller_support import (
     wait_for,
 )
 
+from edgefleet.controller.grpc_server import RECEIPT_INTERVAL_S
 from edgefleet.controller.models import DeviceState, EventKind
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
@@ -185,13 +187,16 @@ def test_nan_telemetry_dropped_and_stream_stays_up(
         stream.send(fleet_pb2.AgentMessage(telemetry=make_sample(load_1m=-1.0, seq=2)))
         stream.send(fleet_pb2.AgentMessage(telemetry=make_sample(seq=3)))
         wait_for(lambda: controller.registry.count_telemetry("dev-1") == 1)
+    # The receipt goes out within one receipt interval, so it comes before the command.
+    time.sleep(RECEIPT_INTERVAL_S + 1.0)
     # The stream still carries commands after the bad samples.
     controller.deploy("dev-1", ladder[2], reason="test")
     second = next(stream.responses)
     stream.close()
 
-    # Every sample gets a receipt, rejected ones too, so the agent never resends them.
-    assert stream.receipts == [make_sample().seq, 2, 3]
+    # The receipt covers the rejected samples too, so the agent never resends them.
+    assert stream.receipts[-1] == 3
+    assert stream.receipts == sorted(stream.receipts)
 
     assert first.command.deploy.manifest.variant_id == ladder[0]
     assert second.command.deploy.manifest.variant_id == ladder[2]
@@ -453,3 +458,47 @@ def test_second_server_on_same_port_fails(grpc_port: int, tmp_path) -> None:
             other.serve_grpc(host="127.0.0.1", port=grpc_port)
     finally:
         other.shutdown(grace_s=0)
+
+
+def test_receipts_cover_stored_samples_in_few_acks(
+    stub: fleet_pb2_grpc.FleetServiceStub, controller: Controller, profile: DeviceProfile
+) -> None:
+    _, ladder = store_fake_ladder(controller, profile)
+    _register(stub, profile)
+    assert controller.wait_until_idle(10)
+    stream = AgentStream(stub)
+    stream.hello("dev-1")
+    next(stream.responses)  # the initial deployment
+
+    for seq in range(1, 21):
+        stream.send(fleet_pb2.AgentMessage(telemetry=make_sample(seq=seq)))
+    wait_for(lambda: controller.registry.count_telemetry("dev-1") == 20)
+    time.sleep(RECEIPT_INTERVAL_S + 1.0)
+    controller.deploy("dev-1", ladder[1], reason="test")
+    next(stream.responses)
+    stream.close()
+
+    # One receipt covers every sample up to its seq, so 20 samples need far fewer.
+    assert stream.receipts[-1] == 20
+    assert len(stream.receipts) < 20
+    assert stream.receipts == sorted(stream.receipts)
+
+
+def test_receipts_sent_before_shutdown(
+    stub: fleet_pb2_grpc.FleetServiceStub, controller: Controller, profile: DeviceProfile
+) -> None:
+    _register(stub, profile)
+    stream = AgentStream(stub)
+    stream.hello("dev-1")
+    wait_for(lambda: controller.sessions.is_connected("dev-1"))
+    stream.send(fleet_pb2.AgentMessage(telemetry=make_sample(seq=41)))
+    wait_for(lambda: controller.registry.count_telemetry("dev-1") == 1)
+
+    controller.shutdown(grace_s=2.0)
+    # The server ends the stream when it stops, so this loop ends.
+    commands = list(stream.responses)
+
+    # Sent when the server stopped, not a receipt interval later, so the agent does not
+    # send the stored sample again after it reconnects.
+    assert stream.receipts == [41]
+    assert commands == []

@@ -274,3 +274,42 @@ def test_serve_rejects_invalid_mqtt_url(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "invalid broker URL" in result.stderr
+
+
+def test_mqtt_registration_burst_gets_every_reply(mqtt_controller, device, profile):
+    # Sent without waiting, so the control thread finds many registrations queued and
+    # stores them together; one invalid request among them must fail alone.
+    device_ids = [f"burst-{index:02d}" for index in range(30)]
+    probe = device("burst-probe")
+    for device_id in device_ids:
+        probe.subscribe(topic(device_id, TopicKind.REGISTER_REPLY))
+    for index, device_id in enumerate(device_ids):
+        claimed = "someone-else" if index == 7 else device_id
+        request = fleet_pb2.RegisterRequest(device_id=claimed, profile=profile.to_proto())
+        probe.publish(
+            topic(device_id, TopicKind.REGISTER),
+            request.SerializeToString(),
+            properties=request_properties(device_id.encode()),
+        )
+        go_online(probe, device_id)
+
+    replies = {
+        device_id: wait_until(
+            lambda device_id=device_id: probe.received(topic(device_id, TopicKind.REGISTER_REPLY)),
+            what=f"the reply to {device_id}",
+        )[0]
+        for device_id in device_ids
+    }
+    wait_until(
+        lambda: len(mqtt_controller.sessions.connected()) == len(device_ids) - 1,
+        what="the sessions",
+    )
+
+    rejected = dict(replies.pop("burst-07").properties.UserProperty)
+    assert rejected["status"] == "INVALID_ARGUMENT"
+    for device_id, reply in replies.items():
+        assert reply.properties.CorrelationData == device_id.encode()
+        assert fleet_pb2.RegisterResponse.FromString(reply.payload).device_id == device_id
+    assert "burst-07" not in mqtt_controller.sessions.connected()
+    assert mqtt_controller.registry.find_device("burst-07") is None
+    assert mqtt_controller.registry.get_device("burst-03").state is DeviceState.ONLINE

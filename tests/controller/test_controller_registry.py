@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from controller_support import PROFILE_FIELDS, make_record, store_fake_ladder
 
 from edgefleet.controller.errors import UnknownDeviceError, UnknownVariantError
-from edgefleet.controller.models import DeploymentState, DeviceState, EventKind
-from edgefleet.controller.registry import Registry, insert_profile
+from edgefleet.controller.models import DeploymentState, DeviceState, EventKind, EventRow
+from edgefleet.controller.registry import DeviceRegistration, Registry, insert_profile
 from edgefleet.controller.service import Controller
+from edgefleet.controller.telemetry import TelemetryRecord
 from edgefleet.profiles import DeviceProfile, parse_profile
 
 
@@ -165,3 +168,86 @@ def test_profile_insert_ignores_existing_row(registry: Registry, profile: Device
 
     assert registry.profile_fingerprints() == [profile.fingerprint]
     assert registry.get_profile(profile.fingerprint) == profile
+
+
+def _count_commits(registry: Registry) -> list[int]:
+    commits = [0]
+
+    def count(_connection) -> None:
+        commits[0] += 1
+
+    sa.event.listen(registry.database.engine, "commit", count)
+    return commits
+
+
+def test_register_devices_in_one_transaction(registry: Registry, profile: DeviceProfile) -> None:
+    registry.register_device("dev-0", profile, agent_version="0.0.1")
+    commits = _count_commits(registry)
+    registrations = [
+        DeviceRegistration(
+            device_id=f"dev-{index}",
+            profile=profile,
+            agent_version="0.2.0",
+            latency_scale=float(index),
+            event=EventRow(
+                at=datetime.now(UTC), kind=EventKind.REGISTERED, device_id=f"dev-{index}"
+            ),
+        )
+        for index in range(50)
+    ]
+
+    rows = registry.register_devices(registrations)
+
+    assert commits[0] == 1
+    assert [row.device_id for row in rows] == [f"dev-{index}" for index in range(50)]
+    stored = {row.device_id: row for row in registry.list_devices()}
+    assert len(stored) == 50
+    assert stored["dev-0"].agent_version == "0.2.0"
+    assert stored["dev-49"].latency_scale == 49.0
+    assert len(registry.list_events(kinds=[EventKind.REGISTERED])) == 50
+
+
+def test_update_devices_skips_unknown(registry: Registry, profile: DeviceProfile) -> None:
+    registry.register_device("dev-1", profile)
+    events = [
+        EventRow(at=datetime.now(UTC), kind=EventKind.CONNECTED, device_id=device_id)
+        for device_id in ("dev-1", "ghost")
+    ]
+
+    rows = registry.update_devices(
+        {"dev-1": {"state": DeviceState.ONLINE}, "ghost": {"state": DeviceState.ONLINE}},
+        events=events,
+    )
+
+    assert list(rows) == ["dev-1"]
+    assert registry.get_device("dev-1").state is DeviceState.ONLINE
+    assert [event.device_id for event in registry.list_events()] == ["dev-1"]
+    with pytest.raises(TypeError, match="profile"):
+        registry.update_devices({"dev-1": {"profile": {}}})
+
+
+def test_add_telemetry_many_stores_every_field(registry: Registry, profile: DeviceProfile) -> None:
+    registry.register_device("dev-1", profile)
+    registry.register_device("dev-2", profile)
+    sent = [
+        dataclasses.replace(
+            make_record(at=1_700_000_000 + index, p95_ms=1.5 + index, device_id=device_id),
+            temperature_c=None if index % 3 == 0 else 40.0 + index,
+        )
+        for index in range(300)
+        for device_id in ("dev-1", "dev-2")
+    ]
+
+    registry.add_telemetry_many(sent)
+
+    stored = registry.recent_telemetry("dev-1", limit=1000) + registry.recent_telemetry(
+        "dev-2", limit=1000
+    )
+    assert sorted(stored, key=_record_key) == sorted(sent, key=_record_key)
+    latest = datetime.fromtimestamp(1_700_000_299, UTC)
+    assert registry.get_device("dev-1").last_seen == latest
+    assert registry.get_device("dev-2").last_seen == latest
+
+
+def _record_key(record: TelemetryRecord) -> tuple[str, int]:
+    return (record.device_id, record.seq)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from controller_support import make_sample, wait_for
+
+from edgefleet.controller.ingest import TelemetryIngest
+from edgefleet.protos.v1 import fleet_pb2
+
+Batch = Sequence[tuple[str, fleet_pb2.TelemetrySample]]
+
+
+class _Receipts:
+    def __init__(self) -> None:
+        self.seqs: list[int] = []
+
+    def record(self, seq: int) -> None:
+        self.seqs.append(seq)
+
+
+def test_ingest_reports_highest_seq_per_batch() -> None:
+    stored: list[Batch] = []
+    gate = threading.Event()
+
+    def store(batch: Batch) -> None:
+        stored.append(list(batch))
+        gate.wait(10)
+
+    ingest = TelemetryIngest(store, queue_max=100, batch_wait_s=0.0)
+    ingest.start()
+    first, second = _Receipts(), _Receipts()
+    # The first sample is stored alone and held at the gate; the rest queue behind it.
+    ingest.submit("dev-1", make_sample(seq=1), first.record)
+    wait_for(lambda: len(stored) == 1)
+    for seq in (2, 4, 3):
+        ingest.submit("dev-1", make_sample(seq=seq), first.record)
+    ingest.submit("dev-2", make_sample("dev-2", seq=7), second.record)
+    ingest.submit("dev-3", make_sample("dev-3", seq=9))
+    gate.set()
+    wait_for(lambda: ingest.stats().stored_samples == 6)
+    ingest.stop()
+
+    assert [len(batch) for batch in stored] == [1, 5]
+    assert first.seqs == [1, 4]
+    assert second.seqs == [7]
+
+
+def test_ingest_failed_batch_sends_no_receipt() -> None:
+    def store(_batch: Batch) -> None:
+        raise RuntimeError("disk full")
+
+    ingest = TelemetryIngest(store, queue_max=10, batch_wait_s=0.0)
+    ingest.start()
+    receipts = _Receipts()
+    ingest.submit("dev-1", make_sample(seq=5), receipts.record)
+    wait_for(lambda: ingest.stats().dropped == 1)
+    ingest.stop()
+
+    assert receipts.seqs == []
+
+
+def test_ingest_undecodable_bytes_not_acknowledged() -> None:
+    stored: list[Batch] = []
+    ingest = TelemetryIngest(stored.append, queue_max=10, batch_wait_s=0.5)
+    ingest.start()
+    receipts = _Receipts()
+    ingest.submit("dev-1", b"\xff\xff\xff", receipts.record)
+    ingest.submit("dev-1", make_sample(seq=3).SerializeToString())
+    wait_for(lambda: ingest.stats().stored_samples + ingest.stats().dropped == 2)
+    ingest.stop()
+
+    assert receipts.seqs == []
+    assert [sample.seq for batch in stored for _device, sample in batch] == [3]
