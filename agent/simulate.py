@@ -72,6 +72,8 @@ DEFAULT_PROFILE = DeviceProfile(
 )
 # The largest number of agents one run starts.
 MAX_AGENTS = 20_000
+# Distinct error messages kept in a report, so a count of errors comes with its causes.
+MAX_ERROR_EXAMPLES = 5
 # A deployment whose download takes longer is abandoned, and retried after a reconnect.
 _DOWNLOAD_TIMEOUT_S = 300.0
 # How long agents still running at the deadline get to finish before they are cancelled.
@@ -135,6 +137,7 @@ class AgentStats:
     telemetry_sent: int = 0
     sessions: int = 0
     errors: int = 0
+    error_messages: list[str] = dataclasses.field(default_factory=list)  # the first few
     deploy_started_at: float | None = None  # issue time of the first deploy command
     active_at: float | None = None  # time the last deployment reached ACTIVE
     deployments_failed: int = 0
@@ -186,6 +189,7 @@ class SimulationReport:
     agents_deployed: int
     deployments_failed: int
     errors: int
+    error_examples: list[str]  # up to MAX_ERROR_EXAMPLES distinct messages
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -222,6 +226,8 @@ class SimulatedAgent:
                 self.stats.online_at_end = True
             except (ControllerUnavailable, RegistrationRejected) as exc:
                 self.stats.errors += 1
+                if len(self.stats.error_messages) < MAX_ERROR_EXAMPLES:
+                    self.stats.error_messages.append(f"{type(exc).__name__}: {exc}")
                 logger.debug("simulated agent %s: %s", self.device_id, exc)
             finally:
                 await link.close()
@@ -560,6 +566,9 @@ def _report(
         agents_deployed=sum(agent.active_at is not None for agent in stats),
         deployments_failed=sum(agent.deployments_failed for agent in stats),
         errors=sum(agent.errors for agent in stats),
+        error_examples=list(
+            dict.fromkeys(message for agent in stats for message in agent.error_messages)
+        )[:MAX_ERROR_EXAMPLES],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 from fleet_support import fleet_config
@@ -104,6 +105,21 @@ def test_simulate_without_database_reports_no_ingest(start_controller):
     assert report.ingest_msgs_per_s is None
     assert report.ingest_lag_p99_ms is None
     assert report.deploy_seconds is None  # no model is registered, so nothing deploys
+
+
+def test_simulate_reports_error_causes():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = SimulationConfig(
+        agents=2, transport=TransportKind.GRPC, duration_s=2.0, controller=f"127.0.0.1:{port}"
+    )
+    report = run_simulation(config)
+
+    assert report.agents_connected == 0
+    assert report.errors > 0
+    assert 0 < len(report.error_examples) <= report.errors
+    assert report.error_examples[0].startswith("ControllerUnavailable: ")
 
 
 @pytest.mark.parametrize(
