@@ -227,7 +227,9 @@ class SimulatedAgent:
             except (ControllerUnavailable, RegistrationRejected) as exc:
                 self.stats.errors += 1
                 if len(self.stats.error_messages) < MAX_ERROR_EXAMPLES:
-                    self.stats.error_messages.append(f"{type(exc).__name__}: {exc}")
+                    # Without the device id, agents failing alike give one example.
+                    message = str(exc).replace(self.device_id, "DEVICE")
+                    self.stats.error_messages.append(f"{type(exc).__name__}: {message}")
                 logger.debug("simulated agent %s: %s", self.device_id, exc)
             finally:
                 await link.close()

@@ -41,6 +41,9 @@ from typing import Any
 from edgefleet.controller.errors import ConfigError
 from edgefleet.controller.policy import PolicyConfig
 
+# The largest MQTT 5 Session Expiry Interval, a four-byte integer.
+MAX_SESSION_EXPIRY_S = 0xFFFFFFFF
+
 __all__ = ["ControllerConfig", "load_config"]
 
 
@@ -63,6 +66,9 @@ class ControllerConfig:
     # queue blocks the endpoint (MQTT stops reading the broker's socket, a gRPC stream
     # stops reading its messages), so a burst is slowed down instead of dropped.
     telemetry_queue_max: int = 20_000
+    # The broker keeps the controller's MQTT session this long after it disconnects, and
+    # queues device messages for it up to its max_queued_messages, so a restart loses none.
+    mqtt_session_expiry_s: int = 600
     shutdown_grace_s: float = 5.0
     host_calibration_duration_s: float = 2.0
     # Device reports wake the rollout engine at once; this bounds how late a soak ends.
@@ -89,7 +95,11 @@ class ControllerConfig:
             "revocation_check_interval_s",
         ):
             _require_positive(name, getattr(self, name))
-        for name, minimum in (("connect_burst", 1), ("telemetry_queue_max", 100)):
+        for name, minimum in (
+            ("connect_burst", 1),
+            ("telemetry_queue_max", 100),
+            ("mqtt_session_expiry_s", 0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(
@@ -98,6 +108,11 @@ class ControllerConfig:
         if not _is_number(self.shutdown_grace_s) or self.shutdown_grace_s < 0:
             raise ConfigError(
                 f"controller.shutdown_grace_s must be a number >= 0, got {self.shutdown_grace_s!r}"
+            )
+        if self.mqtt_session_expiry_s > MAX_SESSION_EXPIRY_S:
+            raise ConfigError(
+                f"controller.mqtt_session_expiry_s must be at most {MAX_SESSION_EXPIRY_S}, "
+                f"got {self.mqtt_session_expiry_s}"
             )
         workers = self.grpc_max_workers
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 4:

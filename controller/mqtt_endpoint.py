@@ -20,24 +20,30 @@ Threads, and what each one owns:
   limited a reconnecting fleet to about a hundred registrations a second;
 - ``mqtt-artifacts-<n>`` serve artifact chunk requests.
 
-The controller connects with a clean session. A persistent one would keep this process
-in the shared groups after it died, and the broker would queue device messages for it.
+The controller keeps a persistent session (``mqtt_session_expiry_s``) under a client id
+derived from its host name and data directory, so the same controller gets the same
+session back after a restart, with the telemetry and statuses the broker queued for it
+meanwhile. The cost falls on a group of several processes: one that stops for good keeps
+its share of the group's messages until its session expires, and those are lost.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import queue
+import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -71,7 +77,7 @@ from edgefleet.protos.v1 import fleet_pb2
 if TYPE_CHECKING:
     from edgefleet.controller.service import Controller
 
-__all__ = ["MqttDeviceSession", "MqttEndpoint"]
+__all__ = ["MqttDeviceSession", "MqttEndpoint", "stable_client_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +133,16 @@ class MqttDeviceSession(DeviceSession):
         return sent
 
 
+def stable_client_id(data_dir: Path) -> str:
+    """Return the controller's MQTT client id: the same for a host and data directory.
+
+    One controller process runs per data directory (``DataDirLock``), so the id is unique
+    among running controllers and stays the same across restarts.
+    """
+    key = f"{socket.gethostname()}:{data_dir.resolve()}"
+    return f"edgefleet-controller-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
 class MqttEndpoint:
     """One controller process's connection to the broker; see the module docstring."""
 
@@ -144,7 +160,7 @@ class MqttEndpoint:
             (shared_filter(group, device_topic_filter(kind)), SubscribeOptions(qos=QOS))
             for kind in _SHARED_KINDS
         ] + [(device_topic_filter(TopicKind.PRESENCE), SubscribeOptions(qos=QOS))]
-        self.client_id = client_id or f"edgefleet-controller-{uuid.uuid4().hex[:12]}"
+        self.client_id = client_id or stable_client_id(controller.data_dir)
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
         )
@@ -177,8 +193,15 @@ class MqttEndpoint:
         address = self._settings.address
         for thread in self._threads:
             thread.start()
+        expiry_s = self._controller.config.mqtt_session_expiry_s
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = expiry_s
         self._client.connect(
-            address.host, address.port, keepalive=self._settings.keepalive_s, clean_start=True
+            address.host,
+            address.port,
+            keepalive=self._settings.keepalive_s,
+            clean_start=expiry_s == 0,
+            properties=properties,
         )
         self._client.loop_start()
         if not self._subscribed.wait(CONNECT_TIMEOUT_S) or self._connect_error:

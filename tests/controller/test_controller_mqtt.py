@@ -14,6 +14,7 @@ from controller_support import make_sample, store_fake_ladder
 from mosquitto_support import MqttProbe, wait_until
 
 from edgefleet.controller.models import DeploymentState, DeviceState
+from edgefleet.controller.mqtt_endpoint import stable_client_id
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.mqtt import BrokerSettings, DeviceTopics, TopicKind, request_properties
@@ -156,6 +157,40 @@ def test_shared_subscription_splits_telemetry(tmp_path, controller_config, broke
     finally:
         for replica in controllers:
             replica.shutdown(grace_s=0.5)
+
+
+def test_restarted_controller_gets_queued_telemetry(
+    tmp_path, controller_config, broker, device, profile
+):
+    def start() -> Controller:
+        controller = Controller(controller_config, data_dir=tmp_path / "controller")
+        controller.start()
+        controller.serve_mqtt(BrokerSettings.from_options(broker.url))
+        return controller
+
+    first = start()
+    probe = device()
+    register(probe, profile)
+    first.shutdown(grace_s=0.5)
+
+    # The broker acknowledges these while no controller is connected.
+    for seq in range(1, 21):
+        probe.publish(topic("dev-1", TopicKind.TELEMETRY), make_sample(seq=seq).SerializeToString())
+    second = start()
+    try:
+        wait_until(lambda: second.registry.count_telemetry("dev-1") == 20, what="20 samples")
+    finally:
+        second.shutdown(grace_s=0.5)
+
+    assert second.dropped_samples("dev-1") == 0
+
+
+def test_controller_client_id_stable_per_data_dir(tmp_path) -> None:
+    first = stable_client_id(tmp_path / "a")
+
+    assert stable_client_id(tmp_path / "a") == first
+    assert stable_client_id(tmp_path / "b") != first
+    assert first.startswith("edgefleet-controller-")
 
 
 def test_mqtt_presence_opens_session_and_will_closes_it(mqtt_controller, broker, device, profile):
