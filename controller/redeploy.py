@@ -77,11 +77,6 @@ class RedeploySchedule:
             self._failures.pop(device_id, None)
             self._due.pop(device_id, None)
 
-    def cancel(self, device_id: str) -> None:
-        """Drop the device's pending retry, keeping its failure count."""
-        with self._lock:
-            self._due.pop(device_id, None)
-
     def take_due(self) -> list[DueRedeploy]:
         """Remove and return the retries whose time has come."""
         now = self._clock()
