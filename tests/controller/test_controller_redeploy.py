@@ -1,8 +1,19 @@
-"""Backoff and attempt limit of deployments sent again after a failure."""
+"""Deployments sent again after a failure: the backoff schedule, then the controller
+sending them, giving up, and leaving rolled-back and pinned devices alone."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
+from controller_support import store_fake_ladder, wait_for
+from rollout_support import FAILED, ROLLED_BACK, report
+
+from edgefleet.controller.config import ControllerConfig
+from edgefleet.controller.models import DeploymentRow, EventKind
 from edgefleet.controller.redeploy import DueRedeploy, RedeploySchedule
+from edgefleet.controller.service import Controller
+from edgefleet.profiles import DeviceProfile
 
 
 class FakeClock:
@@ -64,3 +75,71 @@ def test_redeploy_success_forgets_failures() -> None:
     clock.now += 1000.0
     assert schedule.take_due() == []
     assert schedule.record_failure("dev-1", "v1") == 30.0
+
+
+# -- the controller sending failed deployments again ------------------------------------
+
+
+@pytest.fixture
+def controller_config() -> ControllerConfig:
+    return ControllerConfig(
+        host_calibration_duration_s=0.2,
+        shutdown_grace_s=1.0,
+        redeploy_initial_s=0.2,
+        redeploy_max_s=0.4,
+        redeploy_max_attempts=3,
+    )
+
+
+@pytest.fixture
+def deployed(controller: Controller, profile: DeviceProfile) -> DeploymentRow:
+    """Register dev-1 and deploy the top rung of a fake ladder to it."""
+    controller.register_device("dev-1", profile)
+    _model, ladder = store_fake_ladder(controller, profile)
+    return controller.deploy("dev-1", ladder[0], reason="first deployment")
+
+
+def latest(controller: Controller) -> DeploymentRow:
+    deployment = controller.registry.latest_deployment("dev-1")
+    assert deployment is not None
+    return deployment
+
+
+def test_failed_deployment_sent_again(controller, deployed) -> None:
+    report(controller, "dev-1", deployed.id, FAILED, "cannot install model: read-only")
+
+    wait_for(lambda: latest(controller).id != deployed.id)
+
+    retry = latest(controller)
+    assert retry.variant_id == deployed.variant_id
+    assert retry.reason.startswith(f"attempt 2 of 3: deployment {deployed.id} failed")
+    assert "read-only" in retry.reason
+
+
+def test_redeploy_gives_up_at_attempt_limit(controller, deployed) -> None:
+    failed = [deployed.id]
+    report(controller, "dev-1", deployed.id, FAILED, "disk full")
+    for _ in range(2):
+        wait_for(lambda: latest(controller).id not in failed)
+        failed.append(latest(controller).id)
+        report(controller, "dev-1", failed[-1], FAILED, "disk full")
+
+    time.sleep(1.0)
+    assert latest(controller).id == failed[-1]
+    alerts = controller.registry.list_events(device_id="dev-1", kinds=[EventKind.ALERT])
+    assert any("failed 3 deployments in a row" in event.reason for event in alerts)
+
+
+def test_rolled_back_deployment_not_sent_again(controller, deployed) -> None:
+    report(controller, "dev-1", deployed.id, ROLLED_BACK, "health check failed")
+
+    time.sleep(1.0)
+    assert latest(controller).id == deployed.id
+
+
+def test_pinned_device_not_sent_again(controller, deployed) -> None:
+    controller.set_pinned("dev-1", True)
+    report(controller, "dev-1", deployed.id, FAILED, "disk full")
+
+    time.sleep(1.0)
+    assert latest(controller).id == deployed.id
