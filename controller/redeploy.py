@@ -31,7 +31,7 @@ class DueRedeploy:
 class RedeploySchedule:
     """Failure counts and due times per device; safe across threads, kept in memory only.
 
-    A controller restart forgets the schedule. A device that then reconnects without its
+    A controller restart clears the schedule. A device that then reconnects without its
     desired variant gets it from the session-open check instead.
     """
 

@@ -1027,7 +1027,9 @@ class Controller:
                 device, model_id=model_id, variant_id=device.desired_variant_id, reason=reason
             )
         except UnknownVariantError:
-            return False  # a variant of an older model: placement picks one of this one
+            # The desired variant belongs to an older model, so placement picks a rung of
+            # the active one.
+            return False
         logger.warning(
             "device %s: %s", device.device_id, reason, extra={"device_id": device.device_id}
         )
@@ -1210,6 +1212,7 @@ class Controller:
         device = self.registry.get_device(device_id)
         if device.pinned or self.rollouts.rollout_of(device_id) is not None:
             return
+
         delay_s = self._redeploys.record_failure(device_id, deployment.variant_id)
         ids = {"device_id": device_id, "deployment_id": deployment.id}
         if delay_s is not None:
@@ -1222,6 +1225,7 @@ class Controller:
                 extra=ids,
             )
             return
+
         reason = (
             f"variant {deployment.variant_id} failed {self._redeploys.max_attempts} "
             "deployments in a row; not sending it again until an operator or the policy "

@@ -96,7 +96,7 @@ def is_within_budget(
     The latency is judged only when the sample served at least ``policy.min_requests``
     requests. Memory is short when less is available than the served variant's peak
     memory plus the policy's margin. A device that serves no model is not within budget,
-    whatever its figures: it answers no requests.
+    whatever its figures, because it serves no requests.
     """
     if sample is None:
         return None
