@@ -31,8 +31,10 @@ import edgefleet
 from edgefleet.agent.backoff import Backoff
 from edgefleet.agent.calibration import measure_reference
 from edgefleet.agent.deploy import Deployer
+from edgefleet.agent.download import verify_artifact
 from edgefleet.agent.errors import (
     AgentError,
+    ArtifactError,
     ControllerUnavailable,
     ModelLoadError,
     RegistrationRejected,
@@ -41,7 +43,7 @@ from edgefleet.agent.errors import (
 )
 from edgefleet.agent.identity import DeviceIdentity
 from edgefleet.agent.latency import LatencyRecorder
-from edgefleet.agent.outbox import MAX_BACKLOG_SAMPLES, DiskOutbox
+from edgefleet.agent.outbox import MAX_BACKLOG_SAMPLES, open_disk_outbox
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.server import InferenceServer
 from edgefleet.agent.store import AgentStore, write_json_atomic
@@ -176,7 +178,7 @@ class Agent:
         self.connected = threading.Event()
 
         self._stopping = threading.Event()
-        self._outbox = DiskOutbox(
+        self._outbox = open_disk_outbox(
             config.state_dir / "outbox.sqlite3", max_samples=config.backlog_samples
         )
         # Whether the controller sends telemetry receipts (SessionAck or MQTT PUBACK).
@@ -284,20 +286,32 @@ class Agent:
         logger.info("agent %s stopped", self.config.device_id)
 
     def _restore_model(self) -> None:
-        """Load the current model, or the previous one if the current fails to load."""
+        """Load the current model, or the previous one if the current fails to verify or load.
+
+        Each file is checked against the sha256 that names it first, because a file
+        truncated by a power cut may still load. A file that fails the check is deleted,
+        so that the controller's next deployment of its variant downloads it again.
+        """
         state = self.store.state
         for sha256 in (state.current, state.previous):
             if sha256 is None:
                 continue
+            path = self.store.model_path(sha256)
             try:
                 manifest = self.store.load_manifest(sha256)
-                self.runtime.load(self.store.model_path(sha256), manifest)
-            except (StorageError, ModelLoadError, SelfTestError) as exc:
+                verify_artifact(path, sha256=sha256, size_bytes=manifest.size_bytes)
+                self.runtime.load(path, manifest)
+            except (ArtifactError, StorageError, ModelLoadError, SelfTestError) as exc:
                 logger.error("failed to restore model %s: %s", sha256, exc)
                 continue
             if sha256 != state.current:
                 self._report_startup_rollback(state.current, manifest.variant_id)
-            break
+            return
+        if state.current is not None:
+            logger.error(
+                "no installed model passed its checks; serving nothing until the controller "
+                "deploys one"
+            )
 
     def _report_startup_rollback(self, failed_sha256: str | None, restored_variant: str) -> None:
         self.store.roll_back()

@@ -7,8 +7,8 @@ it to the controller before running the step, and the step's outcome is the even
 selects the next state. Errors become events too: before the swap a failed step leads to
 FAILED with the committed model still serving, and after it to a rollback.
 
-Runs of one manifest are counted on disk (``UpdateRecord.attempts``), restarts included,
-so a model that crashes the agent while it loads stops being retried after
+Runs of one deployment are counted on disk (``UpdateRecord.attempts``), restarts
+included, so a model that crashes the agent while it loads stops being retried after
 ``MAX_ATTEMPTS``. Transfers cut by the network do not count: the controller re-sends the
 deployment after the reconnect and the download resumes from the part file.
 """
@@ -106,7 +106,13 @@ class Deployer:
         deploy = command.deploy
         manifest = _unverified_variant(deploy)
         prior = self._store.state.update
-        same_manifest = prior is not None and prior.sha256 == manifest.sha256
+        # Runs are counted per deployment: the controller bounds its own retries with new
+        # deployments, so only a crash loop within one deployment must stop here.
+        same_manifest = (
+            prior is not None
+            and prior.sha256 == manifest.sha256
+            and prior.deployment_id == deploy.deployment_id
+        )
         record = UpdateRecord(
             command_id=command.command_id,
             deployment_id=deploy.deployment_id,
@@ -177,7 +183,7 @@ class Deployer:
             update.save()
             update.fail(
                 f"gave up on variant {update.record.variant_id} after "
-                f"{self._max_attempts} attempts; deploy a new manifest to try again"
+                f"{self._max_attempts} attempts; start a new deployment to try again"
             )
             self._store.mark_applied(command_id)
             return update.state

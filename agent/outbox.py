@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from edgefleet.agent.errors import StorageError
 from edgefleet.protos.v1 import fleet_pb2
 
-__all__ = ["MAX_BACKLOG_SAMPLES", "DiskOutbox", "Outbox"]
+__all__ = ["MAX_BACKLOG_SAMPLES", "DiskOutbox", "Outbox", "open_disk_outbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,9 @@ class DiskOutbox:
     which is stored too, so the controller learns of every drop. Deployment statuses are
     never dropped and leave the queue when taken, because they are a few per deployment
     and the controller re-sends a deployment whose outcome it did not hear.
+
+    Raises ``sqlite3.DatabaseError`` for a file that is not a backlog; ``open_disk_outbox``
+    replaces such a file.
     """
 
     def __init__(self, path: Path, *, max_samples: int = MAX_BACKLOG_SAMPLES) -> None:
@@ -94,8 +99,8 @@ class DiskOutbox:
         self._max_samples = max_samples
         self._ready = threading.Condition()
         self._closed = False
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             # WAL with synchronous=NORMAL survives an agent crash. A power cut may lose the
             # last few samples, which costs far less flash wear than an fsync per sample.
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -107,11 +112,21 @@ class DiskOutbox:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER)"
             )
+            # Tables of another schema survive CREATE TABLE IF NOT EXISTS; these fail on them.
+            self._db.execute("SELECT id, seq, in_flight, body FROM backlog LIMIT 0")
+            self._db.execute("SELECT name, value FROM counters LIMIT 0")
             # Whatever was in flight when the agent stopped was never acknowledged.
             self._db.execute("UPDATE backlog SET in_flight = 0")
             self.dropped = self._counter("dropped")
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open the telemetry backlog {path}: {exc}") from exc
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    def count_dropped(self, samples: int) -> None:
+        """Add ``samples`` lost outside the backlog (a corrupt file) to the stored drop count."""
+        with self._ready:
+            self.dropped += samples
+            self._set_counter("dropped", self.dropped)
 
     def next_seq(self) -> int:
         """Return the next telemetry seq, stored so that it keeps growing across restarts."""
@@ -244,3 +259,79 @@ class DiskOutbox:
         self._db.execute(
             "INSERT OR REPLACE INTO counters (name, value) VALUES (?, ?)", (name, value)
         )
+
+
+def open_disk_outbox(path: Path, *, max_samples: int = MAX_BACKLOG_SAMPLES) -> DiskOutbox:
+    """Open the backlog at ``path``, replacing a corrupt one with a new, empty backlog.
+
+    The backlog holds only unsent telemetry, so a file that is not a database or has
+    another schema (a power cut on an SD card) must not stop the agent from serving. It
+    is renamed to ``<name>.corrupt-<UTC time>`` for inspection, and the samples it held
+    are counted as dropped when they can still be counted. Raises ``StorageError`` when
+    the file cannot be moved aside or the new backlog cannot be created either.
+    """
+    try:
+        return DiskOutbox(path, max_samples=max_samples)
+    except sqlite3.DatabaseError as exc:
+        error = exc
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    lost = _count_stored_samples(path)
+    try:
+        os.replace(path, aside)
+        # A leftover write-ahead log would be replayed into the new database.
+        for suffix in ("-wal", "-shm"):
+            companion = path.with_name(path.name + suffix)
+            if companion.exists():
+                os.replace(companion, aside.with_name(aside.name + suffix))
+    except OSError as exc:
+        raise StorageError(
+            f"cannot open the telemetry backlog {path} ({error}) "
+            f"nor move it aside: {exc}; delete the file to start a new backlog"
+        ) from exc
+    if lost is None:
+        logger.warning(
+            "telemetry backlog %s is unreadable (%s); moved it to %s and started a new one; "
+            "cannot tell how many unsent samples it held",
+            path,
+            error,
+            aside,
+        )
+    else:
+        logger.warning(
+            "telemetry backlog %s is unreadable (%s); moved it to %s and started a new one; "
+            "%d unsent samples counted as dropped",
+            path,
+            error,
+            aside,
+            lost,
+        )
+    try:
+        outbox = DiskOutbox(path, max_samples=max_samples)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot create the telemetry backlog {path}: {exc}") from exc
+    if lost:
+        outbox.count_dropped(lost)
+    return outbox
+
+
+def _count_stored_samples(path: Path) -> int | None:
+    """Return the samples and drops recorded in a damaged backlog, or ``None`` if unreadable."""
+    try:
+        # Read-only, so that nothing is written into the file kept for inspection.
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        pending = db.execute("SELECT COUNT(*) FROM backlog WHERE seq IS NOT NULL").fetchone()[0]
+    except sqlite3.Error:
+        db.close()
+        return None
+    try:
+        row = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+        dropped = int(row[0]) if row else 0
+    except (sqlite3.Error, TypeError, ValueError):
+        dropped = 0  # the drops counted before are lost, the pending samples are not
+    finally:
+        db.close()
+    return int(pending) + dropped

@@ -16,6 +16,9 @@
     manifest_ttl_s = 604800             # a signed manifest expires this long after sending (7 days)
     certificate_validity_days = 365     # lifetime of a device certificate issued at enrollment
     revocation_check_interval_s = 2.0   # how often open sessions are checked for revocation
+    redeploy_initial_s = 30.0           # wait before a failed deployment is sent again
+    redeploy_max_s = 600.0              # the wait doubles after each failure up to this
+    redeploy_max_attempts = 5           # deployments of one variant to one device, first included
 
     [policy]
     breach_samples = 3
@@ -80,6 +83,10 @@ class ControllerConfig:
     # Revocations made by another process (``edgefleet controller revoke``) reach open
     # sessions within this interval.
     revocation_check_interval_s: float = 2.0
+    # Backoff of deployments sent again after a transfer or install failure.
+    redeploy_initial_s: float = 30.0
+    redeploy_max_s: float = 600.0
+    redeploy_max_attempts: int = 5
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -93,13 +100,17 @@ class ControllerConfig:
             "manifest_ttl_s",
             "certificate_validity_days",
             "revocation_check_interval_s",
+            "redeploy_initial_s",
+            "redeploy_max_s",
         ):
             _require_positive(name, getattr(self, name))
-        for name, minimum in (
+        integers = (
             ("connect_burst", 1),
             ("telemetry_queue_max", 100),
             ("mqtt_session_expiry_s", 0),
-        ):
+            ("redeploy_max_attempts", 1),
+        )
+        for name, minimum in integers:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(
@@ -118,6 +129,11 @@ class ControllerConfig:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 4:
             raise ConfigError(
                 f"controller.grpc_max_workers must be an integer >= 4, got {workers!r}"
+            )
+        if self.redeploy_max_s < self.redeploy_initial_s:
+            raise ConfigError(
+                f"controller.redeploy_max_s ({self.redeploy_max_s!r}) must be at least "
+                f"controller.redeploy_initial_s ({self.redeploy_initial_s!r})"
             )
 
     @classmethod

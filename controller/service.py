@@ -39,11 +39,13 @@ from edgefleet.controller.errors import (
     RateLimitedError,
     RolloutConflictError,
     UnknownDeviceError,
+    UnknownVariantError,
 )
 from edgefleet.controller.ingest import IngestStats, OnStored, TelemetryIngest
 from edgefleet.controller.lock import DataDirLock
 from edgefleet.controller.models import (
     DeploymentRow,
+    DeploymentState,
     DeviceRow,
     DeviceState,
     EventKind,
@@ -63,6 +65,7 @@ from edgefleet.controller.planning import (
 )
 from edgefleet.controller.policy import Decision, DeviceView, PolicyAction, Rung, evaluate
 from edgefleet.controller.ratelimit import TokenBucket
+from edgefleet.controller.redeploy import DueRedeploy, RedeploySchedule
 from edgefleet.controller.registry import DeviceRegistration, Registry
 from edgefleet.controller.requests import RegistrationRequest
 from edgefleet.controller.rollouts import RolloutManager
@@ -142,6 +145,12 @@ class Controller:
         self.enroll_port: int | None = None
         self._revoked: frozenset[str] = frozenset()
         self._revocation_thread: threading.Thread | None = None
+        self._redeploys = RedeploySchedule(
+            initial_s=self.config.redeploy_initial_s,
+            max_s=self.config.redeploy_max_s,
+            max_attempts=self.config.redeploy_max_attempts,
+        )
+        self._redeploy_thread: threading.Thread | None = None
         self._trust: ControllerTrust | None = None
         self._mqtt_endpoint: Any = None
         self._database: Database | None = None
@@ -240,6 +249,10 @@ class Controller:
             target=self._revocation_loop, name="revocation-check", daemon=True
         )
         self._revocation_thread.start()
+        self._redeploy_thread = threading.Thread(
+            target=self._redeploy_loop, name="redeploy", daemon=True
+        )
+        self._redeploy_thread.start()
         logger.info(
             "controller started: database %s, data in %s", self._database.url, self.data_dir
         )
@@ -434,6 +447,8 @@ class Controller:
             self._retention_thread.join(timeout=grace + 1)
         if self._revocation_thread is not None:
             self._revocation_thread.join(timeout=grace + 1)
+        if self._redeploy_thread is not None:
+            self._redeploy_thread.join(timeout=grace + 1)
         self._registry.mark_all_devices_offline()
         assert self._database is not None
         self._database.close()
@@ -820,6 +835,7 @@ class Controller:
             # judges the new variant on fresh samples only.
             with self._state_lock:
                 self._device_runtime(device_id).last_action_at = utc_now()
+            self._schedule_redeploy(device_id, status)
             assert self._rollouts is not None
             self._rollouts.notify()
 
@@ -1118,10 +1134,39 @@ class Controller:
         )
         if unfinished and self._deployer.resend(device, model_id=model.id) is not None:
             return
+        if unfinished and self._redeploy_desired(device, model.id):
+            return
         self._worker_submit(
             f"placement of device {device.device_id}",
             lambda: self._place_device(device.device_id),
         )
+
+    def _redeploy_desired(self, device: DeviceRow, model_id: str) -> bool:
+        """Deploy the desired variant again to a device that connected without it.
+
+        An agent whose installed model failed its checks at start serves the previous
+        model or nothing, while its last deployment reads ACTIVE. Devices of a rollout
+        are left to it. Returns whether a deployment was sent.
+        """
+        assert self._deployer is not None and device.desired_variant_id is not None
+        if self.rollouts.rollout_of(device.device_id) is not None:
+            return False
+        reason = (
+            f"device connected serving {device.current_variant_id or 'no variant'}, not its "
+            f"desired variant {device.desired_variant_id}; deploying it again"
+        )
+        try:
+            self._deployer.deploy(
+                device, model_id=model_id, variant_id=device.desired_variant_id, reason=reason
+            )
+        except UnknownVariantError:
+            # The desired variant belongs to an older model, so placement picks a rung of
+            # the active one.
+            return False
+        logger.warning(
+            "device %s: %s", device.device_id, reason, extra={"device_id": device.device_id}
+        )
+        return True
 
     def _confirm_served_deployment(self, device: DeviceRow) -> None:
         """Complete the device's unfinished deployment when the device already serves it.
@@ -1284,6 +1329,84 @@ class Controller:
                 device_id=device.device_id,
             )
         )
+
+    # -- deployments sent again after a failure -------------------------------------
+
+    def _schedule_redeploy(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> None:
+        """Schedule a FAILED deployment again, with backoff; see ``controller/redeploy.py``."""
+        if status.state == fleet_pb2.DEPLOYMENT_STATE_ACTIVE:
+            self._redeploys.record_success(device_id)
+            return
+        if status.state != fleet_pb2.DEPLOYMENT_STATE_FAILED:
+            return
+        deployment = self.registry.find_deployment(status.deployment_id)
+        if deployment is None:
+            return
+        device = self.registry.get_device(device_id)
+        if device.pinned or self.rollouts.rollout_of(device_id) is not None:
+            return
+
+        delay_s = self._redeploys.record_failure(device_id, deployment.variant_id)
+        ids = {"device_id": device_id, "deployment_id": deployment.id}
+        if delay_s is not None:
+            logger.info(
+                "deployment %s of variant %s to device %s failed; sending it again in %.0f s",
+                deployment.id,
+                deployment.variant_id,
+                device_id,
+                delay_s,
+                extra=ids,
+            )
+            return
+
+        reason = (
+            f"variant {deployment.variant_id} failed {self._redeploys.max_attempts} "
+            "deployments in a row; not sending it again until an operator or the policy "
+            "deploys it"
+        )
+        self.registry.record_event(
+            EventKind.ALERT,
+            device_id=device_id,
+            reason=reason,
+            to_variant=deployment.variant_id,
+            details={"deployment_id": deployment.id},
+        )
+        logger.error("device %s: %s", device_id, reason, extra=ids)
+
+    def _redeploy_loop(self) -> None:
+        interval_s = min(1.0, self.config.redeploy_initial_s)
+        while not self._stop.wait(interval_s):
+            for retry in self._redeploys.take_due():
+                try:
+                    self._redeploy(retry)
+                except Exception:
+                    # One device's failure must not stop the retries of the others.
+                    logger.exception("sending a deployment to %s again failed", retry.device_id)
+
+    def _redeploy(self, retry: DueRedeploy) -> None:
+        """Deploy the failed variant again, unless something changed since it failed."""
+        assert self._deployer is not None
+        device = self.registry.get_device(retry.device_id)
+        latest = self.registry.latest_deployment(retry.device_id)
+        model = self.registry.active_model()
+        superseded = (
+            latest is None
+            or latest.state is not DeploymentState.FAILED
+            or latest.variant_id != retry.variant_id
+        )
+        if (
+            superseded
+            or model is None
+            or device.pinned
+            or device.current_variant_id == retry.variant_id
+            or self.rollouts.rollout_of(retry.device_id) is not None
+        ):
+            return
+        reason = (
+            f"attempt {retry.attempt} of {self._redeploys.max_attempts}: deployment "
+            f"{latest.id} failed ({latest.reason or 'no reason given'})"
+        )
+        self._deployer.deploy(device, model_id=model.id, variant_id=retry.variant_id, reason=reason)
 
     # -- retention ------------------------------------------------------------------
 

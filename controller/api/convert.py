@@ -95,10 +95,13 @@ def is_within_budget(
 
     The latency is judged only when the sample served at least ``policy.min_requests``
     requests. Memory is short when less is available than the served variant's peak
-    memory plus the policy's margin.
+    memory plus the policy's margin. A device that serves no model is not within budget,
+    whatever its figures, because it serves no requests.
     """
     if sample is None:
         return None
+    if not sample.variant_id:
+        return False
     budget_ms = float(device.profile["latency_budget_ms"])
     serving = sample.requests >= policy.min_requests
     latency_ok = not serving or sample.latency_p95_ms <= budget_ms

@@ -626,3 +626,93 @@ def test_mqtt_transfer_full_disk_raises_storage_error(tmp_path):
         box[0].fetch(part, device_id="pi-0001", sha256=sha256, size_bytes=len(data))
 
     assert not part.is_symlink()
+
+
+# -- damaged state on disk ----------------------------------------------------------------
+
+
+def test_garbage_outbox_moved_aside(fleet, agents, tmp_path, caplog):
+    state_dir = tmp_path / "state"
+    old = preinstall(state_dir, 2.0, 1.0)
+    outbox_path = state_dir / "outbox.sqlite3"
+    garbage = random.Random(3).randbytes(8192)
+    outbox_path.write_bytes(garbage)
+
+    with caplog.at_level("WARNING", logger="edgefleet.agent.outbox"):
+        running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+        wait_for(lambda: fleet.servicer.of_kind("telemetry"), description="telemetry")
+
+    assert_serves_verified(running.agent, old)
+    [aside] = state_dir.glob("outbox.sqlite3.corrupt-*Z")
+    assert aside.read_bytes() == garbage
+    [warning] = [r.getMessage() for r in caplog.records if "backlog" in r.getMessage()]
+    assert str(outbox_path) in warning
+    assert str(aside) in warning
+    assert "cannot tell how many unsent samples" in warning
+    assert fleet.servicer.of_kind("telemetry")[0].dropped_samples == 0
+
+
+def test_outbox_of_wrong_schema_counts_lost_samples(fleet, agents, tmp_path, caplog):
+    import sqlite3
+
+    state_dir = tmp_path / "state"
+    old = preinstall(state_dir, 2.0, 1.0)
+    outbox_path = state_dir / "outbox.sqlite3"
+    # A valid database whose backlog lacks the in_flight column, holding 4 unsent samples.
+    db = sqlite3.connect(outbox_path)
+    db.execute("CREATE TABLE backlog (id INTEGER PRIMARY KEY, seq INTEGER, body BLOB)")
+    db.executemany("INSERT INTO backlog (seq, body) VALUES (?, x'00')", [(n,) for n in range(4)])
+    db.commit()
+    db.close()
+
+    with caplog.at_level("WARNING", logger="edgefleet.agent.outbox"):
+        running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+        wait_for(lambda: fleet.servicer.of_kind("telemetry"), description="telemetry")
+
+    assert_serves_verified(running.agent, old)
+    assert len(list(state_dir.glob("outbox.sqlite3.corrupt-*Z"))) == 1
+    [warning] = [r.getMessage() for r in caplog.records if "backlog" in r.getMessage()]
+    assert "4 unsent samples counted as dropped" in warning
+    assert fleet.servicer.of_kind("telemetry")[0].dropped_samples == 4
+
+
+def test_truncated_model_falls_back_to_previous(fleet, agents, tmp_path):
+    state_dir = tmp_path / "state"
+    old = preinstall(state_dir, 2.0, 1.0)
+    new = preinstall(state_dir, 3.0, 0.5)
+    new_path = AgentStore(state_dir).model_path(new.sha256)
+    new_path.write_bytes(new_path.read_bytes()[:-10])
+
+    running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+    wait_for(lambda: fleet.servicer.of_kind("status"), description="startup status")
+
+    assert_serves_verified(running.agent, old)
+    assert not new_path.exists()
+    status = fleet.servicer.of_kind("status")[0]
+    assert status.state == ROLLED_BACK
+    assert f"model {new.sha256} failed to load at startup" in status.message
+    assert fleet.servicer.registrations[0].current_variant_id == old.variant_id
+
+
+def test_corrupt_model_without_fallback_serves_nothing(fleet, agents, tmp_path):
+    state_dir = tmp_path / "state"
+    only = preinstall(state_dir, 2.0, 1.0)
+    fleet.servicer.artifacts[only.sha256] = build_affine_model(2.0, 1.0)
+    model_path = AgentStore(state_dir).model_path(only.sha256)
+    flipped = bytearray(model_path.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    model_path.write_bytes(bytes(flipped))
+
+    running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+    wait_for(lambda: fleet.servicer.open_sessions, description="session")
+
+    assert running.agent.runtime.current is None
+    assert fleet.servicer.registrations[0].current_variant_id == ""
+    assert not model_path.exists()
+    # The controller deploys the variant again: the agent downloads it instead of
+    # taking the damaged file for the installed model.
+    fleet.servicer.send(command("cmd-1", deploy_of(only)))
+    wait_for(lambda: final_statuses(fleet, "dep-1"), description="final status")
+    assert final_statuses(fleet, "dep-1")[-1].state == ACTIVE
+    assert [r.offset for r in fleet.servicer.download_requests] == [0]
+    assert_serves_verified(running.agent, only)

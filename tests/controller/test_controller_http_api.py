@@ -50,7 +50,8 @@ def test_health_reports_running(api: ApiFleet) -> None:
 
 
 def test_devices_list_shows_state_and_telemetry(api: ApiFleet) -> None:
-    record = api.controller.ingest_telemetry("dev-1", make_sample("dev-1", latency_p95_ms=4.0))
+    sample = make_sample("dev-1", latency_p95_ms=4.0, variant_id=api.ladder[0])
+    record = api.controller.ingest_telemetry("dev-1", sample)
     assert record is not None
 
     devices = {d["device_id"]: d for d in api.client.get("/api/v1/devices").json()["devices"]}
@@ -67,6 +68,16 @@ def test_devices_list_shows_state_and_telemetry(api: ApiFleet) -> None:
     assert first["last_telemetry"]["cpu_percent"] == 12.5
     assert devices["dev-2"]["last_telemetry"] is None
     assert devices["dev-2"]["within_budget"] is None
+
+
+def test_device_serving_no_model_not_within_budget(api: ApiFleet) -> None:
+    # Figures well inside the budget, but the agent serves nothing.
+    api.controller.ingest_telemetry("dev-1", make_sample("dev-1", latency_p95_ms=1.0))
+
+    device = api.client.get("/api/v1/devices/dev-1").json()
+
+    assert device["last_telemetry"]["variant_id"] == ""
+    assert device["within_budget"] is False
 
 
 def test_device_over_budget_is_flagged(api: ApiFleet) -> None:

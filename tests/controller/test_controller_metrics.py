@@ -56,6 +56,7 @@ def test_metrics_gauges_follow_telemetry(api: ApiFleet) -> None:
             latency_p95_ms=8.0,
             latency_p99_ms=11.0,
             temperature_c=51.5,
+            variant_id=api.ladder[0],
         ),
     )
 
