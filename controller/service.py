@@ -640,6 +640,7 @@ class Controller:
         # One transaction, which finds unregistered devices before their sessions open.
         devices = self.registry.update_devices(changes, events=events) if changes else {}
 
+        opened = []
         for index, (session, _variant) in enumerate(openings):
             if errors[index] is not None:
                 continue
@@ -650,6 +651,7 @@ class Controller:
                 )
                 continue
             self.sessions.open(session)
+            opened.append(device.device_id)
             logger.info(
                 "device %s connected over %s, serving %s",
                 device.device_id,
@@ -657,6 +659,9 @@ class Controller:
                 device.current_variant_id or "nothing",
                 extra={"device_id": device.device_id},
             )
+        # Read again now that the sessions are open: a deployment stored after the first
+        # read found no session to send to, so only this read returns it for a resend.
+        for device in self.registry.get_devices(opened).values():
             self._resume_deployment(device)
         return errors
 

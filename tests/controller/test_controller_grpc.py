@@ -233,6 +233,37 @@ def test_deploy_sent_on_connect_and_active_updates_current(
     assert EventKind.DEPLOYED in kinds
 
 
+def test_deploy_while_session_opens_is_sent(
+    stub: fleet_pb2_grpc.FleetServiceStub,
+    controller: Controller,
+    profile: DeviceProfile,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, ladder = store_fake_ladder(controller, profile)
+    _register(stub, profile)
+    assert controller.wait_until_idle(10)
+    controller.registry.update_device(
+        "dev-1", desired_variant_id=ladder[0], current_variant_id=ladder[0]
+    )
+    deployments = []
+    open_session = controller.sessions.open
+
+    def deploy_then_open(session) -> None:
+        # An operator's deploy lands after the device row was read, before the session
+        # opened, so it finds no session to send its command to.
+        deployments.append(controller.deploy("dev-1", ladder[1], reason="operator"))
+        open_session(session)
+
+    monkeypatch.setattr(controller.sessions, "open", deploy_then_open)
+    stream = AgentStream(stub, timeout_s=15)
+    stream.hello("dev-1", current_variant_id=ladder[0])
+    command = next(stream.responses).command
+    stream.close()
+
+    assert command.deploy.deployment_id == deployments[0].id
+    assert command.deploy.manifest.variant_id == ladder[1]
+
+
 def test_reconnect_resends_unfinished_deployment(
     stub: fleet_pb2_grpc.FleetServiceStub, controller: Controller, profile: DeviceProfile
 ) -> None:
