@@ -22,6 +22,7 @@ Metric names follow the Prometheus conventions (base units: bytes, seconds, Cels
     edgefleet_device_latency_budget_seconds{device_id}          gauge
     edgefleet_device_throughput_requests_per_second{device_id}  gauge
     edgefleet_device_last_telemetry_timestamp_seconds{device_id}     gauge
+    edgefleet_device_backlog_dropped_samples{device_id}         gauge, the agent's running count
     edgefleet_deployments_total                                 counter
     edgefleet_rollbacks_total                                   counter
     edgefleet_deployment_failures_total                         counter
@@ -152,6 +153,11 @@ class FleetCollector(Collector):
             "Unix time the newest sample was received.",
         )
 
+        backlog_dropped = _device_gauge(
+            "edgefleet_device_backlog_dropped_samples",
+            "Samples the agent's offline backlog had to drop, as its newest sample reports.",
+        )
+
         model_id = model.id if model is not None else ""
         for device in devices:
             labels = [device.device_id]
@@ -195,9 +201,10 @@ class FleetCollector(Collector):
                 latency.add_metric([device.device_id, quantile], value_ms / 1000)
             throughput.add_metric(labels, sample.throughput_rps)
             seen.add_metric(labels, sample.received_at.timestamp())
+            backlog_dropped.add_metric(labels, float(sample.dropped_samples))
 
         yield from (online, pinned, within, variant, budget, cpu, available, total, rss, load)
-        yield from (temperature, latency, throughput, seen)
+        yield from (temperature, latency, throughput, seen, backlog_dropped)
         yield from self._counters(queries.count_events_by_kind(registry.database), devices)
 
     def _counters(self, counts: dict[EventKind, int], devices: list[DeviceRow]) -> Iterator[Metric]:

@@ -387,6 +387,8 @@ class TelemetryRow(Base):
     latency_p99_ms: Mapped[float]
     throughput_rps: Mapped[float]
     window_s: Mapped[float]
+    # The agent's running count of samples its offline backlog had to drop.
+    dropped_samples: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
 
 
 class EventRow(Base):

@@ -64,6 +64,7 @@ class TelemetryRecord:
     latency_p99_ms: float
     throughput_rps: float
     window_s: float
+    dropped_samples: int = 0  # the agent's count of samples its offline backlog dropped
 
     def to_dict(self) -> dict[str, object]:
         """Return the record as JSON-safe values (times as ISO 8601 strings)."""
@@ -133,6 +134,7 @@ def validate_sample(
         latency_p99_ms=sample.latency_p99_ms,
         throughput_rps=sample.throughput_rps,
         window_s=sample.window_s,
+        dropped_samples=sample.dropped_samples,
     )
 
 

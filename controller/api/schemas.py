@@ -86,6 +86,10 @@ class TelemetrySample(BaseModel):
     latency_p99_ms: float
     throughput_rps: float
     window_s: float
+    dropped_samples: int = Field(
+        description="Samples the agent's offline backlog had to drop when it was full, "
+        "counted since the backlog was created."
+    )
 
 
 class Device(BaseModel):

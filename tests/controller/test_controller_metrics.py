@@ -57,10 +57,12 @@ def test_metrics_gauges_follow_telemetry(api: ApiFleet) -> None:
             latency_p99_ms=11.0,
             temperature_c=51.5,
             variant_id=api.ladder[0],
+            dropped_samples=7,
         ),
     )
 
     samples = scrape(api.client)
+    device = api.client.get("/api/v1/devices/dev-1").json()
 
     assert value(samples, "edgefleet_devices", state="offline") == 2
     assert value(samples, "edgefleet_device_online", device_id="dev-1", profile="test-board") == 0
@@ -75,6 +77,8 @@ def test_metrics_gauges_follow_telemetry(api: ApiFleet) -> None:
     assert value(samples, latency, device_id="dev-1", quantile="0.99") == pytest.approx(0.011)
     assert value(samples, "edgefleet_device_latency_budget_seconds", device_id="dev-1") == 0.02
     assert value(samples, "edgefleet_device_within_budget", device_id="dev-1") == 1
+    assert value(samples, "edgefleet_device_backlog_dropped_samples", device_id="dev-1") == 7
+    assert device["last_telemetry"]["dropped_samples"] == 7
     # dev-2 never reported: no resource gauges, but its state and variant are known.
     assert (("device_id", "dev-2"),) not in samples["edgefleet_device_cpu_percent"]
     assert value(samples, "edgefleet_device_pinned", device_id="dev-2") == 0
