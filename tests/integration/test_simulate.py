@@ -20,7 +20,8 @@ from edgefleet.protos.mqtt import BrokerSettings
 
 AGENTS = 20
 FEATURES = 32
-DURATION_S = 8.0
+# Long enough for every agent to register, download and report ACTIVE on a loaded 2-core CI host.
+DURATION_S = 15.0
 
 
 def assert_fleet_deployed(controller: Controller, report: dict, variant_id: str) -> None:
