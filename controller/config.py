@@ -10,6 +10,7 @@
     connect_rate_per_s = 100.0          # registrations admitted per second (token bucket)
     connect_burst = 100                 # registrations admitted at once before the rate applies
     telemetry_queue_max = 20000         # samples waiting for storage before senders are slowed
+    mqtt_session_expiry_s = 600         # broker keeps a stopped controller's MQTT session this long
     shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
     host_calibration_duration_s = 2.0   # how long the host runs the reference model
     rollout_check_interval_s = 1.0      # how often rollouts check deployments and gates
