@@ -297,7 +297,6 @@ def quantize_static_step(
     parent = create_session(source, threads=1)
     input_name = parent.get_inputs()[0].name
     parent_logits = run_batched(parent, dataset.x_val)
-    parent_accuracy = _accuracy(parent_logits, dataset.y_val)
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-static-") as scratch:
         prepared = preprocess_for_quantization(source, Path(scratch))
@@ -315,30 +314,60 @@ def quantize_static_step(
             check_onnx_file(destination, error=ExportError)
             return run_batched(create_session(destination, threads=1), dataset.x_val)
 
-        logits = quantize(())
-        accuracy = _accuracy(logits, dataset.y_val)
-        context.progress(f"quantized to int8: val accuracy {parent_accuracy:.4f} -> {accuracy:.4f}")
-        excluded: list[str] = []
-        attempts = [f"all nodes int8: {accuracy:.4f}"]
-        if parent_accuracy - accuracy > config.max_accuracy_drop and config.max_fp32_nodes:
-            ranking = node_sensitivities(
+        _quantize_within_tolerance(
+            config,
+            quantize,
+            lambda: node_sensitivities(
                 prepared,
                 config,
                 input_name=input_name,
                 calibration_inputs=dataset.x_train,
                 inputs=dataset.x_val[:_SENSITIVITY_SAMPLES],
                 reference=parent_logits[:_SENSITIVITY_SAMPLES],
+            ),
+            labels=dataset.y_val,
+            parent_logits=parent_logits,
+            context=context,
+            hint="Calibrate on more samples, try per-channel or entropy calibration, or "
+            "raise max_fp32_nodes",
+        )
+    return destination
+
+
+def _quantize_within_tolerance(
+    config: StaticQuantizationConfig | DynamicQuantizationConfig,
+    quantize: Callable[[Sequence[str]], np.ndarray],
+    rank: Callable[[], Sequence[NodeSensitivity]],
+    *,
+    labels: np.ndarray,
+    parent_logits: np.ndarray,
+    context: TechniqueContext,
+    hint: str,
+) -> None:
+    """Quantize, then keep the nodes ``rank`` returns in float32 one at a time until it fits.
+
+    ``quantize`` writes the variant with the given nodes excluded and returns its logits.
+    Raises ``VerificationError`` listing every attempt, followed by ``hint``, when the
+    accuracy drop stays above ``config.max_accuracy_drop``.
+    """
+    parent_accuracy = _accuracy(parent_logits, labels)
+    logits = quantize(())
+    accuracy = _accuracy(logits, labels)
+    context.progress(f"{config.describe()}: val accuracy {parent_accuracy:.4f} -> {accuracy:.4f}")
+    excluded: list[str] = []
+    attempts = [f"all nodes int8: {accuracy:.4f}"]
+    if parent_accuracy - accuracy > config.max_accuracy_drop and config.max_fp32_nodes:
+        for sensitivity in rank()[: config.max_fp32_nodes]:
+            excluded.append(sensitivity.node)
+            logits = quantize(excluded)
+            accuracy = _accuracy(logits, labels)
+            attempts.append(f"{', '.join(excluded)} in float32: {accuracy:.4f}")
+            context.progress(
+                f"kept {sensitivity.node} ({sensitivity.op_type}, output error "
+                f"{sensitivity.output_error:.3g} alone) in float32: val accuracy {accuracy:.4f}"
             )
-            logits, accuracy = _fall_back(
-                config,
-                ranking,
-                quantize,
-                dataset.y_val,
-                parent_accuracy,
-                excluded,
-                attempts,
-                context.progress,
-            )
+            if parent_accuracy - accuracy <= config.max_accuracy_drop:
+                break
 
     agreement = float((logits.argmax(axis=1) == parent_logits.argmax(axis=1)).mean())
     context.details.update(
@@ -350,38 +379,10 @@ def quantize_static_step(
         raise VerificationError(
             f"{config.describe()} lowered validation accuracy from {parent_accuracy:.4f} to "
             f"{accuracy:.4f}, more than max_accuracy_drop={config.max_accuracy_drop}; "
-            f"tried {'; '.join(attempts)}. Calibrate on more samples, try per-channel or "
-            "entropy calibration, or raise max_fp32_nodes"
+            f"tried {'; '.join(attempts)}. {hint}"
         )
     if excluded:
         logger.info("kept %s in float32 to stay within the accuracy tolerance", excluded)
-    return destination
-
-
-def _fall_back(
-    config: StaticQuantizationConfig | DynamicQuantizationConfig,
-    ranking: Sequence[NodeSensitivity],
-    quantize: Callable[[Sequence[str]], np.ndarray],
-    labels: np.ndarray,
-    parent_accuracy: float,
-    excluded: list[str],
-    attempts: list[str],
-    progress: Callable[[str], None],
-) -> tuple[np.ndarray, float]:
-    """Exclude nodes from ``ranking`` one at a time until the accuracy drop fits."""
-    logits, accuracy = np.empty(0), 0.0
-    for sensitivity in ranking[: config.max_fp32_nodes]:
-        excluded.append(sensitivity.node)
-        logits = quantize(excluded)
-        accuracy = _accuracy(logits, labels)
-        attempts.append(f"{', '.join(excluded)} in float32: {accuracy:.4f}")
-        progress(
-            f"kept {sensitivity.node} ({sensitivity.op_type}, output error "
-            f"{sensitivity.output_error:.3g} alone) in float32: val accuracy {accuracy:.4f}"
-        )
-        if parent_accuracy - accuracy <= config.max_accuracy_drop:
-            break
-    return logits, accuracy
 
 
 def dynamic_quantization_for(
@@ -475,7 +476,6 @@ def quantize_dynamic_step(
     """
     dataset = context.dataset
     parent_logits = run_batched(create_session(source, threads=1), dataset.x_val)
-    parent_accuracy = _accuracy(parent_logits, dataset.y_val)
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-dynamic-step-") as scratch:
         prepared = prepare_for_dynamic_quantization(source, Path(scratch))
@@ -486,46 +486,20 @@ def quantize_dynamic_step(
             )
             return run_batched(create_session(destination, threads=1), dataset.x_val)
 
-        logits = quantize(())
-        accuracy = _accuracy(logits, dataset.y_val)
-        context.progress(
-            f"{config.describe()}: val accuracy {parent_accuracy:.4f} -> {accuracy:.4f}"
-        )
-        excluded: list[str] = []
-        attempts = [f"all nodes int8: {accuracy:.4f}"]
-        if parent_accuracy - accuracy > config.max_accuracy_drop and config.max_fp32_nodes:
-            ranking = dynamic_node_sensitivities(
+        _quantize_within_tolerance(
+            config,
+            quantize,
+            lambda: dynamic_node_sensitivities(
                 prepared,
                 config,
                 inputs=dataset.x_val[:_SENSITIVITY_SAMPLES],
                 reference=parent_logits[:_SENSITIVITY_SAMPLES],
-            )
-            logits, accuracy = _fall_back(
-                config,
-                ranking,
-                quantize,
-                dataset.y_val,
-                parent_accuracy,
-                excluded,
-                attempts,
-                context.progress,
-            )
-
-    agreement = float((logits.argmax(axis=1) == parent_logits.argmax(axis=1)).mean())
-    context.details.update(
-        max_abs_logit_diff=float(np.max(np.abs(logits - parent_logits))),
-        top1_agreement=agreement,
-        fp32_nodes=len(excluded),
-    )
-    if parent_accuracy - accuracy > config.max_accuracy_drop:
-        raise VerificationError(
-            f"{config.describe()} lowered validation accuracy from {parent_accuracy:.4f} to "
-            f"{accuracy:.4f}, more than max_accuracy_drop={config.max_accuracy_drop}; "
-            f"tried {'; '.join(attempts)}. Use per-channel weights, set reduce_range, or "
-            "raise max_fp32_nodes"
+            ),
+            labels=dataset.y_val,
+            parent_logits=parent_logits,
+            context=context,
+            hint="Use per-channel weights, set reduce_range, or raise max_fp32_nodes",
         )
-    if excluded:
-        logger.info("kept %s in float32 to stay within the accuracy tolerance", excluded)
     return destination
 
 
