@@ -28,6 +28,7 @@ from edgefleet.controller.deployments import Deployer
 from edgefleet.controller.errors import UnknownDeviceError, UnknownVariantError
 from edgefleet.controller.models import (
     DeploymentState,
+    DeviceRow,
     EventKind,
     RolloutDeviceRow,
     RolloutDeviceState,
@@ -174,6 +175,7 @@ class RolloutEngine:
         except UnknownDeviceError:
             self._set_device(rollout, device, RolloutDeviceState.FAILED, reason="device deleted")
             return
+        device = self._refresh_previous(rollout, device, row)
         baseline = None
         if device.previous_variant_id:
             window = self._store.served_latency(
@@ -205,6 +207,25 @@ class RolloutEngine:
             deployment_id=deployment.id,
             deployed_at=now,
             baseline_p95_ms=baseline,
+        )
+
+    def _refresh_previous(
+        self, rollout: RolloutRow, device: RolloutDeviceRow, row: DeviceRow
+    ) -> RolloutDeviceRow:
+        """Make what the device serves as its wave starts the variant a revert returns to.
+
+        The previous variant is first taken when the rollout is created; a device whose
+        first deployment was still being reported then serves a variant the controller
+        learns of only later.
+        """
+        serving = row.current_variant_id
+        if not serving or serving == device.previous_variant_id:
+            return device
+        model_id = self._store.find_variant_model(row.profile_fingerprint, serving)
+        if model_id is None:
+            return device
+        return self._store.update_device(
+            rollout.id, device.device_id, previous_variant_id=serving, previous_model_id=model_id
         )
 
     def _follow_deployments(self, rollout: RolloutRow, gates: GateConfig, *, now: datetime) -> None:

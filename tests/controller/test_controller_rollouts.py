@@ -272,6 +272,27 @@ def test_abort_reverts_updated_devices(controller, fleet):
     assert controller.rollouts.rollout_of("dev-0") is None
 
 
+def test_revert_returns_to_variant_reported_after_start(controller, fleet):
+    model_id, ladder, _ = fleet
+    # dev-1's first deployment has not been reported yet when the rollout starts.
+    controller.registry.update_device("dev-1", current_variant_id=None)
+    rollout = controller.rollouts.start(model_id, "all", waves="1,100%", gates=QUICK_GATES)
+    assert rollout.device("dev-1").previous_variant_id is None
+    controller.rollouts.pause(rollout.id)
+    report_deploying(controller, rollout.id, ACTIVE)
+    wait_for(lambda: controller.rollouts.get(rollout.id).waves[0].state is WaveState.PASSED)
+    controller.registry.update_device("dev-1", current_variant_id=ladder[2])
+
+    resumed = controller.rollouts.resume(rollout.id)
+    assert resumed.device("dev-1").previous_variant_id == ladder[2]
+    controller.rollouts.abort(rollout.id, reason="wrong model")
+    report_deploying(controller, rollout.id, ACTIVE)
+    wait_for(lambda: controller.rollouts.get(rollout.id).settled)
+
+    assert states(controller.rollouts.get(rollout.id))["dev-1"] == "reverted"
+    assert controller.registry.get_device("dev-1").current_variant_id == ladder[2]
+
+
 def test_deploy_timeout_counts_as_failure(controller, fleet):
     model_id, ladder, _ = fleet
     gates = GateConfig(soak_s=0.0, deploy_timeout_s=0.2)

@@ -26,10 +26,20 @@ def serving_variant(agent) -> str | None:
     return health.get("variant_id") if health else None
 
 
-def wait_serving(agents, *, timeout_s: float = 120) -> dict[str, str]:
-    """Wait until every agent serves a model; returns each one's variant."""
+def wait_serving(controller, agents, *, timeout_s: float = 120) -> dict[str, str]:
+    """Wait until every agent serves a model and the controller has its report.
+
+    Returns each one's variant.
+    """
     for agent in agents:
-        wait_for(lambda a=agent: serving_variant(a), timeout_s=timeout_s, what=agent.device_id)
+        wait_for(
+            lambda a=agent: (
+                (serving := serving_variant(a))
+                and controller.registry.get_device(a.device_id).current_variant_id == serving
+            ),
+            timeout_s=timeout_s,
+            what=f"{agent.device_id} to serve a variant the controller knows of",
+        )
     return {agent.device_id: serving_variant(agent) for agent in agents}
 
 
@@ -52,7 +62,7 @@ def test_new_model_reaches_fleet_in_waves(
     controller = fleet.controller
     controller.register_model(str(fleet_model.onnx_path), data_path=fleet_model.data_path)
     agents = [start_agent(f"wave-{i}", fleet.port, profile_name="rollout-board") for i in range(3)]
-    before = wait_serving(agents)
+    before = wait_serving(controller, agents)
 
     new_model = controller.register_model(str(retrained_model), data_path=fleet_model.data_path)
     fingerprint = controller.registry.get_device("wave-0").profile_fingerprint
@@ -107,7 +117,7 @@ def test_broken_variant_halts_canary_and_reverts(fleet_model, start_controller, 
             ("later-b", "board-b"),
         )
     ]
-    before = wait_serving(agents)
+    before = wait_serving(controller, agents)
     good = other_rung(controller, "canary-a", before["canary-a"])
     fingerprint_b = controller.registry.get_device("canary-b").profile_fingerprint
     broken = store_broken_variant(controller, model.id, fingerprint_b, before["canary-b"])
@@ -146,7 +156,7 @@ def test_pause_resume_then_abort_reverts(fleet_model, start_controller, start_ag
     controller = fleet.controller
     model = controller.register_model(str(fleet_model.onnx_path), data_path=fleet_model.data_path)
     agents = [start_agent(f"ops-{i}", fleet.port, profile_name="ops-board") for i in range(3)]
-    before = wait_serving(agents)
+    before = wait_serving(controller, agents)
     target = other_rung(controller, "ops-0", before["ops-0"])
 
     rollout = controller.rollouts.start(
@@ -195,7 +205,7 @@ def test_restarted_controller_finishes_rollout(fleet_model, start_controller, st
     agents = [
         start_agent(f"restart-{i}", fleet.port, profile_name="restart-board") for i in range(2)
     ]
-    before = wait_serving(agents)
+    before = wait_serving(controller, agents)
     target = other_rung(controller, "restart-0", before["restart-0"])
     rollout = controller.rollouts.start(
         model.id,
