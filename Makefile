@@ -51,6 +51,7 @@ bench: $(STAMP) broker
 
 lint: $(STAMP)
 	$(BIN)/ruff check src agent compress controller protos tests benchmarks examples
+	$(BIN)/ruff format --check src agent compress controller protos tests benchmarks examples
 	$(BIN)/python -m edgefleet.protos.generate --check
 
 protos: $(STAMP)

@@ -479,6 +479,8 @@ class RolloutDeviceRow(Base):
     soak_p95_ms: Mapped[float | None]
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     updated_at: Mapped[datetime] = mapped_column(default=utc_now)
+
+
 class EnrollmentTokenRow(Base):
     """A one-time enrollment token; only the SHA-256 of its secret is stored."""
 

@@ -29,9 +29,7 @@ def test_json_line_has_context_fields(captured) -> None:
     logger, stream, handler = captured
     handler.setFormatter(JsonFormatter())
 
-    logger.info(
-        "sent deployment %s", "d-1", extra={"device_id": "pi-01", "deployment_id": "d-1"}
-    )
+    logger.info("sent deployment %s", "d-1", extra={"device_id": "pi-01", "deployment_id": "d-1"})
 
     entry = json.loads(stream.getvalue())
     assert entry["message"] == "sent deployment d-1"

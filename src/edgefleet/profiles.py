@@ -222,9 +222,7 @@ def parse_profile(data: Mapping[str, Any], *, source: str = "profile") -> Device
         )
     inference_threads = 0
     if "inference_threads" in data:
-        inference_threads = _positive_int(
-            data, "inference_threads", source, maximum=MAX_CPU_CORES
-        )
+        inference_threads = _positive_int(data, "inference_threads", source, maximum=MAX_CPU_CORES)
         if inference_threads > cpu_cores:
             raise ProfileError(
                 f"{source}: inference_threads ({inference_threads}) exceeds cpu_cores "

@@ -173,7 +173,7 @@ def test_server_chunked_body_411_closes(server, serving):
         connection.putrequest("POST", "/v1/infer")
         connection.putheader("Transfer-Encoding", "chunked")
         connection.endheaders()
-        connection.send(b"5\r\n{\"a\":\r\n0\r\n\r\n")
+        connection.send(b'5\r\n{"a":\r\n0\r\n\r\n')
         response = connection.getresponse()
 
         assert response.status == 411

@@ -152,9 +152,7 @@ def test_telemetry_accepts_unencoded_offset(api: ApiFleet) -> None:
     store_series(api.controller, "dev-1", [1.0, 2.0, 3.0], interval_s=10)
 
     # "+" left unencoded in a query string decodes as a space.
-    response = api.client.get(
-        "/api/v1/devices/dev-1/telemetry?since=2026-01-05T14:00:10+02:00"
-    )
+    response = api.client.get("/api/v1/devices/dev-1/telemetry?since=2026-01-05T14:00:10+02:00")
 
     assert response.status_code == 200, response.text
     assert [point["latency_p95_ms"] for point in response.json()["points"]] == [2.0, 3.0]
@@ -616,9 +614,7 @@ def test_rollout_start_pause_resume_abort(api: ApiFleet) -> None:
 
     paused = api.client.post(f"/api/v1/rollouts/{rollout_id}/pause", json={"reason": "lunch"})
     assert paused.json()["state"] == "paused"
-    assert_error(
-        api.client.post(f"/api/v1/rollouts/{rollout_id}/pause"), 409, "conflict", "paused"
-    )
+    assert_error(api.client.post(f"/api/v1/rollouts/{rollout_id}/pause"), 409, "conflict", "paused")
     resumed = api.client.post(f"/api/v1/rollouts/{rollout_id}/resume")
     assert resumed.json()["state"] == "running"
     aborted = api.client.post(f"/api/v1/rollouts/{rollout_id}/abort", json={"reason": "test"})

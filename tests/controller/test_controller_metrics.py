@@ -123,9 +123,7 @@ def test_metrics_counters_count_events(api: ApiFleet) -> None:
 def test_metrics_count_alerts_and_steps(api: ApiFleet) -> None:
     # The test controller steps down after three breaching samples with no cooldown.
     device = api.controller.registry.get_device("dev-1")
-    api.controller.registry.update_device(
-        "dev-1", current_variant_id=device.desired_variant_id
-    )
+    api.controller.registry.update_device("dev-1", current_variant_id=device.desired_variant_id)
     for seq in range(1, 4):
         api.controller.ingest_telemetry(
             "dev-1",

@@ -57,9 +57,7 @@ def test_openapi_document_is_valid(api: ApiFleet) -> None:
 
 def test_openapi_lists_every_route(api: ApiFleet) -> None:
     document = api.client.get("/api/v1/openapi.json").json()
-    documented = {
-        (method, path) for path, item in document["paths"].items() for method in item
-    }
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
 
     assert documented == EXPECTED_OPERATIONS
 
