@@ -17,6 +17,7 @@
     manifest_ttl_s = 604800             # a signed manifest expires this long after sending (7 days)
     certificate_validity_days = 365     # lifetime of a device certificate issued at enrollment
     revocation_check_interval_s = 2.0   # how often open sessions are checked for revocation
+    presence_timeout_s = 30.0           # a connected device silent this long shows offline (0: off)
     redeploy_initial_s = 30.0           # wait before a failed deployment is sent again
     redeploy_max_s = 600.0              # the wait doubles after each failure up to this
     redeploy_max_attempts = 5           # deployments of one variant to one device, first included
@@ -84,6 +85,11 @@ class ControllerConfig:
     # Revocations made by another process (``edgefleet controller revoke``) reach open
     # sessions within this interval.
     revocation_check_interval_s: float = 2.0
+    # A device whose session is open but that sends nothing (no telemetry, status or
+    # presence) for this long is shown offline until it is heard from again. It catches
+    # what no transport reports: a broker restart sends no will messages. 0 turns it off;
+    # otherwise it must cover three telemetry intervals.
+    presence_timeout_s: float = 30.0
     # Backoff of deployments sent again after a transfer or install failure.
     redeploy_initial_s: float = 30.0
     redeploy_max_s: float = 600.0
@@ -130,6 +136,19 @@ class ControllerConfig:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 4:
             raise ConfigError(
                 f"controller.grpc_max_workers must be an integer >= 4, got {workers!r}"
+            )
+        timeout = self.presence_timeout_s
+        if not _is_number(timeout) or not math.isfinite(timeout) or timeout < 0:
+            raise ConfigError(
+                "controller.presence_timeout_s must be a number >= 0 (0 turns the check off), "
+                f"got {self.presence_timeout_s!r}"
+            )
+        if 0 < self.presence_timeout_s < 3 * self.telemetry_interval_s:
+            raise ConfigError(
+                f"controller.presence_timeout_s ({self.presence_timeout_s!r}) must cover three "
+                f"telemetry intervals ({3 * self.telemetry_interval_s:g} s with "
+                f"telemetry_interval_s = {self.telemetry_interval_s!r}); raise it, or set 0 "
+                "to turn the check off"
             )
         if self.redeploy_max_s < self.redeploy_initial_s:
             raise ConfigError(

@@ -230,6 +230,42 @@ class Registry:
             session.add_all(event for event in events if event.device_id in devices)
             return devices
 
+    def set_presence(
+        self,
+        device_ids: Collection[str],
+        state: DeviceState,
+        *,
+        reason: str,
+        unseen_since: datetime | None = None,
+    ) -> list[str]:
+        """Set devices in the other state to ``state``, with an event each; returns their ids.
+
+        With ``unseen_since``, only devices whose ``last_seen`` is older change, so one
+        that opened a session or sent a sample meanwhile keeps its state. One statement
+        both checks and changes, so a concurrent session open is never overwritten.
+        """
+        if not device_ids:
+            return []
+        statement = (
+            sa.update(DeviceRow)
+            .where(DeviceRow.device_id.in_(list(device_ids)), DeviceRow.state != state)
+            .values(state=state)
+            .returning(DeviceRow.device_id)
+        )
+        if unseen_since is not None:
+            statement = statement.where(
+                sa.or_(DeviceRow.last_seen.is_(None), DeviceRow.last_seen < unseen_since)
+            )
+        kind = EventKind.CONNECTED if state is DeviceState.ONLINE else EventKind.DISCONNECTED
+        with self._database.session() as session:
+            changed = sorted(session.scalars(statement))
+            now = utc_now()
+            session.add_all(
+                EventRow(at=now, kind=kind, device_id=device_id, reason=reason, details={})
+                for device_id in changed
+            )
+        return changed
+
     def mark_all_devices_offline(self) -> int:
         """Set every device offline (at startup and shutdown); returns how many changed."""
         statement = (

@@ -214,9 +214,9 @@ class RolloutEngine:
     ) -> RolloutDeviceRow:
         """Make what the device serves as its wave starts the variant a revert returns to.
 
-        The previous variant is first taken when the rollout is created; a device whose
-        first deployment was still being reported then serves a variant the controller
-        learns of only later.
+        The previous variant is first taken when the rollout is created. A device whose
+        first deployment was still being reported then serves a variant that the
+        controller learns of only later.
         """
         serving = row.current_variant_id
         if not serving or serving == device.previous_variant_id:

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import statistics
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ from edgefleet.controller.planning import (
     model_digest,
 )
 from edgefleet.controller.policy import Decision, DeviceView, PolicyAction, Rung, evaluate
+from edgefleet.controller.presence import PresenceChanges, PresenceWatch
 from edgefleet.controller.ratelimit import TokenBucket
 from edgefleet.controller.redeploy import DueRedeploy, RedeploySchedule
 from edgefleet.controller.registry import DeviceRegistration, Registry
@@ -151,6 +153,15 @@ class Controller:
             max_attempts=self.config.redeploy_max_attempts,
         )
         self._redeploy_thread: threading.Thread | None = None
+        self._presence = (
+            PresenceWatch(self.config.presence_timeout_s)
+            if self.config.presence_timeout_s > 0
+            else None
+        )
+        self._presence_thread: threading.Thread | None = None
+        # Held while a session is removed and its device set offline, and while quiet
+        # devices are set online again.
+        self._session_change_lock = threading.Lock()
         self._trust: ControllerTrust | None = None
         self._mqtt_endpoint: Any = None
         self._database: Database | None = None
@@ -253,6 +264,11 @@ class Controller:
             target=self._redeploy_loop, name="redeploy", daemon=True
         )
         self._redeploy_thread.start()
+        if self._presence is not None:
+            self._presence_thread = threading.Thread(
+                target=self._presence_loop, name="presence-check", daemon=True
+            )
+            self._presence_thread.start()
         logger.info(
             "controller started: database %s, data in %s", self._database.url, self.data_dir
         )
@@ -449,6 +465,8 @@ class Controller:
             self._revocation_thread.join(timeout=grace + 1)
         if self._redeploy_thread is not None:
             self._redeploy_thread.join(timeout=grace + 1)
+        if self._presence_thread is not None:
+            self._presence_thread.join(timeout=grace + 1)
         self._registry.mark_all_devices_offline()
         assert self._database is not None
         self._database.close()
@@ -651,6 +669,8 @@ class Controller:
                 )
                 continue
             self.sessions.open(session)
+            if self._presence is not None:
+                self._presence.connected(device.device_id, time.monotonic())
             opened.append(device.device_id)
             logger.info(
                 "device %s connected over %s, serving %s",
@@ -667,19 +687,84 @@ class Controller:
 
     def close_session(self, session: DeviceSession) -> None:
         """Forget a session that ended; the device goes offline unless it reconnected."""
-        if not self.sessions.remove(session):
-            return
-        try:
-            self.registry.update_device(session.device_id, state=DeviceState.OFFLINE)
-            self.registry.record_event(
-                EventKind.DISCONNECTED, device_id=session.device_id, reason="session ended"
-            )
-        except ControllerStateError:
-            # Shutting down: shutdown() marks every device offline itself.
-            return
+        with self._session_change_lock:
+            if not self.sessions.remove(session):
+                return
+            if self._presence is not None:
+                self._presence.disconnected(session.device_id)
+            try:
+                self.registry.update_device(session.device_id, state=DeviceState.OFFLINE)
+                self.registry.record_event(
+                    EventKind.DISCONNECTED, device_id=session.device_id, reason="session ended"
+                )
+            except ControllerStateError:
+                # Shutting down: shutdown() marks every device offline itself.
+                return
         logger.info(
             "device %s disconnected", session.device_id, extra={"device_id": session.device_id}
         )
+
+    def _heard_from(self, device_id: str) -> None:
+        if self._presence is not None:
+            self._presence.heard(device_id, time.monotonic())
+
+    def check_presence(self) -> PresenceChanges:
+        """Show connected devices that sent nothing for ``presence_timeout_s`` offline.
+
+        A device is quiet when neither this process nor the database has heard from it
+        within the timeout. The database has the telemetry that other controller processes
+        stored. A quiet device that is heard from again is shown online. Sessions stay
+        open either way. Returns the devices whose state changed.
+        """
+        if self._presence is None:
+            return PresenceChanges(quiet=[], back=[])
+        watch = self._presence
+        now = time.monotonic()
+        connected = self.sessions.connected()
+        unheard = watch.unheard(connected, now=now)
+        if unheard:
+            wall = utc_now()
+            for device in self.registry.get_devices(unheard).values():
+                if device.last_seen is not None:
+                    age_s = (wall - device.last_seen).total_seconds()
+                    watch.heard(device.device_id, now - age_s)
+        changes = watch.check(connected, now=now)
+        timeout = watch.timeout_s
+        quiet = self.registry.set_presence(
+            changes.quiet,
+            DeviceState.OFFLINE,
+            reason=f"nothing heard for {timeout:g} s (presence_timeout_s)",
+            unseen_since=utc_now() - timedelta(seconds=timeout),
+        )
+        for device_id in quiet:
+            logger.warning(
+                "device %s sent nothing for %g s; shown offline until it is heard from again",
+                device_id,
+                timeout,
+                extra={"device_id": device_id},
+            )
+        with self._session_change_lock:
+            # Under the lock close_session takes, so a session that ends meanwhile is
+            # not shown online again.
+            back = self.registry.set_presence(
+                [d for d in changes.back if self.sessions.is_connected(d)],
+                DeviceState.ONLINE,
+                reason="heard from again",
+            )
+        for device_id in back:
+            logger.info("device %s is heard from again", device_id, extra={"device_id": device_id})
+        return PresenceChanges(quiet=quiet, back=back)
+
+    def _presence_loop(self) -> None:
+        assert self._presence is not None
+        interval = min(5.0, self._presence.timeout_s / 4)
+        while not self._stop.wait(interval):
+            try:
+                self.check_presence()
+            except ControllerStateError:
+                return
+            except Exception:
+                logger.exception("checking device presence failed; retrying later")
 
     def admit_connection(self, device_id: str) -> None:
         """Take a token of the connect rate; raises ``RateLimitedError`` when none is left.
@@ -717,6 +802,7 @@ class Controller:
         """
         if self._ingest is None:
             raise ControllerStateError(f"the controller is {self._state}, not running")
+        self._heard_from(device_id)
         return self._ingest.submit(device_id, sample, on_stored)
 
     def offer_telemetry(
@@ -728,6 +814,7 @@ class Controller:
         """Queue a sample without waiting; returns False, counting nothing, when it is full."""
         if self._ingest is None:
             raise ControllerStateError(f"the controller is {self._state}, not running")
+        self._heard_from(device_id)
         return self._ingest.offer(device_id, sample, on_stored)
 
     def ingest_stats(self) -> IngestStats:
@@ -835,6 +922,7 @@ class Controller:
         self._require_running()
         if device_id in self._revoked:
             return
+        self._heard_from(device_id)
         if self._deployer.handle_status(device_id, status):
             # A finished deployment (whatever its end) starts the cooldown, so the policy
             # judges the new variant on fresh samples only.
