@@ -20,6 +20,7 @@
     redeploy_initial_s = 30.0           # wait before a failed deployment is sent again
     redeploy_max_s = 600.0              # the wait doubles after each failure up to this
     redeploy_max_attempts = 5           # deployments of one variant to one device, first included
+    http_auth = "token"                 # "token": API tokens on the HTTP API; "none": loopback only
 
     [policy]
     breach_samples = 3
@@ -47,6 +48,10 @@ from edgefleet.controller.policy import PolicyConfig
 
 # The largest MQTT 5 Session Expiry Interval, a four-byte integer.
 MAX_SESSION_EXPIRY_S = 0xFFFFFFFF
+
+# Values of ``http_auth``, as in ``edgefleet.controller.api.auth.HttpAuth``, which this
+# module does not import so that loading a config needs no FastAPI.
+_HTTP_AUTH_MODES = ("token", "none")
 
 __all__ = ["ControllerConfig", "load_config"]
 
@@ -88,6 +93,9 @@ class ControllerConfig:
     redeploy_initial_s: float = 30.0
     redeploy_max_s: float = 600.0
     redeploy_max_attempts: int = 5
+    # "token" requires a bearer token on the HTTP API and /metrics; "none" turns that off,
+    # and ``edgefleet controller serve`` accepts it only with a loopback --http-host.
+    http_auth: str = "token"
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -130,6 +138,11 @@ class ControllerConfig:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 4:
             raise ConfigError(
                 f"controller.grpc_max_workers must be an integer >= 4, got {workers!r}"
+            )
+        if self.http_auth not in _HTTP_AUTH_MODES:
+            raise ConfigError(
+                f"controller.http_auth must be one of {', '.join(map(repr, _HTTP_AUTH_MODES))}, "
+                f'got {self.http_auth!r}; use "token" unless the API serves only loopback'
             )
         if self.redeploy_max_s < self.redeploy_initial_s:
             raise ConfigError(
