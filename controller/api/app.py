@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.controller.api import devices, events, fleet
 from edgefleet.controller.api import rollouts as rollout_routes
-from edgefleet.controller.api.auth import HttpAuth, authorize
+from edgefleet.controller.api.auth import API_PREFIX, HttpAuth, TokenAuthMiddleware, authorize
 from edgefleet.controller.api.errors import ApiError, error_response, install_error_handlers
 from edgefleet.controller.api.schemas import ErrorResponse, Health
 from edgefleet.controller.metrics import FleetCollector
@@ -27,7 +27,6 @@ __all__ = ["API_PREFIX", "DEFAULT_MAX_UPLOAD_BYTES", "UploadLimitMiddleware", "c
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
 # ONNX models for Raspberry-Pi-class devices are a few MB to a few hundred MB; a bigger
 # upload is more likely a mistake (a checkpoint with optimizer state, say) than a model.
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -120,6 +119,11 @@ def create_app(
     app.add_middleware(
         UploadLimitMiddleware, path=f"{API_PREFIX}/models", max_bytes=max_upload_bytes
     )
+    if auth is HttpAuth.TOKEN:
+        # Added last, so it runs first: no upload is read before its token is checked.
+        app.add_middleware(TokenAuthMiddleware)
+    else:
+        logger.warning("the HTTP API serves every request without a token (http_auth = none)")
     return app
 
 

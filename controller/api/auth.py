@@ -19,20 +19,36 @@ from __future__ import annotations
 import ipaddress
 import logging
 from enum import StrEnum
-from typing import NoReturn
 
+import anyio.to_thread
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edgefleet.controller.api.errors import ApiError
+from edgefleet.controller.api.errors import ApiError, error_response
 from edgefleet.controller.api_tokens import CREATE_COMMAND, ApiTokenStore
-from edgefleet.controller.errors import ApiTokenRejectedError, ConfigError
-from edgefleet.controller.models import ApiTokenRole
+from edgefleet.controller.errors import ApiTokenRejectedError, ConfigError, ControllerStateError
+from edgefleet.controller.models import ApiTokenRole, ApiTokenRow
 
-__all__ = ["READ_METHODS", "HttpAuth", "authorize", "check_http_auth", "is_loopback"]
+__all__ = [
+    "PUBLIC_PATHS",
+    "READ_METHODS",
+    "HttpAuth",
+    "TokenAuthMiddleware",
+    "authorize",
+    "check_http_auth",
+    "check_request",
+    "is_guarded",
+    "is_loopback",
+]
 
 logger = logging.getLogger(__name__)
 
+API_PREFIX = "/api/v1"
+# Paths under the API prefix that need no token; see the module docstring.
+PUBLIC_PATHS = frozenset(
+    f"{API_PREFIX}{path}" for path in ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect")
+)
 # Methods a read token may send.
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -77,29 +93,65 @@ def check_http_auth(mode: str, host: str) -> HttpAuth:
     return auth
 
 
-def authorize(
-    request: Request,
-    credentials: HTTPAuthorizationCredentials | None = Security(_BEARER),  # noqa: B008
-) -> None:
-    """Reject the request unless it carries a valid token whose role allows its method.
+class TokenAuthMiddleware:
+    """Rejects requests to guarded paths that carry no token allowed to send them.
 
-    A sync dependency, so FastAPI runs its database read on a worker thread.
+    It runs before routing, so a request without a valid token is rejected before its
+    body is read: a multipart model upload is not spooled to disk first, as it would be
+    for a route dependency. The token row goes into the request state for ``authorize``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_guarded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            row = await anyio.to_thread.run_sync(check_request, request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+            await response(scope, receive, send)
+            return
+        request.state.api_token = row
+        await self.app(scope, receive, send)
+
+
+def is_guarded(path: str) -> bool:
+    """Return whether requests to ``path`` need a token."""
+    if path == "/metrics":
+        return True
+    return path.startswith(f"{API_PREFIX}/") and path.rstrip("/") not in PUBLIC_PATHS
+
+
+def check_request(request: Request) -> ApiTokenRow:
+    """Return the row of the request's token if its role allows the method.
+
+    Logs and raises ``ApiError`` (401 or 403) otherwise. It reads the database, so async
+    code runs it on a worker thread.
     """
     header = request.headers.get("authorization")
-    if credentials is None:
-        if header is None:
-            _reject(request, 401, "missing Authorization header", token_id=None)
-        _reject(request, 401, "malformed Authorization header", token_id=None)
+    if header is None:
+        raise _rejected(request, 401, "missing Authorization header", token_id=None)
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _rejected(request, 401, "malformed Authorization header", token_id=None)
 
-    store = ApiTokenStore(request.app.state.controller.registry.database)
     try:
-        row = store.authenticate(credentials.credentials)
+        store = ApiTokenStore(request.app.state.controller.registry.database)
+    except ControllerStateError as exc:
+        raise ApiError(
+            503, "unavailable", f"{exc}; retry once the controller is running again"
+        ) from None
+    try:
+        row = store.authenticate(token.strip())
     except ApiTokenRejectedError as exc:
-        _reject(request, 401, str(exc), token_id=exc.token_id)
+        raise _rejected(request, 401, str(exc), token_id=exc.token_id) from None
 
-    request.state.api_token_id = row.id
     if row.role is not ApiTokenRole.OPERATOR and request.method not in READ_METHODS:
-        _reject(
+        raise _rejected(
             request,
             403,
             f"API token {row.id} ({row.name}) has the {row.role} role, which allows only "
@@ -107,9 +159,23 @@ def authorize(
             f"`{CREATE_COMMAND} --role operator`",
             token_id=row.id,
         )
+    return row
 
 
-def _reject(request: Request, status: int, reason: str, *, token_id: str | None) -> NoReturn:
+def authorize(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Security(_BEARER),  # noqa: B008
+) -> None:
+    """Declare the bearer scheme in the OpenAPI document and check that it was enforced.
+
+    ``TokenAuthMiddleware`` did the check before the body was read; this dependency
+    rejects the request if the app was built without it.
+    """
+    if getattr(request.state, "api_token", None) is None:
+        raise _rejected(request, 401, "the request was not authenticated", token_id=None)
+
+
+def _rejected(request: Request, status: int, reason: str, *, token_id: str | None) -> ApiError:
     client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
     logger.warning(
         "rejected %s %s from %s with HTTP %d: %s (token %s)",
@@ -121,8 +187,8 @@ def _reject(request: Request, status: int, reason: str, *, token_id: str | None)
         token_id or "none",
     )
     if status == 403:
-        raise ApiError(403, "forbidden", reason)
-    raise ApiError(
+        return ApiError(403, "forbidden", reason)
+    return ApiError(
         401,
         "unauthorized",
         f"{reason}; {_TOKEN_HINT}",
