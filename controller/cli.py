@@ -357,7 +357,10 @@ DatabaseOption = Annotated[
 
 @api_token_app.command("create")
 def api_token_create(
-    name: Annotated[str, typer.Argument(help="Who or what uses the token, e.g. prometheus.")],
+    name: Annotated[
+        str,
+        typer.Argument(help="Name of the user or service of the token, for example prometheus."),
+    ],
     role: Annotated[
         ApiRole,
         typer.Option(help="operator: every request; read: GET requests and /metrics only."),

@@ -215,7 +215,7 @@ class RolloutDeviceState(StrEnum):
 
 
 class ApiTokenRole(StrEnum):
-    """What an HTTP API token may do."""
+    """Permission level of an HTTP API token."""
 
     READ = "read"  # GET requests only
     OPERATOR = "operator"  # every request: register models, deploy, pin, drive rollouts
@@ -532,5 +532,6 @@ class ApiTokenRow(Base):
     secret_sha256: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utc_now)
     revoked_at: Mapped[datetime | None]
-    # Written at most once a minute per token, so that reads do not turn into writes.
+    # ApiTokenStore.authenticate writes it at most once a minute per token, so that
+    # polling reads do not each turn into a write.
     last_used_at: Mapped[datetime | None]

@@ -65,7 +65,7 @@ _TOKEN_HINT = (
 
 
 class HttpAuth(StrEnum):
-    """How the HTTP API authenticates requests (``controller.http_auth``)."""
+    """Authentication mode of the HTTP API (``controller.http_auth``)."""
 
     TOKEN = "token"  # a bearer token on every API and metrics request
     NONE = "none"  # no authentication; allowed only on a loopback address

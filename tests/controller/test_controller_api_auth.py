@@ -135,7 +135,7 @@ def test_operator_token_may_write(api: ApiFleet) -> None:
 
 
 def test_upload_without_token_rejected_before_size_check(api: ApiFleet) -> None:
-    # serve_api caps uploads at 1 MiB; a token check after reading the body would answer 413.
+    # serve_api caps uploads at 1 MiB; a token check after reading the body would return 413.
     files = {"model": ("big.onnx", b"\0" * (2 * 1024 * 1024)), "data": ("d.npz", b"\0")}
 
     response = httpx.post(f"{api.url}/api/v1/models", files=files, timeout=30)
