@@ -271,11 +271,20 @@ def _os_error_hint(exc: OSError) -> str:
 def _start_http(controller: Controller, *, host: str, port: int, max_upload_bytes: int) -> Any:
     """Serve the HTTP API; raises ``OSError`` when the address cannot be bound."""
     from edgefleet.controller.api import HttpServer, create_app
+    from edgefleet.controller.api.auth import HttpAuth
+    from edgefleet.controller.api_tokens import ApiTokenStore
 
     web_dir = Path(__file__).parent / "web"
     app = create_app(controller, max_upload_bytes=max_upload_bytes, web_dir=web_dir)
     server = HttpServer(app, host=host, port=port)
     server.start()
+    tokens = ApiTokenStore(controller.registry.database).list()
+    if controller.config.http_auth == HttpAuth.TOKEN and all(t.revoked_at for t in tokens):
+        logger.warning(
+            "no unrevoked API token exists, so the HTTP API rejects every request; create "
+            "one with `edgefleet controller api-token create NAME --data-dir %s`",
+            controller.data_dir,
+        )
     return server
 
 

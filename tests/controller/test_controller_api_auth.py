@@ -301,6 +301,12 @@ def test_revoke_unknown_and_twice(controller: Controller) -> None:
         store.authenticate(new.token)
 
 
+def test_cli_roles_match_stored_roles() -> None:
+    from edgefleet.controller.cli import ApiRole
+
+    assert {role.value for role in ApiRole} == {role.value for role in ApiTokenRole}
+
+
 @pytest.mark.parametrize("name", ["", "has space", "-dash", "x" * 65, "semi;colon"])
 def test_create_rejects_bad_name(controller: Controller, name: str) -> None:
     store = ApiTokenStore(controller.registry.database)

@@ -76,6 +76,7 @@ def test_serve_http_api_with_json_logs(tmp_path: Path) -> None:
     assert lines, "no log lines"
     for entry in lines:
         assert {"time", "level", "logger", "message", "device_id", "deployment_id"} <= set(entry)
+    assert not any("no unrevoked API token" in e["message"] for e in lines)
     registered = [e for e in lines if e["message"].startswith("registered device dev-1")]
     assert registered[0]["device_id"] == "dev-1"
     assert any(e["message"].startswith("HTTP API listening") for e in lines)
@@ -183,6 +184,25 @@ def test_cli_module_imports_no_heavy_packages() -> None:
 
 
 # -- api-token ----------------------------------------------------------------------
+
+
+def test_serve_warns_without_api_token(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*_COMMAND, "--data-dir", str(tmp_path), "--grpc-port", "0", "--http-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        http_line = [process.stdout.readline(), process.stdout.readline()][1]
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+
+    assert "HTTP API on http://127.0.0.1:" in http_line
+    assert "no unrevoked API token exists" in stderr
+    assert f"api-token create NAME --data-dir {tmp_path}" in stderr
 
 
 def test_api_token_create_list_revoke(tmp_path: Path) -> None:
