@@ -149,6 +149,22 @@ def test_metrics_without_token_rejected(api: ApiFleet) -> None:
     assert_unauthorized(response)
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/metrics/", "/api/v1/devices/", "//api/v1/devices", "/API/v1/devices",
+     "/api/v1/health/x"],
+)  # fmt: skip
+def test_path_variants_never_bypass_token(api: ApiFleet, path: str) -> None:
+    # Set the raw path, so that the request line carries it exactly as written.
+    request = httpx.Request("GET", f"{api.url}/")
+    request.url = request.url.copy_with(raw_path=path.encode())
+
+    with httpx.Client(timeout=10, follow_redirects=True) as client:
+        response = client.send(request)
+
+    assert response.status_code in (401, 404), (path, response.status_code, response.text)
+
+
 def test_health_and_openapi_need_no_token(api: ApiFleet) -> None:
     health = httpx.get(f"{api.url}/api/v1/health", timeout=10)
     document = httpx.get(f"{api.url}/api/v1/openapi.json", timeout=10)
