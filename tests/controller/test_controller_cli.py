@@ -62,6 +62,9 @@ def test_serve_http_api_with_json_logs(tmp_path: Path) -> None:
         devices = httpx.get(f"{base_url}/api/v1/devices", headers=headers, timeout=10).json()[
             "devices"
         ]
+        # Revoked by another process while the controller runs.
+        revoked = api_token("revoke", token.split(".")[1], "--data-dir", str(tmp_path))
+        after_revoke = httpx.get(f"{base_url}/api/v1/devices", headers=headers, timeout=10)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     finally:
@@ -71,12 +74,18 @@ def test_serve_http_api_with_json_logs(tmp_path: Path) -> None:
     assert health.json()["status"] == "ok"
     assert anonymous.status_code == 401
     assert [device["device_id"] for device in devices] == ["dev-1"]
+    assert revoked.returncode == 0, revoked.stderr
+    assert after_revoke.status_code == 401
+    assert "revoked" in after_revoke.json()["error"]["message"]
     assert process.returncode == 0
     lines = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     assert lines, "no log lines"
     for entry in lines:
         assert {"time", "level", "logger", "message", "device_id", "deployment_id"} <= set(entry)
     assert not any("no unrevoked API token" in e["message"] for e in lines)
+    rejections = [e for e in lines if e["logger"] == "edgefleet.controller.api.auth"]
+    assert len(rejections) == 2, "the anonymous request and the revoked token"
+    assert all(token.split(".")[2] not in e["message"] for e in rejections)
     registered = [e for e in lines if e["message"].startswith("registered device dev-1")]
     assert registered[0]["device_id"] == "dev-1"
     assert any(e["message"].startswith("HTTP API listening") for e in lines)
