@@ -352,6 +352,11 @@ app.add_typer(api_token_app, name="api-token")
 
 
 class ApiRole(StrEnum):
+    """Values of ``--role``, the same as ``models.ApiTokenRole``.
+
+    A copy, because importing ``models`` loads SQLAlchemy, which this module defers.
+    """
+
     READ = "read"
     OPERATOR = "operator"
 
