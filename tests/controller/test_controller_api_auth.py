@@ -226,7 +226,10 @@ def test_read_rejection_logged_with_token_id(
     assert api.read_token not in caplog.text
 
 
-def test_auth_none_serves_without_token(controller: Controller) -> None:
+def test_auth_none_serves_without_token(
+    controller: Controller, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.api.app")
     server = HttpServer(create_app(controller, auth=HttpAuth.NONE), port=0)
     port = server.start()
     try:
@@ -235,6 +238,7 @@ def test_auth_none_serves_without_token(controller: Controller) -> None:
         server.stop()
 
     assert response.status_code == 200
+    assert "without a token (http_auth = none)" in caplog.text
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "controller.example.net"])
