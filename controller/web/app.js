@@ -120,6 +120,11 @@ function showLogin(message) {
     "aria-label": "Sign in with an API token",
     onsubmit: (event) => {
       event.preventDefault();
+      // A header value must be printable ASCII, or fetch fails before sending anything.
+      if (!/^[\x21-\x7e]+$/.test(input.value.trim())) {
+        say("Invalid token: paste the single line that the command printed.", "error");
+        return;
+      }
       setToken(input.value);
       route();
     },

@@ -7,8 +7,8 @@ Errors::
     └── ApiResponseError         the API returned an error; carries status, code, field
 
 ``ApiResponseError.message`` is the API's own message, which names the rejected value and
-the fix; ``hint`` adds the command that lists valid ids for a ``*_not_found`` code, or how
-to pass or create a token for a 401 or 403.
+the fix. ``hint`` adds the command that lists valid ids for a ``*_not_found`` code, and
+how to pass or create a token for a 401 or 403.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _LISTING_HINTS = {
 }
 
 
-# What to do next when the controller rejects the token, per status code.
+# Next steps after the controller rejected the token, per status code.
 _AUTH_HINTS = {
     401: "pass a token with --token or the EDGEFLEET_API_TOKEN environment variable; "
     "`edgefleet controller api-token create NAME` on the controller host creates one",
