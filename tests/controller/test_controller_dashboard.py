@@ -409,6 +409,11 @@ def test_without_token_form_shows_command(anonymous_page, fleet):
     assert "edgefleet controller api-token create" in page.locator("main pre").inner_text()
     assert page.locator("table.devices").count() == 0
 
+    page.get_by_role("textbox", name="API token").fill("two words")
+    page.get_by_role("button", name="Use token").click()
+    assert "Invalid token" in page.locator("#notice").inner_text()
+    assert page.evaluate("sessionStorage.getItem('edgefleet.apiToken')") is None
+
     page.get_by_role("textbox", name="API token").fill(fleet.read_token)
     page.get_by_role("button", name="Use token").click()
     page.locator("table.devices tbody tr").nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
