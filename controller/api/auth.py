@@ -20,9 +20,9 @@ import ipaddress
 import logging
 from enum import StrEnum
 
-import anyio.to_thread
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgefleet.controller.api.errors import ApiError, error_response
@@ -110,7 +110,7 @@ class TokenAuthMiddleware:
             return
         request = Request(scope)
         try:
-            row = await anyio.to_thread.run_sync(check_request, request)
+            row = await run_in_threadpool(check_request, request)
         except ApiError as exc:
             response = error_response(exc.status, exc.code, exc.message, headers=exc.headers)
             await response(scope, receive, send)
