@@ -12,6 +12,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -54,8 +57,8 @@ def serve(
     http_host: Annotated[
         str,
         typer.Option(
-            help="Address the HTTP API binds to. The API has no authentication: bind it "
-            "elsewhere only behind a proxy that has."
+            help="Address the HTTP API binds to. Requests need a token from `edgefleet "
+            "controller api-token create`; serve it off loopback behind a TLS proxy."
         ),
     ] = "127.0.0.1",
     http_port: Annotated[
@@ -176,6 +179,10 @@ def serve(
                 password_file=mqtt_password_file,
                 ca_file=mqtt_ca_file,
             )
+        if http_port is not None:
+            from edgefleet.controller.api.auth import check_http_auth
+
+            check_http_auth(settings.http_auth, http_host)
     except EdgefleetError as exc:
         _fail(str(exc))
 
@@ -264,11 +271,20 @@ def _os_error_hint(exc: OSError) -> str:
 def _start_http(controller: Controller, *, host: str, port: int, max_upload_bytes: int) -> Any:
     """Serve the HTTP API; raises ``OSError`` when the address cannot be bound."""
     from edgefleet.controller.api import HttpServer, create_app
+    from edgefleet.controller.api.auth import HttpAuth
+    from edgefleet.controller.api_tokens import ApiTokenStore
 
     web_dir = Path(__file__).parent / "web"
     app = create_app(controller, max_upload_bytes=max_upload_bytes, web_dir=web_dir)
     server = HttpServer(app, host=host, port=port)
     server.start()
+    tokens = ApiTokenStore(controller.registry.database).list()
+    if controller.config.http_auth == HttpAuth.TOKEN and all(t.revoked_at for t in tokens):
+        logger.warning(
+            "no unrevoked API token exists, so the HTTP API rejects every request; create "
+            "one with `edgefleet controller api-token create NAME --data-dir %s`",
+            controller.data_dir,
+        )
     return server
 
 
@@ -327,6 +343,146 @@ def token_create(
         + (f", for device {device_id} only" if device_id else ""),
         err=True,
     )
+
+
+api_token_app = typer.Typer(
+    help="Manage the bearer tokens of the HTTP API and /metrics.", no_args_is_help=True
+)
+app.add_typer(api_token_app, name="api-token")
+
+
+class ApiRole(StrEnum):
+    """Values of ``--role``, the same as ``models.ApiTokenRole``.
+
+    A copy, because importing ``models`` loads SQLAlchemy, which this module defers.
+    """
+
+    READ = "read"
+    OPERATOR = "operator"
+
+
+DataDirOption = Annotated[
+    Path, typer.Option(help="The controller's data directory, which contains edgefleet.db.")
+]
+DatabaseOption = Annotated[
+    str | None, typer.Option(help="Database URL; default: DATA_DIR/edgefleet.db.")
+]
+
+
+@api_token_app.command("create")
+def api_token_create(
+    name: Annotated[
+        str,
+        typer.Argument(help="Name of the user or service of the token, for example prometheus."),
+    ],
+    role: Annotated[
+        ApiRole,
+        typer.Option(help="operator: every request; read: GET requests and /metrics only."),
+    ] = ApiRole.OPERATOR,
+    data_dir: DataDirOption = Path("edgefleet-data"),
+    db: DatabaseOption = None,
+) -> None:
+    """Create an HTTP API token and print it once (it is stored only hashed)."""
+    from edgefleet.controller.api_tokens import ApiTokenStore
+    from edgefleet.controller.db import open_database
+    from edgefleet.controller.models import ApiTokenRole
+    from edgefleet.errors import EdgefleetError
+
+    if db is None and not data_dir.is_dir():
+        # A mistyped path would otherwise get a new database that no controller reads.
+        _fail(
+            f"data directory {str(data_dir)!r} does not exist; pass the --data-dir of "
+            "`controller serve`, or create the directory first to set up a new controller"
+        )
+    try:
+        database = open_database(db or f"sqlite:///{data_dir / 'edgefleet.db'}")
+        try:
+            token = ApiTokenStore(database).create(name, role=ApiTokenRole(role.value))
+        finally:
+            database.close()
+    except (EdgefleetError, OSError) as exc:
+        _fail(str(exc), code=1)
+    typer.echo(token.token)
+    typer.echo(f"API token {token.token_id} ({token.name}, role {token.role})", err=True)
+
+
+@api_token_app.command("list")
+def api_token_list(
+    data_dir: DataDirOption = Path("edgefleet-data"),
+    db: DatabaseOption = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list instead of a table.")
+    ] = False,
+) -> None:
+    """List the HTTP API tokens with their role and times; secrets are never shown."""
+    import json
+
+    rows = _with_token_store(data_dir, db, lambda store: store.list())
+    entries = [
+        {
+            "id": row.id,
+            "name": row.name,
+            "role": row.role.value,
+            "created_at": _iso(row.created_at),
+            "revoked_at": _iso(row.revoked_at),
+            "last_used_at": _iso(row.last_used_at),
+        }
+        for row in rows
+    ]
+    if json_output:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        typer.echo("no API tokens; create one with `edgefleet controller api-token create NAME`")
+        return
+    columns = ("id", "name", "role", "created_at", "last_used_at", "revoked_at")
+    widths = {
+        column: max(len(column), *(len(entry[column] or "-") for entry in entries))
+        for column in columns
+    }
+    typer.echo("  ".join(column.ljust(widths[column]) for column in columns).rstrip())
+    for entry in entries:
+        typer.echo(
+            "  ".join((entry[column] or "-").ljust(widths[column]) for column in columns).rstrip()
+        )
+
+
+@api_token_app.command("revoke")
+def api_token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Id of the token, from `api-token list`.")],
+    data_dir: DataDirOption = Path("edgefleet-data"),
+    db: DatabaseOption = None,
+) -> None:
+    """Revoke an HTTP API token; running controllers reject it from the next request."""
+    row = _with_token_store(data_dir, db, lambda store: store.revoke(token_id))
+    typer.echo(f"revoked API token {row.id} ({row.name})")
+
+
+def _with_token_store(data_dir: Path, db: str | None, action: Callable[[Any], Any]) -> Any:
+    """Run ``action`` on the ``ApiTokenStore`` of an existing controller database."""
+    from edgefleet.controller.api_tokens import ApiTokenStore
+    from edgefleet.controller.db import open_database
+    from edgefleet.errors import EdgefleetError
+
+    url = db or f"sqlite:///{data_dir / 'edgefleet.db'}"
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        _fail(
+            f"no controller database at {str(missing)!r}; pass the --data-dir or --db of "
+            "`controller serve`"
+        )
+    try:
+        database = open_database(url)
+        try:
+            return action(ApiTokenStore(database))
+        finally:
+            database.close()
+    except (EdgefleetError, OSError) as exc:
+        _fail(str(exc), code=1)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat(timespec="seconds")
 
 
 @app.command("revoke")

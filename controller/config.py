@@ -21,6 +21,7 @@
     redeploy_initial_s = 30.0           # wait before a failed deployment is sent again
     redeploy_max_s = 600.0              # the wait doubles after each failure up to this
     redeploy_max_attempts = 5           # deployments of one variant to one device, first included
+    http_auth = "token"                 # "token": API tokens on the HTTP API; "none": loopback only
 
     [policy]
     breach_samples = 3
@@ -48,6 +49,12 @@ from edgefleet.controller.policy import PolicyConfig
 
 # The largest MQTT 5 Session Expiry Interval, a four-byte integer.
 MAX_SESSION_EXPIRY_S = 0xFFFFFFFF
+# A week: a device silent for longer is offline by any reading.
+MAX_PRESENCE_TIMEOUT_S = 7 * 24 * 3600.0
+
+# Values of ``http_auth``, as in ``edgefleet.controller.api.auth.HttpAuth``, which this
+# module does not import so that loading a config needs no FastAPI.
+_HTTP_AUTH_MODES = ("token", "none")
 
 __all__ = ["ControllerConfig", "load_config"]
 
@@ -94,6 +101,9 @@ class ControllerConfig:
     redeploy_initial_s: float = 30.0
     redeploy_max_s: float = 600.0
     redeploy_max_attempts: int = 5
+    # "token" requires a bearer token on the HTTP API and /metrics; "none" turns that off,
+    # and ``edgefleet controller serve`` accepts it only with a loopback --http-host.
+    http_auth: str = "token"
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
 
     def __post_init__(self) -> None:
@@ -138,10 +148,10 @@ class ControllerConfig:
                 f"controller.grpc_max_workers must be an integer >= 4, got {workers!r}"
             )
         timeout = self.presence_timeout_s
-        if not _is_number(timeout) or not math.isfinite(timeout) or timeout < 0:
+        if not _is_number(timeout) or not 0 <= timeout <= MAX_PRESENCE_TIMEOUT_S:
             raise ConfigError(
-                "controller.presence_timeout_s must be a number >= 0 (0 turns the check off), "
-                f"got {self.presence_timeout_s!r}"
+                "controller.presence_timeout_s must be a number from 0 (0 turns the check "
+                f"off) to {MAX_PRESENCE_TIMEOUT_S:g}, got {self.presence_timeout_s!r}"
             )
         if 0 < self.presence_timeout_s < 3 * self.telemetry_interval_s:
             raise ConfigError(
@@ -149,6 +159,11 @@ class ControllerConfig:
                 f"telemetry intervals ({3 * self.telemetry_interval_s:g} s with "
                 f"telemetry_interval_s = {self.telemetry_interval_s!r}); raise it, or set 0 "
                 "to turn the check off"
+            )
+        if self.http_auth not in _HTTP_AUTH_MODES:
+            raise ConfigError(
+                f"controller.http_auth must be one of {', '.join(map(repr, _HTTP_AUTH_MODES))}, "
+                f'got {self.http_auth!r}; use "token" unless the API serves only loopback'
             )
         if self.redeploy_max_s < self.redeploy_initial_s:
             raise ConfigError(

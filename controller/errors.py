@@ -25,6 +25,10 @@ status code that ``grpc_server`` returns where an RPC can raise the error::
     ├── AuthenticationError          no valid, unrevoked device certificate  UNAUTHENTICATED
     │   └── IdentityMismatchError    the request names another device        PERMISSION_DENIED
     ├── EnrollmentError              invalid, used or expired token          PERMISSION_DENIED
+    ├── ApiTokenError                HTTP API token failures
+    │   ├── UnknownApiTokenError     no API token with that id
+    │   ├── ApiTokenRevokedError     the API token is already revoked
+    │   └── ApiTokenRejectedError    a request's bearer token is malformed, unknown or revoked
     └── ControllerStateError         the controller is not running           UNAVAILABLE
 
 Other ``InvalidInputError``s raised in an RPC (device id, digest, profile) become
@@ -36,6 +40,9 @@ from __future__ import annotations
 from edgefleet.errors import EdgefleetError, InvalidInputError
 
 __all__ = [
+    "ApiTokenError",
+    "ApiTokenRejectedError",
+    "ApiTokenRevokedError",
     "ArtifactDigestError",
     "ArtifactError",
     "ArtifactNotFoundError",
@@ -54,6 +61,7 @@ __all__ = [
     "RolloutConflictError",
     "RolloutError",
     "RolloutStateError",
+    "UnknownApiTokenError",
     "UnknownDeviceError",
     "UnknownModelError",
     "UnknownRolloutError",
@@ -159,3 +167,27 @@ class EnrollmentError(ControllerError, InvalidInputError):
     def __init__(self, message: str, *, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail or message
+
+
+class ApiTokenError(ControllerError):
+    """Base class of the errors of HTTP API tokens."""
+
+
+class UnknownApiTokenError(ApiTokenError, InvalidInputError):
+    """No HTTP API token with the given id exists."""
+
+
+class ApiTokenRevokedError(ApiTokenError):
+    """The HTTP API token was revoked before; revoking it again changes nothing."""
+
+
+class ApiTokenRejectedError(ApiTokenError):
+    """A request's bearer token is malformed, unknown, wrong or revoked.
+
+    ``token_id`` is the id the token names, or None when it names none; the secret is
+    never part of the error.
+    """
+
+    def __init__(self, message: str, *, token_id: str | None = None) -> None:
+        super().__init__(message)
+        self.token_id = token_id

@@ -21,6 +21,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from edgefleet.protos.v1 import fleet_pb2
 
 __all__ = [
+    "ApiTokenRole",
+    "ApiTokenRow",
     "Base",
     "DeploymentRow",
     "DeploymentState",
@@ -210,6 +212,13 @@ class RolloutDeviceState(StrEnum):
     def is_settled(self) -> bool:
         """Whether no deployment of the rollout is in flight to this device."""
         return self not in (RolloutDeviceState.DEPLOYING, RolloutDeviceState.REVERTING)
+
+
+class ApiTokenRole(StrEnum):
+    """Permission level of an HTTP API token."""
+
+    READ = "read"  # GET requests only
+    OPERATOR = "operator"  # every request: register models, deploy, pin, drive rollouts
 
 
 def _enum_column(enum: type[Enum]) -> sa.Enum:
@@ -510,3 +519,19 @@ class DeviceCertificateRow(Base):
     not_after: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str] = mapped_column(sa.Text, default="")
+
+
+class ApiTokenRow(Base):
+    """A bearer token of the HTTP API; only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(sa.String(16), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    role: Mapped[ApiTokenRole] = mapped_column(_enum_column(ApiTokenRole))
+    secret_sha256: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utc_now)
+    revoked_at: Mapped[datetime | None]
+    # ApiTokenStore.authenticate writes it at most once a minute per token, so that
+    # polling reads do not each turn into a write.
+    last_used_at: Mapped[datetime | None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,8 @@ VIEWPORT = {"width": 1366, "height": 900}
 CHROMIUM = "/usr/bin/chromium"
 # The demo prints this once the squeezed device is back under budget.
 RECOVERED_LINE = "stopped the CPU hogs"
+# The demo prints the dashboard URL with an operator token in its fragment.
+DASHBOARD_LINE = re.compile(r"dashboard: (http://\S+/#token=(\S+))")
 
 
 def free_port() -> int:
@@ -41,9 +44,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def get_json(url: str) -> dict | None:
+def get_json(url: str, *, token: str | None = None) -> dict | None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=5
+        ) as response:
             return json.load(response)
     except (OSError, urllib.error.URLError, ValueError):
         return None
@@ -136,16 +142,24 @@ def main() -> int:
                 what="the controller's HTTP API",
                 demo=demo,
             )
+            dashboard = wait_for(
+                lambda: DASHBOARD_LINE.search(log_path.read_text(errors="replace")),
+                timeout_s=60,
+                what="the dashboard URL",
+                demo=demo,
+            )
+            token = dashboard.group(2)
             print(f"dashboard at {url}/; waiting for {DEVICE} to step down", flush=True)  # noqa: T201
             # The browser is open before the step-down: the demo stops its fleet a few
             # seconds after the device recovers, so the picture must be quick.
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
                 page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+                page.goto(dashboard.group(1))
                 page.goto(f"{url}/#/devices/{DEVICE}")
                 events_url = f"{url}/api/v1/events?device_id={DEVICE}&kind={STEP_DOWN_KINDS}"
                 wait_for(
-                    lambda: (get_json(events_url) or {}).get("events"),
+                    lambda: (get_json(events_url, token=token) or {}).get("events"),
                     # Compressing for three profiles comes first: minutes on a busy host.
                     timeout_s=1800,
                     what=f"a step-down of {DEVICE}",

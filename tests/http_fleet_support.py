@@ -29,7 +29,9 @@ from edgefleet import controller as controller_package
 from edgefleet.compress import digits_dataset, export_onnx, save_dataset_npz
 from edgefleet.compress.training import train_classifier
 from edgefleet.controller.api import HttpServer, create_app
+from edgefleet.controller.api_tokens import ApiTokenStore
 from edgefleet.controller.config import ControllerConfig
+from edgefleet.controller.models import ApiTokenRole
 from edgefleet.controller.policy import PolicyConfig
 from edgefleet.controller.service import Controller
 
@@ -140,7 +142,10 @@ class Agent:
 
 @dataclass
 class HttpFleet:
-    """A running controller with its HTTP API and agents; ``stop`` ends all of it."""
+    """A running controller with its HTTP API and agents; ``stop`` ends all of it.
+
+    ``operator_token`` and ``read_token`` are API tokens with those roles.
+    """
 
     controller: Controller
     http: HttpServer
@@ -148,6 +153,8 @@ class HttpFleet:
     url: str
     model_id: str
     workdir: Path
+    operator_token: str
+    read_token: str
     agents: list[Agent] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -192,6 +199,9 @@ def start_http_fleet(
     controller = Controller(config or fleet_config(), data_dir=workdir / "controller")
     controller.start()
     grpc_port = controller.serve_grpc(host="127.0.0.1", port=0)
+    tokens = ApiTokenStore(controller.registry.database)
+    operator_token = tokens.create("test-operator", role=ApiTokenRole.OPERATOR).token
+    read_token = tokens.create("test-reader", role=ApiTokenRole.READ).token
     app = create_app(controller, web_dir=DASHBOARD_DIR)
     http = HttpServer(app, host="127.0.0.1", port=http_port)
     port = http.start()
@@ -203,6 +213,8 @@ def start_http_fleet(
         url=f"http://127.0.0.1:{port}",
         model_id=model.id,
         workdir=workdir,
+        operator_token=operator_token,
+        read_token=read_token,
     )
     try:
         for device_id, budget_ms in devices.items():
@@ -230,8 +242,9 @@ def start_http_fleet(
     return fleet
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def get_json(url: str, *, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
 

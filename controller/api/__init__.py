@@ -6,6 +6,9 @@ address that ``--http-host`` sets. Every path sits under ``/api/v1``, except ``/
 interactive reference at ``/api/v1/docs``. Times are ISO 8601 strings in UTC. Query
 times (``since``, ``until``) accept ISO 8601 with an offset, or Unix seconds.
 
+Requests need ``Authorization: Bearer TOKEN``, except for ``/api/v1/health``, the OpenAPI
+document and the reference page. The module ``auth`` describes the token roles.
+
 Endpoints and shapes (``Device`` and the other names are the schemas in ``schemas``)::
 
     GET    /api/v1/health                          -> {"status", "controller_state", "version"}
@@ -50,10 +53,11 @@ Every error is JSON with a status code::
     {"error": {"code": "device_not_found", "message": "...", "field": "device_id"}}
 
 ``message`` names the rejected value and how to fix it. Codes: 400 ``invalid_input``
-(also a bad time range), 404 ``*_not_found``, 409 ``conflict`` (no model registered, a
-rollout in a state that forbids the action), 413 ``upload_too_large``, 422
-``validation_failed`` (malformed body or query), 503 ``unavailable`` (controller
-stopping).
+(also a bad time range), 401 ``unauthorized`` (missing, malformed, unknown or revoked
+token), 403 ``forbidden`` (a read token on a write), 404 ``*_not_found``, 409
+``conflict`` (no model registered, a rollout in a state that forbids the action), 413
+``upload_too_large``, 422 ``validation_failed`` (malformed body or query), 503
+``unavailable`` (controller stopping).
 """
 
 from __future__ import annotations

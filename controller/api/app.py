@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.controller.api import devices, events, fleet
 from edgefleet.controller.api import rollouts as rollout_routes
+from edgefleet.controller.api.auth import API_PREFIX, HttpAuth, TokenAuthMiddleware, authorize
 from edgefleet.controller.api.errors import ApiError, error_response, install_error_handlers
 from edgefleet.controller.api.schemas import ErrorResponse, Health
 from edgefleet.controller.metrics import FleetCollector
@@ -26,7 +27,6 @@ __all__ = ["API_PREFIX", "DEFAULT_MAX_UPLOAD_BYTES", "UploadLimitMiddleware", "c
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
 # ONNX models for Raspberry-Pi-class devices are a few MB to a few hundred MB; a bigger
 # upload is more likely a mistake (a checkpoint with optimizer state, say) than a model.
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
@@ -38,12 +38,27 @@ def create_app(
     rollouts: RolloutManager | None = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     web_dir: Path | None = None,
+    auth: HttpAuth | None = None,
 ) -> FastAPI:
     """Build the API for a running ``controller``.
 
     ``rollouts`` serves ``/api/v1/rollouts``; by default it is ``controller.rollouts``.
     ``web_dir``, when it exists, is served at ``/`` as static files (the dashboard).
+    ``auth`` defaults to the controller's ``http_auth`` setting; with ``HttpAuth.TOKEN``
+    every API route but ``/health``, and ``/metrics``, needs a bearer token (``auth``).
+    Checking that ``HttpAuth.NONE`` serves only loopback is the caller's job
+    (``auth.check_http_auth``), because the app does not know the address it is served on.
     """
+    auth = HttpAuth(controller.config.http_auth if auth is None else auth)
+    guarded = [Security(authorize)] if auth is HttpAuth.TOKEN else []
+    auth_responses: dict[int | str, dict[str, Any]] = (
+        {
+            401: {"model": ErrorResponse, "description": "Missing, unknown or revoked token"},
+            403: {"model": ErrorResponse, "description": "A read token on a write request"},
+        }
+        if guarded
+        else {}
+    )
     app = FastAPI(
         title="edgefleet controller API",
         version=_package_version(),
@@ -62,8 +77,10 @@ def create_app(
     app.state.rollouts = rollouts if rollouts is not None else controller.rollouts
     install_error_handlers(app)
 
-    api = APIRouter(prefix=API_PREFIX)
-    api.add_api_route(
+    # Health checks come from load balancers and supervisors that hold no token, and the
+    # response contains no fleet data.
+    public = APIRouter(prefix=API_PREFIX)
+    public.add_api_route(
         "/health",
         _health,
         methods=["GET"],
@@ -71,6 +88,9 @@ def create_app(
         tags=["health"],
         summary="Controller health",
     )
+    app.include_router(public)
+
+    api = APIRouter(prefix=API_PREFIX, dependencies=guarded, responses=auth_responses)
     api.include_router(devices.router)
     api.include_router(fleet.router)
     api.include_router(events.router)
@@ -87,6 +107,8 @@ def create_app(
         tags=["metrics"],
         summary="Prometheus metrics",
         response_class=Response,
+        dependencies=guarded,
+        responses=auth_responses,
     )
 
     if web_dir is not None and web_dir.is_dir():
@@ -97,6 +119,11 @@ def create_app(
     app.add_middleware(
         UploadLimitMiddleware, path=f"{API_PREFIX}/models", max_bytes=max_upload_bytes
     )
+    if auth is HttpAuth.TOKEN:
+        # Added last, so it runs first: no upload is read before its token is checked.
+        app.add_middleware(TokenAuthMiddleware)
+    else:
+        logger.warning("the HTTP API serves every request without a token (http_auth = none)")
     return app
 
 

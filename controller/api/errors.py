@@ -4,6 +4,7 @@ Every error leaves the API as ``{"error": {"code", "message", "field"}}`` with a
 code. Controller exceptions are translated here, in one place::
 
     ApiError                   raised by the routes themselves      its own status
+                               (401 unauthorized, 403 forbidden: ``auth``)
     UnknownDeviceError         device_not_found                     404
     UnknownModelError          model_not_found                      404
     UnknownVariantError        variant_not_found                    404
@@ -48,20 +49,35 @@ logger = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error a route returns as JSON: status code, stable code, message, field."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers
 
 
 def error_response(
-    status: int, code: str, message: str, *, field: str | None = None
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content={"error": {"code": code, "message": message, "field": field}},
+        headers=headers,
     )
 
 
@@ -78,7 +94,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, field=exc.field)
+        return error_response(
+            exc.status, exc.code, exc.message, field=exc.field, headers=exc.headers
+        )
 
     @app.exception_handler(InvalidInputError)
     async def invalid_input(request: Request, exc: InvalidInputError) -> JSONResponse:

@@ -1,7 +1,23 @@
 // Calls to the controller's HTTP API under /api/v1. Errors carry the API's message, which
 // names the rejected value and the fix, so the pages show it as it is.
+//
+// Every call sends the API token as a bearer token. The token lives in sessionStorage,
+// so it is gone when the tab closes and other tabs and sites cannot read it.
 
 const BASE = "/api/v1";
+const TOKEN_KEY = "edgefleet.apiToken";
+
+export function getToken() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+export function setToken(token) {
+  sessionStorage.setItem(TOKEN_KEY, token.trim());
+}
+
+export function clearToken() {
+  sessionStorage.removeItem(TOKEN_KEY);
+}
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -13,6 +29,8 @@ export class ApiError extends Error {
 
 async function request(method, path, body) {
   const options = { method, headers: { Accept: "application/json" } };
+  const token = getToken();
+  if (token) options.headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);

@@ -16,6 +16,8 @@ import pytest
 from http_fleet_support import HttpFleet, get_json, start_http_fleet
 
 from edgefleet.client.commands import parse_since
+from edgefleet.controller.api_tokens import ApiTokenStore
+from edgefleet.controller.models import ApiTokenRole
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +32,21 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpFleet]:
 
 
 def edgefleet(
-    *args: str, url: str | None, env: dict[str, str] | None = None, timeout_s: float = 120
+    *args: str,
+    url: str | None,
+    token: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "edgefleet", *args]
     if url is not None:
         command += ["--controller-url", url]
+    if token is not None:
+        command += ["--token", token]
     environment = {**os.environ, "COLUMNS": "200"}
-    # Only the test's own environment may name the controller.
+    # Only the test's own environment may name the controller and the token.
     environment.pop("EDGEFLEET_CONTROLLER_URL", None)
+    environment.pop("EDGEFLEET_API_TOKEN", None)
     environment.update(env or {})
     return subprocess.run(
         command, capture_output=True, text=True, timeout=timeout_s, env=environment, check=False
@@ -45,13 +54,13 @@ def edgefleet(
 
 
 def run_json(fleet: HttpFleet, *args: str) -> dict:
-    result = edgefleet(*args, "--json", url=fleet.url)
+    result = edgefleet(*args, "--json", url=fleet.url, token=fleet.operator_token)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def api(fleet: HttpFleet, path: str) -> dict:
-    return get_json(f"{fleet.url}/api/v1{path}")
+    return get_json(f"{fleet.url}/api/v1{path}", token=fleet.operator_token)
 
 
 def free_port() -> int:
@@ -68,7 +77,7 @@ def test_devices_json_matches_api(fleet):
 
 
 def test_devices_table_shows_state_and_budget(fleet):
-    result = edgefleet("devices", url=fleet.url)
+    result = edgefleet("devices", url=fleet.url, token=fleet.operator_token)
     assert result.returncode == 0, result.stderr
     row = next(line for line in result.stdout.splitlines() if DEVICE in line)
     assert "online" in row
@@ -78,7 +87,7 @@ def test_devices_table_shows_state_and_budget(fleet):
 
 
 def test_device_shows_facts_ladder_and_deployments(fleet):
-    result = edgefleet("device", DEVICE, url=fleet.url)
+    result = edgefleet("device", DEVICE, url=fleet.url, token=fleet.operator_token)
     assert result.returncode == 0, result.stderr
     device = api(fleet, f"/devices/{DEVICE}")
     assert f"device {DEVICE}" in result.stdout
@@ -88,7 +97,7 @@ def test_device_shows_facts_ladder_and_deployments(fleet):
 
 
 def test_device_unknown_names_listing_command(fleet):
-    result = edgefleet("device", "no-such-device", url=fleet.url)
+    result = edgefleet("device", "no-such-device", url=fleet.url, token=fleet.operator_token)
     assert result.returncode == 1
     assert "no-such-device" in result.stderr
     assert "`edgefleet devices` lists the registered devices" in result.stderr
@@ -100,13 +109,24 @@ def test_telemetry_since_returns_samples(fleet):
     assert history["points"], "the agent reports every 0.5 s"
     assert any(point["requests"] > 0 for point in history["points"])
 
-    table = edgefleet("telemetry", DEVICE, "--since", "1m", "--step", "5", url=fleet.url)
+    table = edgefleet(
+        "telemetry",
+        DEVICE,
+        "--since",
+        "1m",
+        "--step",
+        "5",
+        url=fleet.url,
+        token=fleet.operator_token,
+    )
     assert table.returncode == 0, table.stderr
     assert "5 s buckets" in table.stdout
 
 
 def test_telemetry_rejects_bad_since(fleet):
-    result = edgefleet("telemetry", DEVICE, "--since", "yesterday", url=fleet.url)
+    result = edgefleet(
+        "telemetry", DEVICE, "--since", "yesterday", url=fleet.url, token=fleet.operator_token
+    )
     assert result.returncode == 2
     assert "invalid time 'yesterday'" in result.stderr
     assert "10m" in result.stderr
@@ -119,7 +139,7 @@ def test_models_and_variants_list_active_model(fleet):
     variants = run_json(fleet, "variants")
     assert variants["model_id"] == fleet.model_id
     profile = variants["profiles"][0]
-    table = edgefleet("variants", fleet.model_id, url=fleet.url)
+    table = edgefleet("variants", fleet.model_id, url=fleet.url, token=fleet.operator_token)
     assert table.returncode == 0, table.stderr
     for variant in profile["variants"]:
         assert variant["variant_id"] in table.stdout
@@ -139,7 +159,7 @@ def test_deploy_by_prefix_waits_until_active(fleet):
 
 
 def test_deploy_unknown_variant_names_listing_command(fleet):
-    result = edgefleet("deploy", DEVICE, "ffffffffffff", url=fleet.url)
+    result = edgefleet("deploy", DEVICE, "ffffffffffff", url=fleet.url, token=fleet.operator_token)
     assert result.returncode == 1
     assert "ffffffffffff" in result.stderr
     assert "edgefleet variants MODEL" in result.stderr
@@ -170,7 +190,10 @@ def test_events_follow_prints_new_events(fleet):
         sys.executable, "-m", "edgefleet", "events", "--follow", "--json", "--limit", "1",
         "--controller-url", fleet.url,
     ]  # fmt: skip
-    follower = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "EDGEFLEET_API_TOKEN": fleet.read_token}
+    follower = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         first = json.loads(follower.stdout.readline())
         variant_id = fleet.controller.ladder(DEVICE)[0].variant_id
@@ -209,13 +232,13 @@ def test_rollout_start_pause_resume_abort(fleet):
     assert run_json(fleet, "rollouts", "abort", prefix)["state"] == "aborted"
     assert api(fleet, f"/rollouts/{rollout_id}")["state"] == "aborted"
 
-    shown = edgefleet("rollouts", "show", prefix, url=fleet.url)
+    shown = edgefleet("rollouts", "show", prefix, url=fleet.url, token=fleet.operator_token)
     assert shown.returncode == 0, shown.stderr
     assert f"rollout {rollout_id}: aborted" in shown.stdout
 
 
 def test_rollout_unknown_names_listing_command(fleet):
-    result = edgefleet("rollouts", "pause", "0000000000", url=fleet.url)
+    result = edgefleet("rollouts", "pause", "0000000000", url=fleet.url, token=fleet.operator_token)
     assert result.returncode == 1
     assert "`edgefleet rollouts list` lists the rollouts" in result.stderr
 
@@ -230,9 +253,49 @@ def test_unreachable_controller_says_how_to_start_it():
 
 
 def test_controller_url_from_environment(fleet):
-    result = edgefleet("devices", "--json", url=None, env={"EDGEFLEET_CONTROLLER_URL": fleet.url})
+    env = {"EDGEFLEET_CONTROLLER_URL": fleet.url, "EDGEFLEET_API_TOKEN": fleet.read_token}
+    result = edgefleet("devices", "--json", url=None, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["devices"][0]["device_id"] == DEVICE
+
+
+def test_missing_token_says_how_to_create_one(fleet):
+    result = edgefleet("devices", url=fleet.url)
+
+    assert result.returncode == 1
+    assert "missing Authorization header" in result.stderr
+    assert "--token or the EDGEFLEET_API_TOKEN environment variable" in result.stderr
+    assert "edgefleet controller api-token create NAME" in result.stderr
+
+
+def test_revoked_token_rejected(fleet):
+    token = ApiTokenStore(fleet.controller.registry.database).create(
+        "short-lived", role=ApiTokenRole.READ
+    )
+    assert edgefleet("devices", url=fleet.url, token=token.token).returncode == 0
+    ApiTokenStore(fleet.controller.registry.database).revoke(token.token_id)
+
+    result = edgefleet("devices", url=fleet.url, token=token.token)
+
+    assert result.returncode == 1
+    assert "revoked" in result.stderr
+    assert token.token.split(".")[2] not in result.stderr
+
+
+def test_read_token_on_write_asks_for_operator_token(fleet):
+    result = edgefleet("unpin", DEVICE, url=fleet.url, token=fleet.read_token)
+
+    assert result.returncode == 1
+    assert "has the read role" in result.stderr
+    assert "needs an operator token" in result.stderr
+    assert "--role operator" in result.stderr
+
+
+def test_token_with_spaces_is_rejected(fleet):
+    result = edgefleet("devices", url=fleet.url, token="efa1 broken token")
+
+    assert result.returncode == 2
+    assert "invalid API token" in result.stderr
 
 
 def test_invalid_controller_url_is_rejected():
@@ -267,7 +330,9 @@ def test_register_uploads_model_and_data(fleet):
 
     # The same file again: the controller returns the model it already has.
     registered = run_json(fleet, "register", str(model), "--data", str(data))
-    table = edgefleet("register", str(model), "--data", str(data), url=fleet.url)
+    table = edgefleet(
+        "register", str(model), "--data", str(data), url=fleet.url, token=fleet.operator_token
+    )
 
     assert registered["model_id"] == fleet.model_id
     assert table.returncode == 0, table.stderr
@@ -279,8 +344,17 @@ def test_register_rejects_missing_and_broken_files(fleet, tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a protobuf")
 
-    missing = edgefleet("register", str(tmp_path / "none.onnx"), "--data", str(data), url=fleet.url)
-    rejected = edgefleet("register", str(broken), "--data", str(data), url=fleet.url)
+    missing = edgefleet(
+        "register",
+        str(tmp_path / "none.onnx"),
+        "--data",
+        str(data),
+        url=fleet.url,
+        token=fleet.operator_token,
+    )
+    rejected = edgefleet(
+        "register", str(broken), "--data", str(data), url=fleet.url, token=fleet.operator_token
+    )
 
     assert missing.returncode == 2
     assert "none.onnx" in missing.stderr

@@ -14,7 +14,8 @@ from controller_support import make_record, store_fake_ladder
 from fastapi import FastAPI
 
 from edgefleet.controller.api import HttpServer, create_app
-from edgefleet.controller.models import ModelRow
+from edgefleet.controller.api_tokens import ApiTokenStore
+from edgefleet.controller.models import ApiTokenRole, ModelRow
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
 
@@ -24,7 +25,10 @@ BASE_TIME = datetime(2026, 1, 5, 12, 0, 0, tzinfo=UTC)
 
 @dataclass
 class ApiFleet:
-    """A running controller, its HTTP server and a client bound to it."""
+    """A running controller, its HTTP server and a client bound to it.
+
+    ``client`` sends an operator token; ``read_token`` is a token with the read role.
+    """
 
     controller: Controller
     app: FastAPI
@@ -32,6 +36,16 @@ class ApiFleet:
     client: httpx.Client
     model: ModelRow
     ladder: list[str]
+    operator_token: str
+    read_token: str
+
+    @property
+    def url(self) -> str:
+        return str(self.client.base_url).rstrip("/")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @contextmanager
@@ -43,12 +57,17 @@ def serve_api(
 ) -> Iterator[ApiFleet]:
     """Store a fake ladder for ``profile``, serve the API on a free port, yield a client."""
     model, ladder = store_fake_ladder(controller, profile)
+    tokens = ApiTokenStore(controller.registry.database)
+    operator = tokens.create("test-operator", role=ApiTokenRole.OPERATOR).token
+    read = tokens.create("test-reader", role=ApiTokenRole.READ).token
     app = create_app(controller, max_upload_bytes=max_upload_bytes)
     server = HttpServer(app, port=0)
     port = server.start()
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield ApiFleet(controller, app, server, client, model, ladder)
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, headers=bearer(operator)
+        ) as client:
+            yield ApiFleet(controller, app, server, client, model, ladder, operator, read)
     finally:
         server.stop()
 
@@ -95,4 +114,4 @@ def at(offset_s: float) -> datetime:
     return BASE_TIME + timedelta(seconds=offset_s)
 
 
-__all__ = ["BASE_TIME", "ApiFleet", "at", "npz_bytes", "serve_api", "store_series"]
+__all__ = ["BASE_TIME", "ApiFleet", "at", "bearer", "npz_bytes", "serve_api", "store_series"]

@@ -14,6 +14,7 @@ import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,10 +61,16 @@ def page_errors() -> list[str]:
     return []
 
 
-@pytest.fixture
-def page(browser, fleet: HttpFleet, page_errors: list[str]) -> Iterator[object]:
-    """A page on the dashboard that records script errors and requests off loopback."""
+@contextmanager
+def open_context(browser, page_errors: list[str], *, token: str | None) -> Iterator[object]:
+    """A page that records script errors and requests off loopback.
+
+    With ``token`` the page starts with it in sessionStorage, as after a login.
+    """
     context = browser.new_context(viewport={"width": 1366, "height": 900})
+    if token is not None:
+        script = f"sessionStorage.setItem('edgefleet.apiToken', {json.dumps(token)})"
+        context.add_init_script(script)
     page = context.new_page()
     errors = page_errors
     external: list[str] = []
@@ -87,12 +94,26 @@ def page(browser, fleet: HttpFleet, page_errors: list[str]) -> Iterator[object]:
     assert external == [], f"the page requested resources off loopback: {external}"
 
 
+@pytest.fixture
+def page(browser, fleet: HttpFleet, page_errors: list[str]) -> Iterator[object]:
+    """A dashboard page logged in with an operator token."""
+    with open_context(browser, page_errors, token=fleet.operator_token) as page:
+        yield page
+
+
+@pytest.fixture
+def anonymous_page(browser, page_errors: list[str]) -> Iterator[object]:
+    """A dashboard page without a token."""
+    with open_context(browser, page_errors, token=None) as page:
+        yield page
+
+
 def open_page(page, fleet: HttpFleet, route: str) -> None:
     page.goto(f"{fleet.url}/#{route}")
 
 
 def api(fleet: HttpFleet, path: str) -> dict:
-    return get_json(f"{fleet.url}/api/v1{path}")
+    return get_json(f"{fleet.url}/api/v1{path}", token=fleet.operator_token)
 
 
 def path_points(d: str) -> int:
@@ -313,7 +334,12 @@ def test_rollouts_page_pauses_resumes_and_aborts(page, fleet):
         b'"gates": {"soak_s": 600, "min_samples": 1}}'
     )
     request = urllib.request.Request(
-        f"{fleet.url}/api/v1/rollouts", data=body, headers={"Content-Type": "application/json"}
+        f"{fleet.url}/api/v1/rollouts",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {fleet.operator_token}",
+        },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         rollout_id = json.load(response)["rollout_id"]
@@ -358,6 +384,68 @@ def test_unknown_device_shows_api_error(page, fleet, page_errors):
     assert page_errors
     assert all("404" in error for error in page_errors)
     page_errors.clear()
+
+
+def test_token_fragment_logs_in_and_leaves_url(anonymous_page, fleet):
+    page = anonymous_page
+    entries_before = page.evaluate("history.length")
+    page.goto(f"{fleet.url}/#token={fleet.operator_token}")
+
+    page.locator("table.devices tbody tr").nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
+    assert fleet.operator_token not in page.url
+    assert page.url.endswith("/#/")
+    stored = page.evaluate("sessionStorage.getItem('edgefleet.apiToken')")
+    assert stored == fleet.operator_token
+    assert fleet.operator_token not in page.evaluate("location.href")
+    # The fragment replaced the history entry instead of adding one after it.
+    assert page.evaluate("history.length") == entries_before + 1
+
+
+def test_without_token_form_shows_command(anonymous_page, fleet):
+    page = anonymous_page
+    page.goto(f"{fleet.url}/#/")
+
+    page.get_by_role("heading", name="API token needed").wait_for(timeout=PAGE_TIMEOUT_MS)
+    assert "edgefleet controller api-token create" in page.locator("main pre").inner_text()
+    assert page.locator("table.devices").count() == 0
+
+    page.get_by_role("textbox", name="API token").fill("two words")
+    page.get_by_role("button", name="Use token").click()
+    assert "Invalid token" in page.locator("#notice").inner_text()
+    assert page.evaluate("sessionStorage.getItem('edgefleet.apiToken')") is None
+
+    page.get_by_role("textbox", name="API token").fill(fleet.read_token)
+    page.get_by_role("button", name="Use token").click()
+    page.locator("table.devices tbody tr").nth(1).wait_for(timeout=PAGE_TIMEOUT_MS)
+    assert page.evaluate("sessionStorage.getItem('edgefleet.apiToken')") == fleet.read_token
+
+
+def test_rejected_token_shows_form_again(anonymous_page, fleet, page_errors):
+    page = anonymous_page
+    unknown = "efa1.0123456789abcdef." + "A" * 43
+    page.goto(f"{fleet.url}/#token={unknown}")
+
+    page.get_by_role("heading", name="API token needed").wait_for(timeout=PAGE_TIMEOUT_MS)
+    assert "unknown API token" in page.locator("#notice").inner_text()
+    assert page.evaluate("sessionStorage.getItem('edgefleet.apiToken')") is None
+    # The browser logs the API's 401 responses, but the page itself raised nothing.
+    assert page_errors
+    assert all("401" in error for error in page_errors)
+    page_errors.clear()
+
+
+def test_read_token_cannot_pin(browser, fleet, page_errors):
+    with open_context(browser, page_errors, token=fleet.read_token) as page:
+        open_page(page, fleet, "/devices/cam-1")
+        button = page.locator("#pin-button")
+        button.wait_for(timeout=PAGE_TIMEOUT_MS)
+        button.click()
+        page.locator("#notice.error").wait_for(timeout=PAGE_TIMEOUT_MS)
+
+        assert "--role operator" in page.locator("#notice").inner_text()
+        assert api(fleet, "/devices/cam-1")["pinned"] is False
+        assert all("403" in error for error in page_errors)
+        page_errors.clear()
 
 
 def test_static_files_ship_next_to_controller():

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 
 import pytest
+
+from edgefleet.controller.api_tokens import ApiTokenStore
+from edgefleet.controller.db import open_database
+from edgefleet.controller.models import ApiTokenRole
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +46,15 @@ def test_demo_json_meets_every_check(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "dashboard: http://127.0.0.1:" in result.stderr
+    dashboard = re.search(r"dashboard: http://127\.0\.0\.1:\d+/#token=(\S+)", result.stderr)
+    assert dashboard, result.stderr[-4000:]
+    assert re.fullmatch(r"efa1\.[0-9a-f]{16}\.[A-Za-z0-9_-]{43}", dashboard.group(1))
+    database = open_database(f"sqlite:///{tmp_path / 'run' / 'controller.db'}")
+    try:
+        token = ApiTokenStore(database).authenticate(dashboard.group(1))
+    finally:
+        database.close()
+    assert token.role is ApiTokenRole.OPERATOR
     summary = json.loads(result.stdout)
     assert len(summary["devices"]) == 3
     for device in summary["devices"]:

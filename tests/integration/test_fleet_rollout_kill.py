@@ -44,7 +44,7 @@ _HTTP_LINE = re.compile(r"HTTP API on (http://127\.0\.0\.1:\d+/api/v1)")
 class ControllerProcess:
     """``edgefleet controller serve`` as a child process with its gRPC port and HTTP API URL."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, *, token: str) -> None:
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edgefleet", "controller", "serve", *args],
@@ -58,7 +58,11 @@ class ControllerProcess:
         assert grpc_match, f"no gRPC address in {lines[0]!r}; log: {log_path}"
         assert http_match, f"no HTTP API address in {lines[1]!r}; log: {log_path}"
         self.grpc_port = int(grpc_match.group(1))
-        self.api = httpx.Client(base_url=http_match.group(1), timeout=10)
+        self.api = httpx.Client(
+            base_url=http_match.group(1),
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        )
 
     def _read_stdout_lines(self, *, count: int, timeout_s: float) -> list[str]:
         # readline blocks, so a thread reads and the test waits with a deadline.
@@ -103,8 +107,8 @@ class ControllerProcess:
 def start_controller_process(tmp_path: Path) -> Iterator[Callable[..., ControllerProcess]]:
     started: list[ControllerProcess] = []
 
-    def start(*args: str) -> ControllerProcess:
-        controller = ControllerProcess(list(args), tmp_path / "controller.log")
+    def start(*args: str, token: str) -> ControllerProcess:
+        controller = ControllerProcess(list(args), tmp_path / "controller.log", token=token)
         started.append(controller)
         return controller
 
@@ -133,11 +137,18 @@ def test_killed_controller_finishes_rollout(
     data_dir = tmp_path / "controller"
     config_path = tmp_path / "controller.toml"
     config_path.write_text(CONTROLLER_TOML)
-    common = ["--data-dir", str(data_dir), "--db", f"sqlite:///{data_dir / 'fleet.db'}",
-              "--config", str(config_path), "--http-port", "0"]  # fmt: skip
+    database = ["--data-dir", str(data_dir), "--db", f"sqlite:///{data_dir / 'fleet.db'}"]
+    common = [*database, "--config", str(config_path), "--http-port", "0"]
+    # Created before the first start; the restarted controller reads it from the database.
+    token = subprocess.run(
+        [sys.executable, "-m", "edgefleet", "controller", "api-token", "create", "test",
+         *database],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
     first = start_controller_process(
         *common, "--grpc-port", "0",
         "--model", str(fleet_model.onnx_path), "--data", str(fleet_model.data_path),
+        token=token,
     )  # fmt: skip
     agents = [
         start_agent(f"kill-{i}", first.grpc_port, profile_name="kill-board") for i in range(3)
@@ -174,7 +185,7 @@ def test_killed_controller_finishes_rollout(
     assert at_kill["waves"][0]["state"] == kill_during
     assert first.kill() == -signal.SIGKILL
 
-    second = start_controller_process(*common, "--grpc-port", str(first.grpc_port))
+    second = start_controller_process(*common, "--grpc-port", str(first.grpc_port), token=token)
     assert second.grpc_port == first.grpc_port
     assert rollout_of(second, rollout_id)["state"] == "running"
     done = wait_for(

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["register_commands", "rollouts_app"]
 
 ENV_CONTROLLER_URL = "EDGEFLEET_CONTROLLER_URL"
+ENV_API_TOKEN = "EDGEFLEET_API_TOKEN"
 # Exit codes: 1 when the controller or the API reported a failure, 2 for invalid input.
 EXIT_FAILED = 1
 EXIT_INVALID_INPUT = 2
@@ -47,6 +48,16 @@ ControllerUrl = Annotated[
         envvar=ENV_CONTROLLER_URL,
         help="Base URL of the controller's HTTP API (controller serve --http-port).",
         show_default=True,
+    ),
+]
+ApiToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar=ENV_API_TOKEN,
+        help="HTTP API token from `edgefleet controller api-token create`. Prefer the "
+        f"{ENV_API_TOKEN} environment variable: other local users can read a command line.",
+        show_default=False,
     ),
 ]
 JsonOutput = Annotated[
@@ -78,7 +89,7 @@ def _handle_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 @contextlib.contextmanager
-def _client(url: str) -> Iterator[ControllerClient]:
+def _client(url: str, token: str | None) -> Iterator[ControllerClient]:
     from edgefleet.client.http import ControllerClient
 
     # httpx logs every request at INFO, which would bury the command's own output;
@@ -86,7 +97,7 @@ def _client(url: str) -> Iterator[ControllerClient]:
     httpx_logger = logging.getLogger("httpx")
     if httpx_logger.level == logging.NOTSET and logging.getLogger().level > logging.DEBUG:
         httpx_logger.setLevel(logging.WARNING)
-    with ControllerClient(url) as client:
+    with ControllerClient(url, token=token) as client:
         yield client
 
 
@@ -130,12 +141,13 @@ def parse_since(text: str, *, now: datetime | None = None) -> str:
 @_handle_errors
 def devices_command(
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """List the devices: state, budget, variant and the newest telemetry."""
     from edgefleet.client.render import devices_table
 
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         devices = client.devices()
     if json_output:
         _print_json({"devices": devices})
@@ -151,12 +163,13 @@ def devices_command(
 def device_command(
     device_id: Annotated[str, typer.Argument(help="Device id, as `edgefleet devices` lists.")],
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Show one device: its facts, ladder and newest deployments."""
     from edgefleet.client.render import deployments_table, device_table, ladder_table
 
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         device = client.device(device_id)
         ladder = client.ladder(device_id)
         deployments = client.device_deployments(device_id)
@@ -193,13 +206,14 @@ def telemetry_command(
         int, typer.Option(help="Maximum number of points returned; the newest are kept.")
     ] = 200,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Print a device's telemetry: resource figures and served latency percentiles."""
     from edgefleet.client.render import telemetry_table
 
     start = parse_since(since)
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         history = client.telemetry(device_id, since=start, step_s=step, limit=limit)
     if json_output:
         _print_json(history)
@@ -217,12 +231,13 @@ def telemetry_command(
 @_handle_errors
 def models_command(
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """List the registered models and the state of their plans per profile."""
     from edgefleet.client.render import models_table
 
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         models = client.models()
     if json_output:
         _print_json(models)
@@ -241,6 +256,7 @@ def register_command(
         str | None, typer.Option(help="Display name; default: the model's file name.")
     ] = None,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Upload a model and its evaluation data; the controller then plans it per profile."""
@@ -251,7 +267,7 @@ def register_command(
             raise InvalidInputError(
                 f"{option} file {str(path)!r} not found; pass the path of an existing file"
             )
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         registered = client.register_model(model, data, name=name)
     if json_output:
         _print_json(registered)
@@ -269,13 +285,14 @@ def variants_command(
     ] = None,
     profile: Annotated[str | None, typer.Option(help="Only this profile name.")] = None,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """List a model's variants per profile: ladder rung, Pareto front, accuracy, latency."""
     from edgefleet.client.render import variants_tables
     from edgefleet.errors import InvalidInputError
 
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         if model_id is None:
             model_id = client.models()["active_model_id"]
             if model_id is None:
@@ -339,10 +356,11 @@ def deploy_command(
     ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 300.0,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Deploy a variant to a device and follow the transfer until the device runs it."""
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         variant = _resolve_variant(client, device_id, variant_id)
         deployment = client.deploy(device_id, variant, reason=reason)
         if wait:
@@ -404,10 +422,11 @@ def pin_command(
         str, typer.Option(help="Recorded with the pin.")
     ] = "pinned with edgefleet pin",
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Pin a device to its target variant, so that the policy engine leaves it alone."""
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         variant = _resolve_variant(client, device_id, variant_id) if variant_id else None
         device = client.pin(device_id, variant_id=variant, reason=reason)
     if json_output:
@@ -420,10 +439,11 @@ def pin_command(
 def unpin_command(
     device_id: Annotated[str, typer.Argument(help="Device id, as `edgefleet devices` lists.")],
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Unpin a device, so that the policy engine manages it again."""
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         device = client.unpin(device_id)
     if json_output:
         _print_json(device)
@@ -452,6 +472,7 @@ def events_command(
         bool, typer.Option("--follow", "-f", help="Keep printing new events until interrupted.")
     ] = False,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Print the controller's events, oldest first; with --follow, new ones as they happen.
@@ -462,7 +483,7 @@ def events_command(
 
     start = parse_since(since) if since is not None else None
     console = _console()
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         page = client.events(device_id=device, kinds=kind, since=start, limit=limit)
         if not follow:
             if json_output:
@@ -516,12 +537,13 @@ def rollouts_list(
         typer.Option(help="Only rollouts in this state (repeatable), e.g. running."),
     ] = None,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """List rollouts, newest first."""
     from edgefleet.client.render import rollouts_table
 
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         rollouts = client.rollouts(states=state)
     if json_output:
         _print_json({"rollouts": rollouts})
@@ -538,12 +560,13 @@ def rollouts_list(
 def rollouts_show(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id or a unique prefix of it.")],
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Show one rollout with the state of each of its devices."""
     from edgefleet.client.render import rollout_table
 
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         rollout = client.rollout(_resolve_rollout(client, rollout_id))
     if json_output:
         _print_json(rollout)
@@ -605,6 +628,7 @@ def rollouts_start(
     wait: Annotated[bool, typer.Option(help="Follow the rollout until it ends.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
     json_output: JsonOutput = False,
 ) -> None:
     """Start a staged rollout: the first wave is the canary; each wave is gated on health."""
@@ -619,7 +643,7 @@ def rollouts_start(
         body["variants"] = _parse_pairs(variant, option="--variant")
     if gate:
         body["gates"] = _parse_gates(gate)
-    with _client(controller_url) as client:
+    with _client(controller_url, api_token) as client:
         rollout = client.start_rollout(body)
         if wait:
             rollout = _follow_rollout(client, rollout, timeout_s=timeout, quiet=json_output)
@@ -664,9 +688,10 @@ def _rollout_action(action: str) -> Callable[..., None]:
     def command(
         rollout_id: Annotated[str, typer.Argument(help="Rollout id or a unique prefix of it.")],
         controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+        api_token: ApiToken = None,
         json_output: JsonOutput = False,
     ) -> None:
-        with _client(controller_url) as client:
+        with _client(controller_url, api_token) as client:
             rollout = client.rollout_action(_resolve_rollout(client, rollout_id), action)
         if json_output:
             _print_json(rollout)

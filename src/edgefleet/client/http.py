@@ -7,7 +7,8 @@ Errors::
     └── ApiResponseError         the API returned an error; carries status, code, field
 
 ``ApiResponseError.message`` is the API's own message, which names the rejected value and
-the fix; ``hint`` adds the command that lists valid ids for a ``*_not_found`` code.
+the fix. ``hint`` adds the command that lists valid ids for a ``*_not_found`` code, and
+how to pass or create a token for a 401 or 403.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "ControllerClient",
     "ControllerUnreachableError",
     "validate_controller_url",
+    "validate_token",
 ]
 
 # An upload also waits for the controller to store and check both files.
@@ -42,6 +44,15 @@ _LISTING_HINTS = {
     "`edgefleet variants MODEL` every variant",
     "rollout_not_found": "`edgefleet rollouts list` lists the rollouts",
     "deployment_not_found": "`edgefleet device DEVICE` lists a device's deployments",
+}
+
+
+# Next steps after the controller rejected the token, per status code.
+_AUTH_HINTS = {
+    401: "pass a token with --token or the EDGEFLEET_API_TOKEN environment variable; "
+    "`edgefleet controller api-token create NAME` on the controller host creates one",
+    403: "this command needs an operator token; `edgefleet controller api-token create NAME "
+    "--role operator` on the controller host creates one",
 }
 
 
@@ -65,7 +76,8 @@ class ApiResponseError(ClientError):
     """The API returned an error status with its JSON error body."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        hint = _LISTING_HINTS.get(code)
+        hint = _AUTH_HINTS.get(status) if code in ("unauthorized", "forbidden") else None
+        hint = hint or _LISTING_HINTS.get(code)
         super().__init__(f"{message} ({hint})" if hint else message)
         self.status = status
         self.code = code
@@ -85,15 +97,31 @@ def validate_controller_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def validate_token(token: str) -> str:
+    """Return ``token`` without surrounding whitespace; raises ``InvalidInputError`` if it
+    cannot go into an HTTP header.
+    """
+    stripped = token.strip()
+    if not stripped.isascii() or not stripped.isprintable() or " " in stripped:
+        raise InvalidInputError(
+            "invalid API token: it contains spaces or characters other than printable ASCII; "
+            "pass the single line that `edgefleet controller api-token create` printed"
+        )
+    return stripped
+
+
 class ControllerClient:
     """Calls of the controller's HTTP API; every method returns the decoded JSON body.
 
     Use it as a context manager, or call ``close``, to release the connection pool.
     """
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
         self.base_url = validate_controller_url(base_url)
-        self._http = httpx.Client(base_url=f"{self.base_url}/api/v1", timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {validate_token(token)}"} if token else None
+        self._http = httpx.Client(
+            base_url=f"{self.base_url}/api/v1", timeout=timeout_s, headers=headers
+        )
 
     def __enter__(self) -> ControllerClient:
         return self

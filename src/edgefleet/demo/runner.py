@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -96,8 +97,12 @@ def run_demo(
 
     run = DemoRun(workdir=workdir, devices=devices, transport=transport, broker_url=broker_url)
     try:
+        # soft_wrap: the dashboard URL with its token must stay one line to be clickable.
         _, db_url = start_fleet(
-            run, model_args=model.controller_args(), say=console.print, http_port=http_port
+            run,
+            model_args=model.controller_args(),
+            say=functools.partial(console.print, soft_wrap=True),
+            http_port=http_port,
         )
         observer = FleetObserver(db_url)
         try:

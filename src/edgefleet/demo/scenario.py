@@ -190,7 +190,8 @@ def start_fleet(
 ) -> tuple[int, str]:
     """Start the controller and the agents; return the gRPC port and the database URL.
 
-    With ``http_port`` the controller also serves its HTTP API and dashboard on loopback.
+    With ``http_port`` the controller also serves its HTTP API and dashboard on loopback,
+    and ``say`` gets the dashboard URL with an operator token in its fragment.
     """
     log_dir = run.workdir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +208,7 @@ def start_fleet(
         controller_args = ["--mqtt-url", broker_url]
         agent_args = ["--transport", "mqtt", "--broker", broker_url]
 
+    api_token = _create_api_token(db_url) if http_port is not None else None
     run.controller = start_process(
         "controller",
         [
@@ -232,8 +234,9 @@ def start_fleet(
         log = tail(run.controller.log_path)
         raise DemoError(f"controller did not start: {exc}\n{log}") from exc
     say(f"controller listening on 127.0.0.1:{grpc_port} (log: {run.controller.log_path})")
-    if http_port is not None:
-        say(f"dashboard: {_dashboard_url(run.controller.log_path, timeout_s=30)}")
+    if api_token is not None:
+        dashboard = _dashboard_url(run.controller.log_path, timeout_s=30)
+        say(f"dashboard: {dashboard}#token={api_token}")
 
     for device, cores in zip(run.devices, device_cores, strict=True):
         device.cores = cores
@@ -258,6 +261,22 @@ def start_fleet(
         pinned = f"core {sorted(cores)}" if cores else "all cores"
         say(f"agent {device.device_id} ({device.profile.name}, {pinned}) pid {device.process.pid}")
     return grpc_port, db_url
+
+
+def _create_api_token(db_url: str) -> str:
+    """Create an operator token for the dashboard in the demo's database; return it.
+
+    It runs before the controller starts, so the two never migrate the database at once.
+    """
+    from edgefleet.controller.api_tokens import ApiTokenStore
+    from edgefleet.controller.db import open_database
+    from edgefleet.controller.models import ApiTokenRole
+
+    database = open_database(db_url)
+    try:
+        return ApiTokenStore(database).create("demo", role=ApiTokenRole.OPERATOR).token
+    finally:
+        database.close()
 
 
 def _dashboard_url(log_path: Path, *, timeout_s: float) -> str:
