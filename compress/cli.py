@@ -20,9 +20,11 @@ from edgefleet.errors import EdgefleetError, InvalidInputError
 __all__ = ["compress_command"]
 
 # Exit codes: 2 for invalid input the user can fix (typer uses 2 for usage errors too),
-# 1 for a compression that failed on valid input.
+# 1 for a compression that failed on valid input, 3 when every variant was written but
+# none meets the profile's budget.
 EXIT_INVALID_INPUT = 2
 EXIT_FAILED = 1
+EXIT_NO_VARIANT_FITS = 3
 
 
 def compress_command(
@@ -68,6 +70,13 @@ def compress_command(
         typer.echo(report_json)
     else:
         _print_table(report)
+    if report["chosen"] is None:
+        typer.echo(
+            f"error: no variant meets the budget of {report['profile']['name']}; the "
+            f"variants and report.json are in {out}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_NO_VARIANT_FITS)
 
 
 def _run(

@@ -480,7 +480,7 @@ def choose_variant(
     return None, (
         f"no variant meets the budget of {profile.name} ({budget}); the closest, "
         f"{closest.name} ({closest.variant_id}), misses it: {'; '.join(misses)}. "
-        "Try tighter_recipes() or a smaller model"
+        "A smaller model, stronger pruning or a larger budget is needed"
     )
 
 

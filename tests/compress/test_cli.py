@@ -81,6 +81,25 @@ def test_cli_prints_table_for_onnx_model(app, tiny_npz, small_cnn, small_digits,
     assert "only ONNX-stage recipes" in result.stdout
 
 
+def test_cli_exits_3_when_nothing_fits(app, tiny_npz, small_cnn, small_digits, tmp_path):
+    from edgefleet.compress import export_onnx
+
+    model = export_onnx(small_cnn, small_digits.x_val, tmp_path / "model.onnx")
+    profile = tmp_path / "tiny-budget.toml"
+    profile.write_text(
+        PROFILE.read_text().replace("latency_budget_ms = 20.0", "latency_budget_ms = 0.0001")
+    )
+    out = tmp_path / "out"
+    result = _invoke(app, model, "--data", tiny_npz, "--profile", profile, "--out", out)
+
+    assert result.exit_code == 3, result.output
+    assert "no variant meets the budget of raspberry-pi-4b" in result.stdout
+    assert "error: no variant meets the budget of raspberry-pi-4b; the variants and " in (
+        result.stderr
+    )
+    assert json.loads((out / "report.json").read_text())["chosen"] is None
+
+
 def test_example_factory_builds_digits_cnn():
     from edgefleet.compress import DigitsCNN, load_torch_model
 
