@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Protocol
 
 import edgefleet
@@ -607,6 +608,43 @@ class IngestRows:
             return None
         inside = sum(start <= received < end for received in self.received_at)
         return round(inside / seconds, 1)
+
+
+def check_ingest_database(db_url: str) -> None:
+    """Check that ``db_url`` is a controller database with telemetry, before a run.
+
+    Raises ``InvalidInputError`` naming the URL and the fix. A SQLite file that does not
+    exist is reported, not created.
+    """
+    import sqlalchemy as sa
+
+    from edgefleet.controller.db import open_database
+    from edgefleet.controller.errors import DatabaseError
+    from edgefleet.controller.models import TelemetryRow
+
+    fix = "pass the controller's database, for example sqlite:////var/lib/edgefleet/edgefleet.db"
+    try:
+        parsed = sa.make_url(db_url)
+    except sa.exc.ArgumentError:
+        raise InvalidInputError(f"invalid --db URL {db_url!r}; {fix}") from None
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        if not path.is_file():
+            raise InvalidInputError(f"--db {db_url!r}: no database file at {path}; {fix}")
+    try:
+        database = open_database(db_url, migrate=False)
+    except DatabaseError as exc:
+        raise InvalidInputError(f"--db {db_url!r}: {exc}") from None
+    try:
+        with database.session() as session:
+            session.execute(sa.select(TelemetryRow.id).limit(1))
+    except sa.exc.SQLAlchemyError as exc:
+        raise InvalidInputError(
+            f"--db {db_url!r} is not an edgefleet controller database "
+            f"({type(exc).__name__}: {exc.args[0] if exc.args else exc}); {fix}"
+        ) from None
+    finally:
+        database.close()
 
 
 def read_ingest(db_url: str, device_prefix: str, *, since: datetime) -> IngestRows:

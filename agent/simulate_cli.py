@@ -67,7 +67,12 @@ def simulate_command(
     ] = False,
 ) -> None:
     """Run simulated agents that speak the real protocol, then report ingest and deploy figures."""
-    from edgefleet.agent.simulate import DEFAULT_PROFILE, SimulationConfig, run_simulation
+    from edgefleet.agent.simulate import (
+        DEFAULT_PROFILE,
+        SimulationConfig,
+        check_ingest_database,
+        run_simulation,
+    )
     from edgefleet.agent.transport import TransportKind
     from edgefleet.profiles import load_profile
     from edgefleet.protos.mqtt import BrokerSettings
@@ -79,7 +84,9 @@ def simulate_command(
             duration_s=duration,
             controller=controller or "",
             broker=BrokerSettings.from_options(broker) if broker else None,
-            processes=processes or min(4, os.cpu_count() or 1, max(agents, 1)),
+            processes=(
+                processes if processes is not None else min(4, os.cpu_count() or 1, max(agents, 1))
+            ),
             ramp_s=ramp,
             telemetry_interval_s=telemetry_interval,
             profile=load_profile(profile) if profile is not None else DEFAULT_PROFILE,
@@ -87,6 +94,8 @@ def simulate_command(
             db_url=db,
             seed=seed,
         )
+        if db is not None:
+            check_ingest_database(db)
     except ValueError as exc:  # InvalidInputError, and TransportKind on an unknown name
         raise typer.BadParameter(str(exc)) from None
 

@@ -143,3 +143,39 @@ def test_simulation_config_rejects_invalid(fields, message):
     }
     with pytest.raises(InvalidInputError, match=message):
         SimulationConfig(**{**base, **fields})
+
+
+@pytest.mark.parametrize(
+    ("db", "message"),
+    [
+        ("plain/path.db", "invalid --db URL 'plain/path.db'"),
+        ("sqlite:///{tmp}/missing/x.db", "no database file at"),
+        ("sqlite:///{tmp}/empty.db", "is not an edgefleet controller database"),
+    ],
+)
+def test_simulate_checks_database_before_running(tmp_path, db, message):
+    (tmp_path / "empty.db").write_bytes(b"")
+    url = db.format(tmp=tmp_path)
+
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "--agents", "1", "--duration", "60", "--controller", "127.0.0.1:1",
+         "--db", url],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "missing").exists()
+
+
+def test_simulate_rejects_zero_processes():
+    result = CliRunner().invoke(
+        app,
+        ["simulate", "--agents", "2", "--duration", "5", "--controller", "127.0.0.1:1",
+         "--processes", "0"],  # fmt: skip
+        env={"COLUMNS": "200"},
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "processes must be between 1 and the number of agents, got 0" in result.output
