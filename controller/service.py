@@ -71,7 +71,7 @@ from edgefleet.controller.redeploy import DueRedeploy, RedeploySchedule
 from edgefleet.controller.registry import DeviceRegistration, Registry
 from edgefleet.controller.requests import RegistrationRequest
 from edgefleet.controller.rollouts import RolloutManager
-from edgefleet.controller.sessions import DeviceSession, SessionRegistry
+from edgefleet.controller.sessions import TAKEOVER_WINDOW_S, DeviceSession, SessionRegistry
 from edgefleet.controller.telemetry import DropCounter, TelemetryRecord, validate_sample
 from edgefleet.controller.trust import ControllerTrust
 from edgefleet.errors import InvalidInputError
@@ -671,6 +671,7 @@ class Controller:
             self.sessions.open(session)
             if self._presence is not None:
                 self._presence.connected(device.device_id, time.monotonic())
+            self._check_takeovers(device.device_id)
             opened.append(device.device_id)
             logger.info(
                 "device %s connected over %s, serving %s",
@@ -684,6 +685,24 @@ class Controller:
         for device in self.registry.get_devices(opened).values():
             self._resume_deployment(device)
         return errors
+
+    def _check_takeovers(self, device_id: str) -> None:
+        takeovers = self.sessions.takeover_burst(device_id)
+        if not takeovers:
+            return
+        reason = (
+            f"{takeovers} sessions of device {device_id} replaced each other within "
+            f"{TAKEOVER_WINDOW_S:g} s: two agents probably run with this device id. Stop the "
+            "one that is a copy (a copied state directory or SD card image), enroll it under "
+            "its own id, and check the device's desired variant"
+        )
+        logger.warning("%s", reason, extra={"device_id": device_id})
+        self.registry.record_event(
+            EventKind.ALERT,
+            device_id=device_id,
+            reason=reason,
+            details={"cause": "duplicate_device_id", "takeovers": takeovers},
+        )
 
     def close_session(self, session: DeviceSession) -> None:
         """Forget a session that ended; the device goes offline unless it reconnected."""

@@ -14,6 +14,8 @@ import abc
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 
 from edgefleet.protos.v1 import fleet_pb2
@@ -21,6 +23,11 @@ from edgefleet.protos.v1 import fleet_pb2
 __all__ = ["DeviceSession", "SessionRegistry", "StreamSession"]
 
 logger = logging.getLogger(__name__)
+
+# A device id whose sessions replace each other this many times within the window is
+# most likely used by two agents at once (a copied state directory or SD card image).
+TAKEOVER_ALERT_COUNT = 5
+TAKEOVER_WINDOW_S = 30.0
 
 # How often a blocked ``outgoing`` wakes to check whether the RPC is still alive.
 _POLL_INTERVAL_S = 1.0
@@ -92,6 +99,9 @@ class SessionRegistry:
         self._sessions: dict[str, DeviceSession] = {}
         self._lock = threading.Lock()
         self._accepting = True
+        # Per device: times of its latest takeovers, and of its latest takeover alert.
+        self._takeovers: dict[str, deque[float]] = {}
+        self._takeover_alerted: dict[str, float] = {}
 
     def open(self, session: DeviceSession) -> DeviceSession:
         """Add ``session``, closing the one its device had before; returns ``session``."""
@@ -102,10 +112,32 @@ class SessionRegistry:
                 session.close()
                 return session
             self._sessions[device_id] = session
+            if previous is not None:
+                times = self._takeovers.setdefault(device_id, deque(maxlen=TAKEOVER_ALERT_COUNT))
+                times.append(time.monotonic())
         if previous is not None:
             logger.info("device %s opened a new session; closing its previous one", device_id)
             previous.close()
         return session
+
+    def takeover_burst(self, device_id: str) -> int:
+        """Return the device's count of recent takeovers when they form a new burst, else 0.
+
+        A burst is ``TAKEOVER_ALERT_COUNT`` takeovers within ``TAKEOVER_WINDOW_S``. Once a
+        burst is returned, the next one for the device is returned a window later at the
+        earliest, so each burst is reported once.
+        """
+        now = time.monotonic()
+        with self._lock:
+            times = self._takeovers.get(device_id)
+            if times is None or len(times) < TAKEOVER_ALERT_COUNT:
+                return 0
+            if now - times[0] > TAKEOVER_WINDOW_S:
+                return 0
+            if now - self._takeover_alerted.get(device_id, float("-inf")) < TAKEOVER_WINDOW_S:
+                return 0
+            self._takeover_alerted[device_id] = now
+            return len(times)
 
     def remove(self, session: DeviceSession) -> bool:
         """Close ``session`` and forget it; returns False if a newer session replaced it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fleet_support import fleet_config, wait_for
+from fleet_support import AgentProcess, fleet_config, wait_for, write_profile
 
 from edgefleet.controller.models import DeploymentState, EventKind
 
@@ -136,3 +136,26 @@ def test_corrupt_artifact_rejected_old_model_serves(fleet_model, start_controlle
     assert "sha256" in row.reason
     assert serving_variant(agent) == serving
     assert agent.infer(fleet_model.dataset.x_val[0])["variant_id"] == serving
+
+
+def test_two_agents_with_one_device_id_raise_an_alert(start_controller, tmp_path):
+    fleet = start_controller()
+    controller = fleet.controller
+    profile = write_profile(tmp_path / "twin.toml", "twin-board")
+    # Two state directories, as from a copied SD card image, under one device id.
+    agents = [
+        AgentProcess("twin", profile, tmp_path / f"copy-{index}" / "twin", fleet.port)
+        for index in range(2)
+    ]
+
+    def duplicate_alert():
+        events = controller.registry.list_events(device_id="twin", kinds=[EventKind.ALERT])
+        return next((e for e in events if e.details.get("cause") == "duplicate_device_id"), None)
+
+    try:
+        alert = wait_for(duplicate_alert, timeout_s=60, what="the duplicate device id alert")
+        assert "two agents probably run with this device id" in alert.reason
+        assert alert.details["takeovers"] == 5
+    finally:
+        for agent in agents:
+            agent.stop()

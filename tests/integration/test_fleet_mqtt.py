@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from fleet_support import fleet_config, wait_for, write_profile
+from fleet_support import AgentProcess, fleet_config, wait_for, write_profile
 from ladder_support import LARGE_FEATURES, linear_variant, store_ladder
 from mosquitto_support import MqttProbe
 
 import edgefleet.controller.mqtt_endpoint as mqtt_endpoint
 from edgefleet.agent.errors import RegistrationRejected
 from edgefleet.agent.mqtt import MqttConnection
-from edgefleet.controller.models import DeploymentState, DeviceState
+from edgefleet.controller.models import DeploymentState, DeviceState, EventKind
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import load_profile
 from edgefleet.protos.mqtt import BrokerAddress, BrokerSettings, DeviceTopics, TopicKind
@@ -200,6 +200,28 @@ def acl_broker(start_broker, tmp_path):
     return start_broker(
         settings=f"allow_anonymous false\npassword_file {passwords}\nacl_file {ACL_FILE}\n"
     )
+
+
+def test_mqtt_two_agents_with_one_device_id_raise_an_alert(mqtt_fleet, broker, tmp_path):
+    controller, profile = mqtt_fleet
+    # The broker drops the older connection of a client id; both agents keep reconnecting.
+    connect_args = ["--transport", "mqtt", "--broker", broker.url]
+    agents = [
+        AgentProcess("twin", profile, tmp_path / f"copy-{index}" / "twin", 0,
+                     connect_args=connect_args)
+        for index in range(2)
+    ]  # fmt: skip
+
+    def duplicate_alert():
+        events = controller.registry.list_events(device_id="twin", kinds=[EventKind.ALERT])
+        return next((e for e in events if e.details.get("cause") == "duplicate_device_id"), None)
+
+    try:
+        alert = wait_for(duplicate_alert, timeout_s=60, what="the duplicate device id alert")
+        assert "two agents probably run with this device id" in alert.reason
+    finally:
+        for agent in agents:
+            agent.stop()
 
 
 def test_acl_confines_device_to_own_topics(acl_broker):
