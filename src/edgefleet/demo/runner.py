@@ -471,9 +471,10 @@ def _checks(
             _describe_event(step_event)
             if step_event is not None
             else f"no step-down event: the served p95 peaked at {_number(squeezed_p95)} ms "
-            f"under the hogs, against a budget of {budget_ms:g} ms. When it stayed under "
-            "budget, other work on this host took the hogs' share of the core; run the demo "
-            "again on a quieter machine",
+            f"under the hogs, against a budget of {budget_ms:g} ms. The policy steps down "
+            "after several consecutive samples over budget, and other work on this host "
+            "took enough of the hogs' share of the core to prevent that; run the demo again "
+            "on a quieter machine",
         )
     )
     if recovered:
