@@ -1034,9 +1034,17 @@ class Controller:
         model = self.registry.active_model()
         if model is None:
             raise ControllerStateError("no model is registered; register a model first")
-        return self._deployer.deploy(
-            device, model_id=model.id, variant_id=variant_id, reason=reason
-        )
+        try:
+            return self._deployer.deploy(
+                device, model_id=model.id, variant_id=variant_id, reason=reason
+            )
+        except UnknownVariantError:
+            profile_name = device.profile.get("name", device.profile_fingerprint[:12])
+            raise UnknownVariantError(
+                f"no variant {variant_id!r} of the active model {model.id} for device "
+                f"{device_id} (profile {profile_name!r}); only the active model's variants "
+                f"can be deployed by hand, and `edgefleet variants {model.id}` lists them"
+            ) from None
 
     def wait_until_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until the planner worker has no queued or running task (plans, placements).

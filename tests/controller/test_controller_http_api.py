@@ -357,7 +357,9 @@ def test_deploy_rejects_bad_input(api: ApiFleet) -> None:
         headers={"Content-Type": "application/json"},
     )
 
-    assert_error(unknown_variant, 404, "variant_not_found", "'nope'")
+    assert_error(
+        unknown_variant, 404, "variant_not_found", "'nope'", "only the active model's variants"
+    )
     assert_error(unknown_device, 404, "device_not_found", "'ghost'")
     assert_error(misspelt, 422, "validation_failed", "variant_id", "Field required", "variant")
     assert_error(not_json, 422, "validation_failed", "JSON")
