@@ -175,6 +175,20 @@ class ControllerConfig:
     def from_mapping(cls, data: Mapping[str, Any]) -> ControllerConfig:
         """Build a config from parsed TOML; raises ``ConfigError`` naming the bad key."""
         unknown_sections = sorted(set(data) - {"controller", "policy"})
+        controller_keys = {field.name for field in dataclasses.fields(cls)} - {"policy"}
+        misplaced = [name for name in unknown_sections if name in controller_keys]
+        if misplaced:
+            raise ConfigError(
+                f"key(s) {', '.join(misplaced)} must be under [controller]; add the line "
+                "[controller] above them"
+            )
+        policy_keys = {field.name for field in dataclasses.fields(PolicyConfig)}
+        misplaced = [name for name in unknown_sections if name in policy_keys]
+        if misplaced:
+            raise ConfigError(
+                f"key(s) {', '.join(misplaced)} must be under [policy]; add the line [policy] "
+                "above them"
+            )
         if unknown_sections:
             raise ConfigError(
                 f"unknown section(s) {', '.join(unknown_sections)}; "

@@ -709,13 +709,16 @@ class Controller:
         with self._session_change_lock:
             if not self.sessions.remove(session):
                 return
+            # A quiet device already has its disconnected event.
+            was_quiet = self._presence is not None and self._presence.is_quiet(session.device_id)
             if self._presence is not None:
                 self._presence.disconnected(session.device_id)
             try:
                 self.registry.update_device(session.device_id, state=DeviceState.OFFLINE)
-                self.registry.record_event(
-                    EventKind.DISCONNECTED, device_id=session.device_id, reason="session ended"
-                )
+                if not was_quiet:
+                    self.registry.record_event(
+                        EventKind.DISCONNECTED, device_id=session.device_id, reason="session ended"
+                    )
             except ControllerStateError:
                 # Shutting down: shutdown() marks every device offline itself.
                 return

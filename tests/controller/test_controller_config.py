@@ -32,6 +32,8 @@ def test_load_config_reads_both_sections(tmp_path: Path) -> None:
         ("[policy]\nheadroom_ratio = 2.0\n", "headroom_ratio"),
         ("[controller]\ntelemetry_interval_s = 0\n", "telemetry_interval_s"),
         ("[controller\n", "not valid TOML"),
+        ("presence_timeout_s = 10\n", r"presence_timeout_s must be under \[controller\]"),
+        ("cooldown_s = 5\n", r"cooldown_s must be under \[policy\]"),
     ],
 )
 def test_load_config_rejects_invalid_file(tmp_path: Path, text: str, message: str) -> None:

@@ -145,6 +145,16 @@ def test_ended_session_is_not_shown_online_again(controller, profile) -> None:
     assert state(controller, "dev-1") is DeviceState.OFFLINE
 
 
+def test_quiet_device_that_disconnects_gets_one_event(controller, profile) -> None:
+    session = connect(controller, profile, "dev-1")
+    wait_for(lambda: state(controller, "dev-1") is DeviceState.OFFLINE, timeout_s=10)
+
+    controller.close_session(session)
+
+    kinds = [kind for kind, _reason in presence_events(controller, "dev-1")]
+    assert kinds == [EventKind.CONNECTED, EventKind.DISCONNECTED]
+
+
 def test_zero_timeout_turns_the_check_off(tmp_path: Path, profile) -> None:
     config = ControllerConfig(host_calibration_duration_s=0.2, presence_timeout_s=0)
     controller = Controller(config, data_dir=tmp_path / "controller")
