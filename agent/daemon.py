@@ -166,7 +166,16 @@ class Agent:
         self.store.claim()
         self.latency = LatencyRecorder()
         self.runtime = ModelRuntime(threads=config.profile.inference_threads, latency=self.latency)
-        self.server = InferenceServer(self.runtime, host=config.api_host, port=config.api_port)
+        try:
+            self.server = InferenceServer(self.runtime, host=config.api_host, port=config.api_port)
+        except OSError as exc:
+            self.store.release()
+            address = f"{config.api_host}:{config.api_port}"
+            raise InvalidInputError(
+                f"cannot bind the inference API to {address}: {exc}; the port is taken or "
+                "the address is not one of this host's, so choose another --api-port or "
+                "--api-host"
+            ) from exc
         self.sampler = TelemetrySampler(
             device_id=config.device_id,
             state_dir=config.state_dir,
@@ -299,6 +308,14 @@ class Agent:
             path = self.store.model_path(sha256)
             try:
                 manifest = self.store.load_manifest(sha256)
+            except StorageError as exc:
+                if self._restore_without_manifest(sha256, exc):
+                    variant = "<variant unknown without its manifest>"
+                    if sha256 != state.current:
+                        self._report_startup_rollback(state.current, variant)
+                    return
+                continue
+            try:
                 verify_artifact(path, sha256=sha256, size_bytes=manifest.size_bytes)
                 self.runtime.load(path, manifest)
             except (ArtifactError, StorageError, ModelLoadError, SelfTestError) as exc:
@@ -312,6 +329,35 @@ class Agent:
                 "no installed model passed its checks; serving nothing until the controller "
                 "deploys one"
             )
+
+    def _restore_without_manifest(self, sha256: str, manifest_error: StorageError) -> bool:
+        """Serve a committed model whose manifest is damaged, if its file still matches.
+
+        The digest comes from the committed state, which names only models whose file
+        matched a verified (and, once enrolled, signed) manifest at install time, so a file
+        that still has that digest is the verified model. The variant id and the self-test
+        were in the manifest: the model serves without them, and the agent reports no
+        variant, so the controller deploys the desired variant again, which restores the
+        manifest without downloading the model. Returns whether the model now serves.
+        """
+        path = self.store.model_path(sha256)
+        try:
+            size_bytes = path.stat().st_size
+        except OSError as exc:
+            logger.error("failed to restore model %s: %s; %s", sha256, manifest_error, exc)
+            return False
+        try:
+            verify_artifact(path, sha256=sha256, size_bytes=size_bytes)
+            self.runtime.load_without_manifest(path, sha256)
+        except (ArtifactError, ModelLoadError) as exc:
+            logger.error("failed to restore model %s: %s; %s", sha256, manifest_error, exc)
+            return False
+        logger.error(
+            "%s; the model file still matches its committed sha256, so it serves without "
+            "its self-test and variant id until the controller deploys the variant again",
+            manifest_error,
+        )
+        return True
 
     def _report_startup_rollback(self, failed_sha256: str | None, restored_variant: str) -> None:
         self.store.roll_back()

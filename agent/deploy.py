@@ -133,7 +133,13 @@ class Deployer:
             return update.state
 
         current = self._runtime.current
-        if current is not None and current.manifest.sha256 == manifest.sha256:
+        # A model serving without its manifest runs the whole update, which verifies the
+        # file on disk against the new manifest and restores the manifest.
+        if (
+            current is not None
+            and current.has_manifest
+            and current.manifest.sha256 == manifest.sha256
+        ):
             update.advance(UpdateEvent.ALREADY_SERVING, "already serving this variant")
             self._store.mark_applied(command.command_id)
             self._store.record_update(None)
@@ -319,7 +325,9 @@ class _Update:
     def fetch(self) -> tuple[UpdateEvent, str]:
         sha256, size = self.manifest.sha256, self.manifest.size_bytes
         store = self.deployer._store
-        if store.has_model(sha256):
+        if store.model_path(sha256).is_file():
+            # The next step checks the file against the manifest, whether or not the
+            # manifest file next to it survived.
             return UpdateEvent.DOWNLOADED, "already on disk"
         try:
             self.deployer._fetch(sha256, size)
@@ -334,7 +342,9 @@ class _Update:
     def verify(self) -> tuple[UpdateEvent, str]:
         store = self.deployer._store
         sha256 = self.manifest.sha256
-        path = store.model_path(sha256) if store.has_model(sha256) else store.part_path(sha256)
+        path = store.model_path(sha256)
+        if not path.is_file():
+            path = store.part_path(sha256)
         try:
             signed = self.deployer._verify_signature(self.command)
             verify_artifact(path, sha256=sha256, size_bytes=self.manifest.size_bytes)
@@ -354,7 +364,10 @@ class _Update:
         try:
             if part.exists():
                 store.install(self.manifest, part)
-            elif not store.has_model(sha256):
+            elif store.model_path(sha256).is_file():
+                # Verified in place: rewrite its manifest, which may be missing or damaged.
+                store.restore_manifest(self.manifest)
+            else:
                 return UpdateEvent.FAILED, f"verified artifact {part} disappeared before install"
         except StorageError as exc:
             return UpdateEvent.FAILED, str(exc)
@@ -406,6 +419,10 @@ class _Update:
         replaced = self.replaced
         if replaced is None:
             logger.warning("new model kept although its %s: no model to return to", over)
+            return None
+        if not replaced.has_manifest:
+            # It has no self-test input to time, and it is often this very file.
+            logger.warning("new model kept although its %s: the replaced one has no manifest", over)
             return None
         baseline = check_health(replaced, latency_budget_ms=report.latency_budget_ms)
         if report.latency_p95_ms <= baseline.latency_p95_ms:

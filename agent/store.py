@@ -144,7 +144,11 @@ class AgentStore:
         Raises ``StorageError`` when another process holds the lock. The kernel releases
         it when the process exits, so a crashed agent never leaves the directory locked.
         """
-        handle = (self.root / "agent.lock").open("a+")
+        path = self.root / "agent.lock"
+        try:
+            handle = path.open("a+")
+        except OSError as exc:
+            raise StorageError(_describe_lock_error(exc, path)) from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -176,15 +180,29 @@ class AgentStore:
         """Move a verified artifact into ``models/`` next to its manifest; return its path."""
         target = self.model_path(manifest.sha256)
         try:
-            write_bytes_atomic(
-                self._manifest_path(manifest.sha256),
-                json_format.MessageToJson(manifest, indent=None).encode(),
-            )
+            self._write_manifest(manifest)
             os.replace(verified_file, target)
             _fsync_directory(self.models_dir)
         except OSError as exc:
             raise StorageError(_describe_os_error(exc, f"cannot install model {target}")) from exc
         return target
+
+    def restore_manifest(self, manifest: fleet_pb2.VariantManifest) -> None:
+        """Write the manifest of a model already in ``models/``, replacing a damaged one.
+
+        The caller must have verified the model file against ``manifest``.
+        """
+        try:
+            self._write_manifest(manifest)
+        except OSError as exc:
+            path = self._manifest_path(manifest.sha256)
+            raise StorageError(_describe_os_error(exc, f"cannot write manifest {path}")) from exc
+
+    def _write_manifest(self, manifest: fleet_pb2.VariantManifest) -> None:
+        write_bytes_atomic(
+            self._manifest_path(manifest.sha256),
+            json_format.MessageToJson(manifest, indent=None).encode(),
+        )
 
     def load_manifest(self, sha256: str) -> fleet_pb2.VariantManifest:
         path = self._manifest_path(sha256)
@@ -367,6 +385,24 @@ def _fsync_directory(path: Path) -> None:
 def _describe_os_error(exc: OSError, action: str) -> str:
     if exc.errno == errno.ENOSPC:
         return f"{action}: no space left on device; free disk space in the state directory"
+    return f"{action}: {exc}"
+
+
+def _describe_lock_error(exc: OSError, path: Path) -> str:
+    action = f"cannot open the lock file {path}"
+    if exc.errno == errno.EISDIR:
+        return f"{action}: it is a directory; remove it, the agent creates the file"
+    if exc.errno == errno.EROFS:
+        return (
+            f"{action}: the state directory {path.parent} is on a read-only file system; "
+            "the kernel remounts a failing SD card read-only, so check or replace the card, "
+            "or pass a writable --state-dir"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{action}: permission denied ({exc.strerror}); run the agent as the owner of "
+            f"the state directory {path.parent}, or pass a writable --state-dir"
+        )
     return f"{action}: {exc}"
 
 
