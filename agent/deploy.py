@@ -105,6 +105,8 @@ class Deployer:
         """
         deploy = command.deploy
         manifest = _unverified_variant(deploy)
+        if self._store.read_only:
+            return self._reject_read_only(deploy, manifest)
         prior = self._store.state.update
         # Runs are counted per deployment: the controller bounds its own retries with new
         # deployments, so only a crash loop within one deployment must stop here.
@@ -151,6 +153,14 @@ class Deployer:
         record = self._store.state.update
         if record is None or record.state.terminal:
             return None
+        if self._store.read_only:
+            # The controller re-sends its deployment, which fails with the reason.
+            logger.error(
+                "cannot resume deployment %s: the state directory is read-only",
+                record.deployment_id,
+                extra={"deployment_id": record.deployment_id},
+            )
+            return None
         try:
             deploy = record.deploy_command()
         except StorageError as exc:
@@ -174,6 +184,36 @@ class Deployer:
             record = dataclasses.replace(record, attempts=record.attempts + 1)
         update = self._update(record, deploy)
         return self._run(update, command_id=record.command_id, resumed=True)
+
+    def _reject_read_only(
+        self, deploy: fleet_pb2.DeployCommand, manifest: fleet_pb2.VariantManifest
+    ) -> UpdateState:
+        """Report FAILED for a deployment that a read-only state directory cannot take."""
+        serving = self._runtime.variant_id or "no variant"
+        message = (
+            f"cannot deploy variant {manifest.variant_id}: the state directory "
+            f"{self._store.root} is on a read-only file system, which the kernel does to a "
+            f"failing SD card; the device keeps serving {serving}. Check or replace the "
+            "storage, then restart the agent"
+        )
+        logger.error(
+            "deployment %s failed: %s",
+            deploy.deployment_id,
+            message,
+            extra={"deployment_id": deploy.deployment_id},
+        )
+        self._report(
+            fleet_pb2.DeploymentStatus(
+                device_id=self._device_id,
+                deployment_id=deploy.deployment_id,
+                variant_id=manifest.variant_id,
+                state=UpdateState.FAILED.to_proto(),
+                message=message,
+                previous_variant_id=self._runtime.variant_id,
+                reported_at_ms=int(time.time() * 1000),
+            )
+        )
+        return UpdateState.FAILED
 
     def _update(self, record: UpdateRecord, deploy: fleet_pb2.DeployCommand) -> _Update:
         return _Update(

@@ -130,12 +130,15 @@ class AgentStore:
         self._state_path = self.root / "state.json"
         self._committed_path = self.root / "committed.json"
         self._lock = threading.Lock()
-        self._process_lock: Any = None
+        self._process_lock: int | None = None
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             self.downloads_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create state directory {self.root}: {exc}") from exc
+        # The kernel remounts a failing SD card read-only. The agent then still serves its
+        # committed model, but cannot record anything or install updates.
+        self.read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
         self._state = self._read_state()
 
     def claim(self) -> None:
@@ -146,23 +149,28 @@ class AgentStore:
         """
         path = self.root / "agent.lock"
         try:
-            handle = path.open("a+")
+            if self.read_only:
+                # flock works on a descriptor opened for reading, and on the directory
+                # itself when the lock file was never created.
+                descriptor = os.open(path if path.is_file() else self.root, os.O_RDONLY)
+            else:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise StorageError(_describe_lock_error(exc, path)) from exc
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.close()
+            os.close(descriptor)
             raise StorageError(
                 f"state directory {self.root} is in use by another agent process; "
                 "give each agent its own --state-dir"
             ) from None
-        self._process_lock = handle
+        self._process_lock = descriptor
 
     def release(self) -> None:
         """Release the lock taken by ``claim``; a no-op when none is held."""
         if self._process_lock is not None:
-            self._process_lock.close()
+            os.close(self._process_lock)
             self._process_lock = None
 
     # -- models -------------------------------------------------------------------------

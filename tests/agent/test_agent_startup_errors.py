@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from agent_support import build_affine_model, build_manifest, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgefleet.agent.identity import DeviceIdentity
+from edgefleet.agent.store import AgentStore
 from edgefleet.errors import InvalidInputError
+from edgefleet.protos.v1 import fleet_pb2
 
 DEVICE_ID = "pi-1"
 PROFILE_TOML = """\
@@ -158,3 +164,105 @@ def test_damaged_certificate_rejected(tmp_path):
 
     with pytest.raises(InvalidInputError, match=r"device certificate .* is unreadable"):
         DeviceIdentity.load(tmp_path)
+
+
+def _can_mount_read_only() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "true"], capture_output=True, timeout=30
+    )
+    return probe.returncode == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(
+    not _can_mount_read_only(), reason="needs unshare to mount a read-only file system"
+)
+def test_read_only_state_dir_serves_committed_model(fleet, tmp_path):
+    pristine = tmp_path / "pristine"
+    data = build_affine_model(2.0, 1.0)
+    manifest = build_manifest(data, scale=2.0, bias=1.0)
+    store = AgentStore(pristine)
+    (pristine / "staged.onnx").write_bytes(data)
+    store.install(manifest, pristine / "staged.onnx")
+    store.commit(manifest.sha256)
+    state_dir = tmp_path / "read-only"
+    state_dir.mkdir()
+    profile = tmp_path / "board.toml"
+    profile.write_text(PROFILE_TOML)
+    port = _free_port()
+    agent = [
+        sys.executable,
+        "-m",
+        "edgefleet.agent",
+        "run",
+        "--controller",
+        fleet.target,
+        "--profile",
+        str(profile),
+        "--device-id",
+        DEVICE_ID,
+        "--state-dir",
+        str(state_dir),
+        "--api-port",
+        str(port),
+        "--telemetry-interval",
+        "0.2",
+    ]
+    # A tmpfs copy of the state directory, remounted read-only in a private mount
+    # namespace, fails writes with EROFS as a failing SD card does.
+    script = (
+        f"mount -t tmpfs none '{state_dir}' && cp -a '{pristine}/.' '{state_dir}/' && "
+        f"mount -o remount,ro '{state_dir}' && exec \"$@\""
+    )
+    process = subprocess.Popen(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", script, "sh", *agent],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: len(fleet.servicer.of_kind("telemetry")) >= 2,
+            timeout_s=30,
+            description="telemetry",
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/infer",
+            data=json.dumps({"inputs": {"x": [[1.0, 1.0, 1.0, 1.0]]}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            inference = json.load(response)
+        newer_data = build_affine_model(3.0, 0.5)
+        newer = build_manifest(newer_data, scale=3.0, bias=0.5)
+        fleet.servicer.artifacts[newer.sha256] = newer_data
+        deploy = fleet_pb2.DeployCommand(deployment_id="dep-1", manifest=newer)
+        fleet.servicer.send(fleet_pb2.Command(command_id="cmd-1", deploy=deploy))
+        wait_for(lambda: fleet.servicer.of_kind("status"), timeout_s=30, description="status")
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert process.returncode == 0, stderr[-3000:]
+    assert fleet.servicer.registrations[0].current_variant_id == manifest.variant_id
+    assert inference["variant_id"] == manifest.variant_id
+    assert inference["outputs"]["y"] == [[3.0, 3.0, 3.0, 3.0]]
+    [status] = fleet.servicer.of_kind("status")
+    assert status.state == fleet_pb2.DEPLOYMENT_STATE_FAILED
+    assert status.variant_id == newer.variant_id
+    assert "read-only file system" in status.message
+    assert f"keeps serving {manifest.variant_id}" in status.message
+    startup_error = f"ERROR edgefleet.agent.daemon: state directory {state_dir} is on a read-only"
+    assert stderr.count(startup_error) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert fleet.servicer.download_requests == []
