@@ -328,7 +328,9 @@ class AgentStore:
             )
             current, previous = self._newest_installed()
         else:
-            if current is not None and not self.has_model(current):
+            # Only the model file is required: the agent restores a committed model whose
+            # manifest is damaged (``Agent._restore_model``).
+            if current is not None and not self.model_path(current).is_file():
                 current, previous = previous, None
         logger.warning("recovered state: current model %s, previous %s", current, previous)
         return AgentState(current=current, previous=previous)
