@@ -141,9 +141,10 @@ def run(
     except (InvalidInputError, StorageError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except OSError as exc:  # the API port is taken or the address is invalid
-        address = f"{api_host}:{api_port}"
-        typer.echo(f"error: cannot bind the inference API to {address}: {exc}", err=True)
+    except OSError as exc:
+        # The state directory and the API port raise StorageError and InvalidInputError
+        # with their own fixes, so this is a file the agent reads at start.
+        typer.echo(f"error: cannot start the agent: {exc}", err=True)
         raise typer.Exit(2) from None
 
     def request_stop(signum: int, _frame: object) -> None:

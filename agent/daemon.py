@@ -43,7 +43,7 @@ from edgefleet.agent.errors import (
 )
 from edgefleet.agent.identity import DeviceIdentity
 from edgefleet.agent.latency import LatencyRecorder
-from edgefleet.agent.outbox import MAX_BACKLOG_SAMPLES, open_disk_outbox
+from edgefleet.agent.outbox import MAX_BACKLOG_SAMPLES, DiskOutbox, open_disk_outbox
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.server import InferenceServer
 from edgefleet.agent.store import AgentStore, write_json_atomic
@@ -164,9 +164,26 @@ class Agent:
         self._clock = clock
         self.store = AgentStore(config.state_dir)
         self.store.claim()
+        if self.store.read_only:
+            logger.error(
+                "state directory %s is on a read-only file system (the kernel remounts a "
+                "failing SD card read-only): serving the committed model without recording "
+                "state, and failing every deployment until the directory is writable and "
+                "the agent restarts",
+                config.state_dir,
+            )
         self.latency = LatencyRecorder()
         self.runtime = ModelRuntime(threads=config.profile.inference_threads, latency=self.latency)
-        self.server = InferenceServer(self.runtime, host=config.api_host, port=config.api_port)
+        try:
+            self.server = InferenceServer(self.runtime, host=config.api_host, port=config.api_port)
+        except OSError as exc:
+            self.store.release()
+            address = f"{config.api_host}:{config.api_port}"
+            raise InvalidInputError(
+                f"cannot bind the inference API to {address}: {exc}; the port is taken or "
+                "the address is not one of this host's, so choose another --api-port or "
+                "--api-host"
+            ) from exc
         self.sampler = TelemetrySampler(
             device_id=config.device_id,
             state_dir=config.state_dir,
@@ -178,9 +195,14 @@ class Agent:
         self.connected = threading.Event()
 
         self._stopping = threading.Event()
-        self._outbox = open_disk_outbox(
-            config.state_dir / "outbox.sqlite3", max_samples=config.backlog_samples
-        )
+        if self.store.read_only:
+            # NOTE: samples queued while offline are lost if the agent stops, and their
+            # seq numbers restart at 1.
+            self._outbox = DiskOutbox(Path(":memory:"), max_samples=config.backlog_samples)
+        else:
+            self._outbox = open_disk_outbox(
+                config.state_dir / "outbox.sqlite3", max_samples=config.backlog_samples
+            )
         # Whether the controller sends telemetry receipts (SessionAck or MQTT PUBACK).
         self._receipts_seen = False
         # Controller clock minus device clock, from the last registration; None before it.
@@ -232,17 +254,18 @@ class Agent:
         self._check_profile_matches_host()
         self._restore_model()
         self.server.start()
-        write_json_atomic(
-            self.store.root / "agent.json",
-            {
-                "pid": os.getpid(),
-                "device_id": self.config.device_id,
-                "api_host": self.server.host,
-                "api_port": self.server.port,
-                "controller": self.config.peer,
-                "transport": self.config.transport.value,
-            },
-        )
+        if not self.store.read_only:
+            write_json_atomic(
+                self.store.root / "agent.json",
+                {
+                    "pid": os.getpid(),
+                    "device_id": self.config.device_id,
+                    "api_host": self.server.host,
+                    "api_port": self.server.port,
+                    "controller": self.config.peer,
+                    "transport": self.config.transport.value,
+                },
+            )
         threads = self.config.profile.inference_threads
         self.calibration = measure_reference(threads, duration_s=self.config.calibration_duration_s)
         logger.info(
@@ -281,7 +304,8 @@ class Agent:
         self._telemetry_thread.join(timeout=10)
         self._outbox.close()
         self.server.stop()
-        (self.store.root / "agent.json").unlink(missing_ok=True)
+        if not self.store.read_only:
+            (self.store.root / "agent.json").unlink(missing_ok=True)
         self.store.release()
         logger.info("agent %s stopped", self.config.device_id)
 
@@ -299,9 +323,18 @@ class Agent:
             path = self.store.model_path(sha256)
             try:
                 manifest = self.store.load_manifest(sha256)
+            except StorageError as exc:
+                if self._restore_without_manifest(sha256, exc):
+                    variant = "<variant unknown without its manifest>"
+                    if sha256 != state.current:
+                        self._report_startup_rollback(state.current, variant)
+                    return
+                continue
+            try:
                 verify_artifact(path, sha256=sha256, size_bytes=manifest.size_bytes)
                 self.runtime.load(path, manifest)
-            except (ArtifactError, StorageError, ModelLoadError, SelfTestError) as exc:
+            except (ArtifactError, StorageError, ModelLoadError, SelfTestError, OSError) as exc:
+                # OSError: a read-only state directory keeps a damaged file from deletion.
                 logger.error("failed to restore model %s: %s", sha256, exc)
                 continue
             if sha256 != state.current:
@@ -313,8 +346,38 @@ class Agent:
                 "deploys one"
             )
 
+    def _restore_without_manifest(self, sha256: str, manifest_error: StorageError) -> bool:
+        """Serve a committed model whose manifest is damaged, if its file still matches.
+
+        The digest comes from the committed state, which names only models whose file
+        matched a verified (and, once enrolled, signed) manifest at install time, so a file
+        that still has that digest is the verified model. The variant id and the self-test
+        were in the manifest: the model serves without them, and the agent reports no
+        variant, so the controller deploys the desired variant again, which restores the
+        manifest without downloading the model. Returns whether the model now serves.
+        """
+        path = self.store.model_path(sha256)
+        try:
+            size_bytes = path.stat().st_size
+        except OSError as exc:
+            logger.error("failed to restore model %s: %s; %s", sha256, manifest_error, exc)
+            return False
+        try:
+            verify_artifact(path, sha256=sha256, size_bytes=size_bytes)
+            self.runtime.load_without_manifest(path, sha256)
+        except (ArtifactError, ModelLoadError, OSError) as exc:
+            logger.error("failed to restore model %s: %s; %s", sha256, manifest_error, exc)
+            return False
+        logger.error(
+            "%s; the model file still matches its committed sha256, so it serves without "
+            "its self-test and variant id until the controller deploys the variant again",
+            manifest_error,
+        )
+        return True
+
     def _report_startup_rollback(self, failed_sha256: str | None, restored_variant: str) -> None:
-        self.store.roll_back()
+        if not self.store.read_only:
+            self.store.roll_back()
         logger.warning("rolled back to variant %s after the current model failed", restored_variant)
         self._queue_status(
             fleet_pb2.DeploymentStatus(
@@ -397,6 +460,8 @@ class Agent:
                 offset_ms / 1000,
             )
         self.clock_offset_ms = offset_ms
+        if self.store.read_only:
+            return
         try:
             self.store.raise_time_floor(controller_ms)
         except StorageError as exc:
@@ -544,7 +609,8 @@ class Agent:
 
     def _finish_command(self, command_id: str) -> None:
         try:
-            self.store.mark_applied(command_id)
+            if not self.store.read_only:
+                self.store.mark_applied(command_id)
         except StorageError as exc:
             logger.error("cannot record command %s as applied: %s", command_id, exc)
         with self._lock:

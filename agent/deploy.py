@@ -105,6 +105,8 @@ class Deployer:
         """
         deploy = command.deploy
         manifest = _unverified_variant(deploy)
+        if self._store.read_only:
+            return self._reject_read_only(deploy, manifest)
         prior = self._store.state.update
         # Runs are counted per deployment: the controller bounds its own retries with new
         # deployments, so only a crash loop within one deployment must stop here.
@@ -133,7 +135,13 @@ class Deployer:
             return update.state
 
         current = self._runtime.current
-        if current is not None and current.manifest.sha256 == manifest.sha256:
+        # A model serving without its manifest runs the whole update, which verifies the
+        # file on disk against the new manifest and restores the manifest.
+        if (
+            current is not None
+            and current.has_manifest
+            and current.manifest.sha256 == manifest.sha256
+        ):
             update.advance(UpdateEvent.ALREADY_SERVING, "already serving this variant")
             self._store.mark_applied(command.command_id)
             self._store.record_update(None)
@@ -144,6 +152,14 @@ class Deployer:
         """Continue or roll back the update a crash interrupted; ``None`` if there is none."""
         record = self._store.state.update
         if record is None or record.state.terminal:
+            return None
+        if self._store.read_only:
+            # The controller re-sends its deployment, which fails with the reason.
+            logger.error(
+                "cannot resume deployment %s: the state directory is read-only",
+                record.deployment_id,
+                extra={"deployment_id": record.deployment_id},
+            )
             return None
         try:
             deploy = record.deploy_command()
@@ -168,6 +184,36 @@ class Deployer:
             record = dataclasses.replace(record, attempts=record.attempts + 1)
         update = self._update(record, deploy)
         return self._run(update, command_id=record.command_id, resumed=True)
+
+    def _reject_read_only(
+        self, deploy: fleet_pb2.DeployCommand, manifest: fleet_pb2.VariantManifest
+    ) -> UpdateState:
+        """Report FAILED for a deployment that a read-only state directory cannot take."""
+        serving = self._runtime.variant_id or "no variant"
+        message = (
+            f"cannot deploy variant {manifest.variant_id}: the state directory "
+            f"{self._store.root} is on a read-only file system, which the kernel does to a "
+            f"failing SD card; the device keeps serving {serving}. Check or replace the "
+            "storage, then restart the agent"
+        )
+        logger.error(
+            "deployment %s failed: %s",
+            deploy.deployment_id,
+            message,
+            extra={"deployment_id": deploy.deployment_id},
+        )
+        self._report(
+            fleet_pb2.DeploymentStatus(
+                device_id=self._device_id,
+                deployment_id=deploy.deployment_id,
+                variant_id=manifest.variant_id,
+                state=UpdateState.FAILED.to_proto(),
+                message=message,
+                previous_variant_id=self._runtime.variant_id,
+                reported_at_ms=int(time.time() * 1000),
+            )
+        )
+        return UpdateState.FAILED
 
     def _update(self, record: UpdateRecord, deploy: fleet_pb2.DeployCommand) -> _Update:
         return _Update(
@@ -319,7 +365,9 @@ class _Update:
     def fetch(self) -> tuple[UpdateEvent, str]:
         sha256, size = self.manifest.sha256, self.manifest.size_bytes
         store = self.deployer._store
-        if store.has_model(sha256):
+        if store.model_path(sha256).is_file():
+            # The next step checks the file against the manifest, whether or not the
+            # manifest file next to it survived.
             return UpdateEvent.DOWNLOADED, "already on disk"
         try:
             self.deployer._fetch(sha256, size)
@@ -334,7 +382,9 @@ class _Update:
     def verify(self) -> tuple[UpdateEvent, str]:
         store = self.deployer._store
         sha256 = self.manifest.sha256
-        path = store.model_path(sha256) if store.has_model(sha256) else store.part_path(sha256)
+        path = store.model_path(sha256)
+        if not path.is_file():
+            path = store.part_path(sha256)
         try:
             signed = self.deployer._verify_signature(self.command)
             verify_artifact(path, sha256=sha256, size_bytes=self.manifest.size_bytes)
@@ -354,7 +404,10 @@ class _Update:
         try:
             if part.exists():
                 store.install(self.manifest, part)
-            elif not store.has_model(sha256):
+            elif store.model_path(sha256).is_file():
+                # Verified in place: rewrite its manifest, which may be missing or damaged.
+                store.restore_manifest(self.manifest)
+            else:
                 return UpdateEvent.FAILED, f"verified artifact {part} disappeared before install"
         except StorageError as exc:
             return UpdateEvent.FAILED, str(exc)
@@ -406,6 +459,10 @@ class _Update:
         replaced = self.replaced
         if replaced is None:
             logger.warning("new model kept although its %s: no model to return to", over)
+            return None
+        if not replaced.has_manifest:
+            # It has no self-test input to time, and it is often this very file.
+            logger.warning("new model kept although its %s: the replaced one has no manifest", over)
             return None
         baseline = check_health(replaced, latency_budget_ms=report.latency_budget_ms)
         if report.latency_p95_ms <= baseline.latency_p95_ms:

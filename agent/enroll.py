@@ -119,7 +119,8 @@ def enroll(
     host, port = match.group(1), int(match.group(2))
     secret_part, pin = split_token(token)
     state_dir = Path(state_dir)
-    if DeviceIdentity.load(state_dir) is not None and not force:
+    # With --force the old identity is not read, because a damaged one is what it replaces.
+    if not force and DeviceIdentity.load(state_dir) is not None:
         raise InvalidInputError(
             f"{state_dir} already contains an enrolled identity; pass --force to replace it"
         )

@@ -86,6 +86,7 @@ class DeviceIdentity:
                 raise InvalidInputError(
                     f"the device identity in {directory} lacks {name}; enroll the device again"
                 )
+        _check_key_pair(directory / "device.key", directory / "device.crt")
         return identity
 
     def save(self) -> None:
@@ -121,3 +122,35 @@ class DeviceIdentity:
         # certificate was pinned at enrollment, so gRPC checks it against the name the
         # controller put in it rather than against that address.
         return [("grpc.ssl_target_name_override", self.server_name)]
+
+
+def _check_key_pair(key_path: Path, certificate_path: Path) -> None:
+    """Raise ``InvalidInputError`` unless the private key parses and matches the certificate.
+
+    gRPC reports a damaged key only as "Failed to create security handshaker" on every
+    connection attempt, so the agent checks the pair once at start instead.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    again = (
+        "enroll the device again with a new token: edgefleet enroll --force --controller "
+        "HOST:PORT --token TOKEN --device-id ID --state-dir DIR"
+    )
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInputError(
+            f"the device key {key_path} is unreadable or damaged ({exc}); {again}"
+        ) from exc
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(
+            f"the device certificate {certificate_path} is unreadable or damaged ({exc}); {again}"
+        ) from exc
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise InvalidInputError(
+            f"the device key {key_path} does not match the certificate {certificate_path}; {again}"
+        )

@@ -70,6 +70,9 @@ class LoadedModel:
     session: ort.InferenceSession
     inputs: tuple[InputSpec, ...]
     output_names: tuple[str, ...]
+    # False for a committed model restored after its manifest file was lost: the manifest
+    # then holds only the digest, and the model served without its self-test.
+    has_manifest: bool = True
 
     @property
     def variant_id(self) -> str:
@@ -135,6 +138,25 @@ class ModelRuntime:
         )
         _check_manifest_matches(model)
         _run_self_test(model)
+        return model
+
+    def load_without_manifest(self, path: Path, sha256: str) -> LoadedModel:
+        """Load and activate a committed model whose manifest file is lost or damaged.
+
+        The caller must have checked the file against the digest that a verified manifest
+        named at install time. Without the manifest there is no variant id, no declared
+        inputs and no self-test to run.
+        """
+        session = create_session(path, threads=self.threads)
+        model = LoadedModel(
+            manifest=fleet_pb2.VariantManifest(sha256=sha256, size_bytes=path.stat().st_size),
+            path=path,
+            session=session,
+            inputs=_input_specs(session),
+            output_names=tuple(output.name for output in session.get_outputs()),
+            has_manifest=False,
+        )
+        self.activate(model)
         return model
 
     def activate(self, model: LoadedModel) -> LoadedModel | None:

@@ -130,12 +130,15 @@ class AgentStore:
         self._state_path = self.root / "state.json"
         self._committed_path = self.root / "committed.json"
         self._lock = threading.Lock()
-        self._process_lock: Any = None
+        self._process_lock: int | None = None
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
             self.downloads_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create state directory {self.root}: {exc}") from exc
+        # The kernel remounts a failing SD card read-only. The agent then still serves its
+        # committed model, but cannot record anything or install updates.
+        self.read_only = bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
         self._state = self._read_state()
 
     def claim(self) -> None:
@@ -144,21 +147,30 @@ class AgentStore:
         Raises ``StorageError`` when another process holds the lock. The kernel releases
         it when the process exits, so a crashed agent never leaves the directory locked.
         """
-        handle = (self.root / "agent.lock").open("a+")
+        path = self.root / "agent.lock"
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self.read_only:
+                # flock works on a descriptor opened for reading, and on the directory
+                # itself when the lock file was never created.
+                descriptor = os.open(path if path.is_file() else self.root, os.O_RDONLY)
+            else:
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise StorageError(_describe_lock_error(exc, path)) from exc
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            handle.close()
+            os.close(descriptor)
             raise StorageError(
                 f"state directory {self.root} is in use by another agent process; "
                 "give each agent its own --state-dir"
             ) from None
-        self._process_lock = handle
+        self._process_lock = descriptor
 
     def release(self) -> None:
         """Release the lock taken by ``claim``; a no-op when none is held."""
         if self._process_lock is not None:
-            self._process_lock.close()
+            os.close(self._process_lock)
             self._process_lock = None
 
     # -- models -------------------------------------------------------------------------
@@ -176,15 +188,29 @@ class AgentStore:
         """Move a verified artifact into ``models/`` next to its manifest; return its path."""
         target = self.model_path(manifest.sha256)
         try:
-            write_bytes_atomic(
-                self._manifest_path(manifest.sha256),
-                json_format.MessageToJson(manifest, indent=None).encode(),
-            )
+            self._write_manifest(manifest)
             os.replace(verified_file, target)
             _fsync_directory(self.models_dir)
         except OSError as exc:
             raise StorageError(_describe_os_error(exc, f"cannot install model {target}")) from exc
         return target
+
+    def restore_manifest(self, manifest: fleet_pb2.VariantManifest) -> None:
+        """Write the manifest of a model already in ``models/``, replacing a damaged one.
+
+        The caller must have verified the model file against ``manifest``.
+        """
+        try:
+            self._write_manifest(manifest)
+        except OSError as exc:
+            path = self._manifest_path(manifest.sha256)
+            raise StorageError(_describe_os_error(exc, f"cannot write manifest {path}")) from exc
+
+    def _write_manifest(self, manifest: fleet_pb2.VariantManifest) -> None:
+        write_bytes_atomic(
+            self._manifest_path(manifest.sha256),
+            json_format.MessageToJson(manifest, indent=None).encode(),
+        )
 
     def load_manifest(self, sha256: str) -> fleet_pb2.VariantManifest:
         path = self._manifest_path(sha256)
@@ -302,7 +328,9 @@ class AgentStore:
             )
             current, previous = self._newest_installed()
         else:
-            if current is not None and not self.has_model(current):
+            # Only the model file is required: the agent restores a committed model whose
+            # manifest is damaged (``Agent._restore_model``).
+            if current is not None and not self.model_path(current).is_file():
                 current, previous = previous, None
         logger.warning("recovered state: current model %s, previous %s", current, previous)
         return AgentState(current=current, previous=previous)
@@ -367,6 +395,24 @@ def _fsync_directory(path: Path) -> None:
 def _describe_os_error(exc: OSError, action: str) -> str:
     if exc.errno == errno.ENOSPC:
         return f"{action}: no space left on device; free disk space in the state directory"
+    return f"{action}: {exc}"
+
+
+def _describe_lock_error(exc: OSError, path: Path) -> str:
+    action = f"cannot open the lock file {path}"
+    if exc.errno == errno.EISDIR:
+        return f"{action}: it is a directory; remove it, the agent creates the file"
+    if exc.errno == errno.EROFS:
+        return (
+            f"{action}: the state directory {path.parent} is on a read-only file system; "
+            "the kernel remounts a failing SD card read-only, so check or replace the card, "
+            "or pass a writable --state-dir"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{action}: permission denied ({exc.strerror}); run the agent as the owner of "
+            f"the state directory {path.parent}, or pass a writable --state-dir"
+        )
     return f"{action}: {exc}"
 
 

@@ -716,3 +716,76 @@ def test_corrupt_model_without_fallback_serves_nothing(fleet, agents, tmp_path):
     assert final_statuses(fleet, "dep-1")[-1].state == ACTIVE
     assert [r.offset for r in fleet.servicer.download_requests] == [0]
     assert_serves_verified(running.agent, only)
+
+
+MANIFEST_DAMAGE = {
+    "deleted": None,
+    "empty": b"",
+    "corrupt": b"{bad",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE))
+def test_damaged_manifest_serves_intact_model(fleet, agents, tmp_path, signing_key, damage):
+    state_dir = tmp_path / "state"
+    trust_key(state_dir, signing_key)
+    only = preinstall(state_dir, 2.0, 1.0)
+    manifest_path = state_dir / "models" / f"{only.sha256}.json"
+    if MANIFEST_DAMAGE[damage] is None:
+        manifest_path.unlink()
+    else:
+        manifest_path.write_bytes(MANIFEST_DAMAGE[damage])
+
+    running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+    wait_for(lambda: fleet.servicer.open_sessions, description="session")
+
+    current = running.agent.runtime.current
+    assert current is not None, "the intact model does not serve"
+    assert not current.has_manifest
+    assert current.manifest.sha256 == only.sha256
+    import numpy as np
+
+    result = running.agent.runtime.infer({"x": np.ones((1, 4), dtype=np.float32)})
+    np.testing.assert_allclose(result.outputs["y"], np.full((1, 4), 3.0, dtype=np.float32))
+    # No variant id is reported, so the controller deploys the desired variant again.
+    assert fleet.servicer.registrations[0].current_variant_id == ""
+
+    deploy = sign_command(signing_key, only, device_id="pi-0001", deployment_id="dep-1", version=1)
+    fleet.servicer.send(command("cmd-1", deploy))
+    wait_for(lambda: final_statuses(fleet, "dep-1"), description="final status")
+
+    assert final_statuses(fleet, "dep-1")[-1].state == ACTIVE
+    assert fleet.servicer.download_requests == [], "the intact model was downloaded again"
+    assert AgentStore(state_dir).load_manifest(only.sha256) == only
+    assert running.agent.runtime.current.has_manifest
+    assert_serves_verified(running.agent, only)
+
+
+def test_damaged_manifest_and_model_serves_nothing(fleet, agents, tmp_path):
+    state_dir = tmp_path / "state"
+    only = preinstall(state_dir, 2.0, 1.0)
+    (state_dir / "models" / f"{only.sha256}.json").write_bytes(b"{bad")
+    model_path = AgentStore(state_dir).model_path(only.sha256)
+    model_path.write_bytes(build_affine_model(5.0, 0.0))
+
+    running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+    wait_for(lambda: fleet.servicer.open_sessions, description="session")
+
+    assert running.agent.runtime.current is None
+    assert not model_path.exists()
+
+
+def test_damaged_manifest_of_current_prefers_it(fleet, agents, tmp_path):
+    state_dir = tmp_path / "state"
+    preinstall(state_dir, 2.0, 1.0)
+    new = preinstall(state_dir, 3.0, 0.5)
+    (state_dir / "models" / f"{new.sha256}.json").unlink()
+
+    running = agents(agent_settings(fleet.target, state_dir, PROFILE))
+    wait_for(lambda: fleet.servicer.open_sessions, description="session")
+
+    current = running.agent.runtime.current
+    assert current is not None
+    assert current.manifest.sha256 == new.sha256
+    assert running.agent.store.state.current == new.sha256
+    assert not fleet.servicer.of_kind("status"), "a rollback was reported"

@@ -106,6 +106,23 @@ def test_store_corrupt_state_keeps_committed_model(tmp_path, affine_variant, con
     assert recovered.previous == old.sha256
 
 
+def test_store_corrupt_state_keeps_model_without_manifest(tmp_path, affine_variant):
+    store = AgentStore(tmp_path / "state")
+    old_path, old = affine_variant(scale=1.0)
+    new_path, new = affine_variant(scale=2.0)
+    store.install(old, old_path)
+    store.commit(old.sha256)
+    store.install(new, new_path)
+    store.commit(new.sha256)
+    (tmp_path / "state" / "models" / f"{new.sha256}.json").unlink()
+    (tmp_path / "state" / "state.json").write_text("{torn")
+
+    recovered = AgentStore(tmp_path / "state").state
+
+    assert recovered.current == new.sha256
+    assert recovered.previous == old.sha256
+
+
 def test_store_corrupt_state_and_committed_uses_newest(tmp_path, affine_variant):
     store = AgentStore(tmp_path / "state")
     old_path, old = affine_variant(scale=1.0)

@@ -37,6 +37,7 @@ from edgefleet.controller.config import ControllerConfig
 from edgefleet.controller.models import EnrollmentTokenRow, EventKind
 from edgefleet.controller.policy import PolicyConfig
 from edgefleet.controller.service import Controller
+from edgefleet.errors import InvalidInputError
 from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -103,6 +104,27 @@ def test_enrollment_stores_identity(controller: Controller, device_a: DeviceIden
         assert stat.S_IMODE((controller_trust / name).stat().st_mode) == 0o600, name
     kinds = [event.kind for event in controller.registry.list_events(device_id="dev-a")]
     assert EventKind.ENROLLED in kinds
+
+
+def test_enroll_force_replaces_damaged_key(
+    controller: Controller, device_a: DeviceIdentity
+) -> None:
+    key_path = device_a.directory / "device.key"
+    key_path.write_bytes(key_path.read_bytes()[:50])
+    state_dir = device_a.directory.parent
+    with pytest.raises(InvalidInputError, match="edgefleet enroll --force"):
+        DeviceIdentity.load(state_dir)
+    token = controller.create_enrollment_token(ttl=timedelta(minutes=5))
+
+    renewed = enroll(
+        f"127.0.0.1:{controller.enroll_port}",
+        token=token.token,
+        device_id="dev-a",
+        state_dir=state_dir,
+        force=True,
+    )
+
+    assert DeviceIdentity.load(state_dir) == renewed
 
 
 def test_token_stored_hashed(controller: Controller, fleet_port: int) -> None:

@@ -123,3 +123,36 @@ def test_failed_install_deployed_again(start_controller, start_agent, tmp_path):
         r.startswith("initial deployment") for r in later
     ), later
     assert controller.registry.latest_deployment("pi-retry").state is DeploymentState.ACTIVE
+
+
+def test_damaged_manifest_restored_by_redeploy(start_controller, start_agent, tmp_path):
+    fleet = start_controller(fleet_config())
+    controller = fleet.controller
+    profile = write_profile(tmp_path / "shared.toml", "recovery-board")
+    manifest = store_ladder(controller, load_profile(profile), *linear_variant(FEATURES))
+    agent = start_agent("pi-manifest", profile_name="recovery-board", port=fleet.port)
+    wait_for(lambda: serving_variant(agent) == manifest.variant_id, timeout_s=60, what="deploy")
+    wait_for(
+        lambda: controller.registry.get_device("pi-manifest").current_variant_id,
+        timeout_s=20,
+        what="the ACTIVE report",
+    )
+    assert agent.stop() == 0
+
+    manifest_path = agent.state_dir / "models" / f"{manifest.sha256}.json"
+    manifest_path.write_text("{bad")
+    restarted = start_agent("pi-manifest", profile_name="recovery-board", port=fleet.port)
+
+    wait_for(
+        lambda: serving_variant(restarted) == manifest.variant_id,
+        timeout_s=60,
+        what="the variant deployed again",
+    )
+    log = restarted.log()
+    assert f"cannot read manifest {manifest_path}" in log
+    assert "still matches its committed sha256" in log
+    assert AgentStore(restarted.state_dir).load_manifest(manifest.sha256).sha256 == manifest.sha256
+    assert_installed_verified(restarted, manifest.sha256)
+    reasons = deploy_reasons(controller, "pi-manifest")
+    assert len(reasons) == 2
+    assert "serving no variant" in reasons[-1]
