@@ -29,7 +29,7 @@ app = typer.Typer(help="Run the fleet controller.", no_args_is_help=True)
 
 logger = logging.getLogger(__name__)
 
-# The longest lifetime of an enrollment token, in hours: a year.
+# Maximum lifetime of an enrollment token, in hours: a year.
 MAX_TOKEN_TTL_H = 24 * 365
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

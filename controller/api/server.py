@@ -105,7 +105,7 @@ class HttpServer:
         if self._server is None or self._thread is None:
             return
         # An app with ``state.stopping`` (``create_app``'s) ends its long polls on it, so
-        # they answer before uvicorn's grace period instead of being cancelled with an error.
+        # they return before uvicorn's grace period instead of being cancelled with an error.
         stopping = getattr(getattr(self._app, "state", None), "stopping", None)
         if stopping is not None:
             stopping.set()

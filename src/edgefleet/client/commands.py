@@ -145,20 +145,22 @@ def _device_id(value: str) -> str:
     """Return ``value`` if the agent's ``--device-id`` would accept it.
 
     An empty id or one with ``/`` would otherwise reach another API route than the
-    command meant, with a confusing answer.
+    command meant, which returns a confusing error.
     """
     from edgefleet.ids import validate_device_id
 
     return validate_device_id(value)
 
 
-def _not_empty(value: str, *, what: str) -> str:
+def _not_empty(value: str, *, what: str, listing: str) -> str:
+    """Return ``value`` stripped; raise ``InvalidInputError`` naming ``listing`` if empty.
+
+    An empty prefix would match every id.
+    """
     from edgefleet.errors import InvalidInputError
 
     if not value.strip():
-        raise InvalidInputError(
-            f"the {what} is empty; pass a {what}, as `edgefleet rollouts list` shows them"
-        )
+        raise InvalidInputError(f"the {what} is empty; pass one, as `{listing}` lists them")
     return value.strip()
 
 
@@ -394,7 +396,7 @@ def deploy_command(
 ) -> None:
     """Deploy a variant to a device and follow the transfer until the device runs it."""
     _device_id(device_id)
-    _not_empty(variant_id, what="variant id")
+    _not_empty(variant_id, what="variant id", listing="edgefleet variants")
     with _client(controller_url, api_token) as client:
         variant = _resolve_variant(client, device_id, variant_id)
         deployment = client.deploy(device_id, variant, reason=reason)
@@ -565,10 +567,10 @@ def events_command(
 
 
 def _retrying(client: ControllerClient, request: Callable[[], R]) -> R:
-    """Return ``request()``, retrying while the controller cannot answer it.
+    """Return ``request()``, retrying while the controller is down.
 
-    The controller is unreachable, or answers with a server error while it stops or
-    restarts: say so once on stderr, then retry with a doubling delay up to 10 s.
+    When the controller is unreachable, or returns a server error while it stops or
+    restarts, print one warning on stderr and retry with a doubling delay up to 10 s.
     """
     from edgefleet.client.http import ApiResponseError, ControllerUnreachableError
 
@@ -583,7 +585,7 @@ def _retrying(client: ControllerClient, request: Callable[[], R]) -> R:
             if not failing:
                 cause = exc.cause if isinstance(exc, ControllerUnreachableError) else str(exc)
                 typer.echo(
-                    f"warning: the controller at {client.base_url} does not answer ({cause}); "
+                    f"warning: the controller at {client.base_url} does not respond ({cause}); "
                     "retrying until it does, Ctrl-C stops",
                     err=True,
                 )
@@ -592,7 +594,7 @@ def _retrying(client: ControllerClient, request: Callable[[], R]) -> R:
             delay = min(delay * 2, FOLLOW_RETRY_MAX_S)
             continue
         if failing:
-            typer.echo(f"the controller at {client.base_url} answers again", err=True)
+            typer.echo(f"the controller at {client.base_url} responds again", err=True)
         return result
 
 
@@ -607,7 +609,7 @@ def _resolve_rollout(client: ControllerClient, text: str) -> str:
     """Return the rollout id that starts with ``text``, as the list shows them."""
     from edgefleet.errors import InvalidInputError
 
-    text = _not_empty(text, what="rollout id")
+    text = _not_empty(text, what="rollout id", listing="edgefleet rollouts list")
     matches = [r["rollout_id"] for r in client.rollouts() if r["rollout_id"].startswith(text)]
     if len(matches) > 1:
         raise InvalidInputError(
@@ -834,7 +836,25 @@ def _follow_rollout(
             rollout = client.rollout(rollout["rollout_id"])
 
 
+def _run_rollout_action(
+    action: str,
+    rollout_id: str,
+    reason: str | None,
+    controller_url: str,
+    api_token: str | None,
+    json_output: bool,
+) -> None:
+    with _client(controller_url, api_token) as client:
+        rollout = client.rollout_action(_resolve_rollout(client, rollout_id), action, reason=reason)
+    if json_output:
+        _print_json(rollout)
+        return
+    _console().print(f"rollout {rollout['rollout_id']} is {rollout['state']}")
+
+
 def _rollout_action(action: str) -> Callable[..., None]:
+    """Build the ``pause`` or ``abort`` command, which records ``--reason`` in its event."""
+
     @_handle_errors
     def command(
         rollout_id: Annotated[str, typer.Argument(help="Rollout id or a unique prefix of it.")],
@@ -843,34 +863,19 @@ def _rollout_action(action: str) -> Callable[..., None]:
         api_token: ApiToken = None,
         json_output: JsonOutput = False,
     ) -> None:
-        with _client(controller_url, api_token) as client:
-            rollout = client.rollout_action(
-                _resolve_rollout(client, rollout_id), action, reason=reason
-            )
-        if json_output:
-            _print_json(rollout)
-            return
-        _console().print(f"rollout {rollout['rollout_id']} is {rollout['state']}")
+        _run_rollout_action(action, rollout_id, reason, controller_url, api_token, json_output)
 
     return command
 
 
-def _resume_action() -> Callable[..., None]:
-    @_handle_errors
-    def command(
-        rollout_id: Annotated[str, typer.Argument(help="Rollout id or a unique prefix of it.")],
-        controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
-        api_token: ApiToken = None,
-        json_output: JsonOutput = False,
-    ) -> None:
-        with _client(controller_url, api_token) as client:
-            rollout = client.rollout_action(_resolve_rollout(client, rollout_id), "resume")
-        if json_output:
-            _print_json(rollout)
-            return
-        _console().print(f"rollout {rollout['rollout_id']} is {rollout['state']}")
-
-    return command
+@_handle_errors
+def _resume_command(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id or a unique prefix of it.")],
+    controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
+    json_output: JsonOutput = False,
+) -> None:
+    _run_rollout_action("resume", rollout_id, None, controller_url, api_token, json_output)
 
 
 _ROLLOUT_ACTIONS = {
@@ -879,8 +884,8 @@ _ROLLOUT_ACTIONS = {
     "abort": "Abort a rollout and send every device it updated back to its previous variant.",
 }
 for _action, _help in _ROLLOUT_ACTIONS.items():
-    # Pause and abort record a reason in their event; resume takes none.
-    _command = _resume_action() if _action == "resume" else _rollout_action(_action)
+    # Pause and abort record a reason in their event, but resume takes none.
+    _command = _resume_command if _action == "resume" else _rollout_action(_action)
     rollouts_app.command(_action, help=_help)(_command)
 
 
