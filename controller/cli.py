@@ -29,6 +29,8 @@ app = typer.Typer(help="Run the fleet controller.", no_args_is_help=True)
 
 logger = logging.getLogger(__name__)
 
+# Maximum lifetime of an enrollment token, in hours: a year.
+MAX_TOKEN_TTL_H = 24 * 365
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -314,8 +316,11 @@ def token_create(
     from edgefleet.errors import EdgefleetError
     from edgefleet.ids import validate_device_id
 
-    if not ttl > 0:
-        _fail(f"--ttl must be a positive number of hours, got {ttl}")
+    if not 0 < ttl <= MAX_TOKEN_TTL_H:
+        _fail(
+            f"--ttl must be a positive number of hours up to {MAX_TOKEN_TTL_H:g} (a year), "
+            f"got {ttl:g}; an unused token should not outlive that"
+        )
     if not data_dir.is_dir():
         # A mistyped path would otherwise get a new CA that no controller serves with.
         _fail(

@@ -23,6 +23,10 @@ from edgefleet.ids import validate_device_id
 
 __all__ = [
     "DEFAULT_WAVES",
+    "MAX_BASELINE_S",
+    "MAX_DEPLOY_TIMEOUT_S",
+    "MAX_MIN_SAMPLES",
+    "MAX_SOAK_S",
     "GateConfig",
     "Target",
     "TargetKind",
@@ -204,11 +208,25 @@ def parse_waves(waves: Sequence[Wave | str | int] | str) -> tuple[Wave, ...]:
     ``InvalidRolloutError`` naming the wave at fault.
     """
     if isinstance(waves, str):
-        waves = [part for part in waves.split(",") if part.strip()]
+        parts = waves.split(",")
+        if not waves.strip():
+            parts = []
+        empty = [index + 1 for index, part in enumerate(parts) if not part.strip()]
+        if empty:
+            raise InvalidRolloutError(
+                f"wave {empty[0]} of {waves!r} is empty; give each wave a device count or a "
+                "share, for example 1,25%,100%"
+            )
+        waves = parts
     parsed = tuple(Wave.parse(wave) for wave in waves)
     if not parsed:
         raise InvalidRolloutError("a rollout needs at least one wave, for example 1,25%,100%")
     for previous, wave in itertools.pairwise(parsed):
+        if previous.percent == 100:
+            raise InvalidRolloutError(
+                f"waves must increase, but {wave.describe()} follows 100%, which is the whole "
+                "target; end the waves at 100%, for example 1,25%,100%"
+            )
         same_kind = (previous.count is None) == (wave.count is None)
         previous_value = previous.count if previous.count is not None else previous.percent
         value = wave.count if wave.count is not None else wave.percent
@@ -249,6 +267,13 @@ def wave_sizes(waves: Sequence[Wave], total: int) -> list[int]:
     return sizes
 
 
+# Upper bounds of the gate settings, in seconds and samples.
+MAX_SOAK_S = 86_400.0
+MAX_BASELINE_S = 86_400.0
+MAX_DEPLOY_TIMEOUT_S = 604_800.0
+MAX_MIN_SAMPLES = 100_000
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class GateConfig:
     """Health gates that each wave must pass before the next one starts.
@@ -277,6 +302,8 @@ class GateConfig:
     deploy_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
+        # Upper bounds catch a unit mistake (milliseconds for seconds) and values such
+        # as 1e300 that would hold the rollout's devices until an operator aborts it.
         rate = self.max_failure_rate
         if not _is_number(rate) or not 0 <= rate < 1:
             raise InvalidRolloutError(
@@ -287,15 +314,30 @@ class GateConfig:
             raise InvalidRolloutError(
                 f"gates.max_p95_regression must be a number >= 0, got {self.max_p95_regression!r}"
             )
-        if not _is_number(self.soak_s) or self.soak_s < 0:
-            raise InvalidRolloutError(f"gates.soak_s must be a number >= 0, got {self.soak_s!r}")
-        for name in ("baseline_s", "deploy_timeout_s"):
+        if not _is_number(self.soak_s) or not 0 <= self.soak_s <= MAX_SOAK_S:
+            raise InvalidRolloutError(
+                f"gates.soak_s must be a number from 0 to {MAX_SOAK_S:g} (a day), "
+                f"got {self.soak_s!r}"
+            )
+        for name, limit, words in (
+            ("baseline_s", MAX_BASELINE_S, "a day"),
+            ("deploy_timeout_s", MAX_DEPLOY_TIMEOUT_S, "a week"),
+        ):
             value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                raise InvalidRolloutError(f"gates.{name} must be a positive number, got {value!r}")
+            if not _is_number(value) or not 0 < value <= limit:
+                raise InvalidRolloutError(
+                    f"gates.{name} must be a positive number of at most {limit:g} ({words}), "
+                    f"got {value!r}"
+                )
         samples = self.min_samples
-        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-            raise InvalidRolloutError(f"gates.min_samples must be an integer >= 1, got {samples!r}")
+        if (
+            isinstance(samples, bool)
+            or not isinstance(samples, int)
+            or not 1 <= samples <= MAX_MIN_SAMPLES
+        ):
+            raise InvalidRolloutError(
+                f"gates.min_samples must be an integer from 1 to {MAX_MIN_SAMPLES}, got {samples!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

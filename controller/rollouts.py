@@ -168,6 +168,10 @@ class Rollout:
     finished_at: datetime | None
     waves: tuple[RolloutWave, ...]
     devices: tuple[RolloutDevice, ...]
+    # Set only on the snapshot that ``start`` returns: the target devices that were offline
+    # when the rollout started, and those that ``online_only`` left out of it.
+    offline_device_ids: tuple[str, ...] = ()
+    left_out_device_ids: tuple[str, ...] = ()
 
     @property
     def settled(self) -> bool:
@@ -198,6 +202,8 @@ class Rollout:
             "finished_at": _iso(self.finished_at),
             "waves": [wave.to_dict() for wave in self.waves],
             "devices": [device.to_dict() for device in self.devices],
+            "offline_device_ids": list(self.offline_device_ids),
+            "left_out_device_ids": list(self.left_out_device_ids),
         }
 
 
@@ -239,6 +245,7 @@ class RolloutManager:
         waves: Sequence[Wave | str | int] | str = DEFAULT_WAVES,
         gates: GateConfig | Mapping[str, Any] | None = None,
         variants: Mapping[str, str] | None = None,
+        online_only: bool = False,
     ) -> Rollout:
         """Start rolling ``model_id`` (None: the active model) out to ``target``.
 
@@ -246,6 +253,12 @@ class RolloutManager:
         ``devices:ID,ID``). ``waves`` are cumulative sizes ending at 100%; ``variants``
         maps a profile name to the variant its devices get instead of the starting rung.
         The first wave starts at once.
+
+        Waves take the devices that need a deployment first, online before offline, so
+        that the canary tests a real update. An offline device that does not report
+        within ``gates.deploy_timeout_s`` fails its wave; ``online_only`` leaves offline
+        devices out. The returned snapshot lists the offline target devices in
+        ``offline_device_ids`` and those left out in ``left_out_device_ids``.
 
         Raises ``UnknownModelError``, ``UnknownDeviceError`` or ``UnknownVariantError`` for
         an id that does not exist. Raises ``InvalidRolloutError`` for an empty target, waves
@@ -269,8 +282,21 @@ class RolloutManager:
 
         with self._lock:
             devices = self._resolve_target(target)
+            offline = [d.device_id for d in devices if d.state is not DeviceState.ONLINE]
+            left_out: builtins.list[str] = []
+            if online_only:
+                left_out = offline
+                devices = [d for d in devices if d.state is DeviceState.ONLINE]
+                if not devices:
+                    raise InvalidRolloutError(
+                        f"every device of target {target.describe()!r} is offline "
+                        f"({_some(left_out)}), and online_only leaves them out; start the "
+                        "rollout when they are back, or without online_only"
+                    )
             self._check_conflicts(devices)
-            chosen = self._choose_variants(model.id, devices, dict(variants or {}))
+            chosen = _deployments_first(
+                self._choose_variants(model.id, devices, dict(variants or {}))
+            )
             rollout = self._create(
                 model.id, target, gates, dict(variants or {}), wave_specs, chosen
             )
@@ -281,7 +307,12 @@ class RolloutManager:
                     f"({len(devices)} devices) in waves "
                     + ",".join(wave.describe() for wave in wave_specs)
                 ),
-                details={"rollout_id": rollout.id, "model_id": model.id, "gates": gates.to_dict()},
+                details={
+                    "rollout_id": rollout.id,
+                    "model_id": model.id,
+                    "gates": gates.to_dict(),
+                    "left_out_device_ids": left_out,
+                },
             )
             logger.info(
                 "started rollout %s of model %s to %s: %d devices",
@@ -293,7 +324,11 @@ class RolloutManager:
             )
             self._refresh_controlled()
             self._engine.advance(rollout.id)
-            return self.get(rollout.id)
+            return dataclasses.replace(
+                self.get(rollout.id),
+                offline_device_ids=tuple(d for d in offline if d not in left_out),
+                left_out_device_ids=tuple(left_out),
+            )
 
     def pause(self, rollout_id: str, *, reason: str = "") -> Rollout:
         """Stop starting deployments; those in flight finish and the gates keep running.
@@ -452,8 +487,7 @@ class RolloutManager:
                 f"target {target.describe()!r} matches no registered device; "
                 "wait for devices to register"
             )
-        # Online devices first, so that an offline device does not hold up the canary.
-        return sorted(devices, key=lambda d: (d.state is not DeviceState.ONLINE, d.device_id))
+        return sorted(devices, key=lambda d: d.device_id)
 
     def _check_conflicts(self, devices: Sequence[DeviceRow]) -> None:
         controlled = self._store.controlled_devices()
@@ -588,6 +622,31 @@ class RolloutManager:
                 else f"cannot abort rollout {row.id}: it already ended {row.state.value}"
             )
         return row
+
+
+def _deployments_first(
+    chosen: Sequence[tuple[DeviceRow, VariantRow, str]],
+) -> builtins.list[tuple[DeviceRow, VariantRow, str]]:
+    """Order the devices for the waves: those that need a deployment first, so that the
+    canary tests a real update, and online ones before offline ones, so that an offline
+    device does not hold up an early wave.
+    """
+    return sorted(
+        chosen,
+        key=lambda item: (
+            item[0].current_variant_id == item[1].variant_id,
+            item[0].state is not DeviceState.ONLINE,
+            item[0].device_id,
+        ),
+    )
+
+
+def _some(device_ids: Sequence[str], *, shown: int = 5) -> str:
+    """Return the first ``shown`` ids, and how many more there are."""
+    text = ", ".join(device_ids[:shown])
+    if len(device_ids) > shown:
+        text += f" and {len(device_ids) - shown} more"
+    return text
 
 
 def _snapshot(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ def create_app(
     )
     app.state.controller = controller
     app.state.rollouts = rollouts if rollouts is not None else controller.rollouts
+    # Set by ``HttpServer.stop``: long polls return their page at once instead of holding
+    # up the server's shutdown.
+    app.state.stopping = threading.Event()
     install_error_handlers(app)
 
     # Health checks come from load balancers and supervisors that hold no token, and the

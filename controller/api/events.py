@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller.api import queries
@@ -30,6 +30,7 @@ POLL_INTERVAL_S = 0.25
 
 @router.get("/events", response_model=EventList, summary="List or follow events")
 async def list_events(
+    request: Request,
     controller: ControllerDep,
     device_id: Annotated[str | None, Query(description="Only events of this device.")] = None,
     kind: Annotated[
@@ -50,7 +51,11 @@ async def list_events(
         ),
     ] = 0.0,
 ) -> EventList:
-    """List events oldest first: the newest ``limit``, or after ``after_id`` the next ones."""
+    """List events oldest first: the newest ``limit``, or after ``after_id`` the next ones.
+
+    A waiting request returns its page, empty if no event came, as soon as the server
+    starts to stop.
+    """
     kinds = _parse_kinds(kind)
     start = parse_time(since, name="since")
     if wait > 0 and after_id is None:
@@ -75,7 +80,8 @@ async def list_events(
 
     rows = await run_in_threadpool(fetch)
     deadline = time.monotonic() + wait
-    while not rows and time.monotonic() < deadline:
+    stopping = request.app.state.stopping
+    while not rows and time.monotonic() < deadline and not stopping.is_set():
         await asyncio.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
         rows = await run_in_threadpool(fetch)
 

@@ -13,6 +13,7 @@ from edgefleet.controller.api.schemas import (
     RolloutActionRequest,
     RolloutList,
     RolloutRequest,
+    StartedRollout,
 )
 from edgefleet.controller.models import RolloutState
 from edgefleet.controller.rollouts import RolloutManager
@@ -50,10 +51,18 @@ def list_rollouts(
     return RolloutList(rollouts=[_rollout_schema(snapshot) for snapshot in snapshots])
 
 
-@router.post("", response_model=Rollout, status_code=201, summary="Start a rollout")
-def start_rollout(body: RolloutRequest, rollouts: RolloutsDep) -> Rollout:
-    """Start rolling a model out in waves; the first wave starts at once."""
-    options: dict[str, Any] = {"gates": body.gates, "variants": body.variants}
+@router.post("", response_model=StartedRollout, status_code=201, summary="Start a rollout")
+def start_rollout(body: RolloutRequest, rollouts: RolloutsDep) -> StartedRollout:
+    """Start rolling a model out in waves; the first wave starts at once.
+
+    Devices that need a deployment come first in the waves, online before offline. The
+    response lists the offline target devices, and those that ``online_only`` left out.
+    """
+    options: dict[str, Any] = {
+        "gates": body.gates,
+        "variants": body.variants,
+        "online_only": body.online_only,
+    }
     if body.waves is not None:
         if isinstance(body.waves, list) and not body.waves:
             raise ApiError(
@@ -70,7 +79,9 @@ def start_rollout(body: RolloutRequest, rollouts: RolloutsDep) -> Rollout:
         snapshot.id,
         extra={"rollout_id": snapshot.id},
     )
-    return _rollout_schema(snapshot)
+    data = snapshot.to_dict()
+    data["rollout_id"] = data.pop("id")
+    return StartedRollout.model_validate(data)
 
 
 @router.get("/{rollout_id}", response_model=Rollout, summary="Get one rollout")

@@ -34,6 +34,7 @@ __all__ = [
     "RolloutList",
     "RolloutRequest",
     "RolloutWave",
+    "StartedRollout",
     "TelemetryHistory",
     "TelemetryPoint",
     "TelemetrySample",
@@ -289,6 +290,11 @@ class RolloutRequest(_Body):
         description="Health gate settings: max_failure_rate, max_p95_regression, soak_s, "
         "min_samples, baseline_s, deploy_timeout_s.",
     )
+    online_only: bool = Field(
+        default=False,
+        description="Leave out the target devices that are offline now. Otherwise an offline "
+        "device that does not report within gates.deploy_timeout_s fails its wave.",
+    )
 
 
 class RolloutActionRequest(_Body):
@@ -339,6 +345,16 @@ class Rollout(BaseModel):
     finished_at: datetime | None
     waves: list[RolloutWave]
     devices: list[RolloutDevice]
+
+
+class StartedRollout(Rollout):
+    offline_device_ids: list[str] = Field(
+        description="Target devices in the rollout that were offline when it started; each "
+        "fails its wave unless it reports within gates.deploy_timeout_s."
+    )
+    left_out_device_ids: list[str] = Field(
+        description="Offline target devices that online_only left out of the rollout."
+    )
 
 
 class RolloutList(BaseModel):

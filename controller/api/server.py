@@ -104,6 +104,11 @@ class HttpServer:
         """Stop serving; open requests get up to 2 s to finish. Safe to call twice."""
         if self._server is None or self._thread is None:
             return
+        # An app with ``state.stopping`` (``create_app``'s) ends its long polls on it, so
+        # they return before uvicorn's grace period instead of being cancelled with an error.
+        stopping = getattr(getattr(self._app, "state", None), "stopping", None)
+        if stopping is not None:
+            stopping.set()
         self._server.should_exit = True
         self._thread.join(timeout=_GRACEFUL_SHUTDOWN_S + 3)
         if self._thread.is_alive():

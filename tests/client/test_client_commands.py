@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,8 +19,10 @@ import pytest
 from http_fleet_support import HttpFleet, get_json, start_http_fleet
 
 from edgefleet.client.commands import parse_since
+from edgefleet.controller.api import HttpServer, create_app
 from edgefleet.controller.api_tokens import ApiTokenStore
 from edgefleet.controller.models import ApiTokenRole
+from edgefleet.profiles import load_profile
 
 pytestmark = pytest.mark.slow
 
@@ -248,7 +253,7 @@ def test_unreachable_controller_says_how_to_start_it():
     result = edgefleet("devices", url=url)
     assert result.returncode == 1
     assert f"cannot reach the controller at {url}" in result.stderr
-    assert "edgefleet controller serve --http-port" in result.stderr
+    assert f"edgefleet controller serve --http-port {url.rsplit(':', 1)[1]} " in result.stderr
     assert "EDGEFLEET_CONTROLLER_URL" in result.stderr
 
 
@@ -363,3 +368,209 @@ def test_register_rejects_missing_and_broken_files(fleet, tmp_path):
     assert "not a valid ONNX model" in rejected.stderr
     assert "Traceback" not in rejected.stderr
     assert api(fleet, "/models")["active_model_id"] == fleet.model_id
+
+
+class LineReader:
+    """Reads a process's stream on a thread, so a test can wait for a line with a timeout."""
+
+    def __init__(self, stream) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self._lines.put(line)
+
+    def next(self, timeout_s: float = 30) -> str:
+        try:
+            return self._lines.get(timeout=timeout_s)
+        except queue.Empty:
+            pytest.fail(f"no line within {timeout_s} s")
+
+
+def test_events_follow_retries_while_controller_is_down(fleet):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "edgefleet", "events", "--follow", "--json", "--limit", "1",
+        "--controller-url", url,
+    ]  # fmt: skip
+    env = {**os.environ, "EDGEFLEET_API_TOKEN": fleet.read_token}
+    follower = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    out, err = LineReader(follower.stdout), LineReader(follower.stderr)
+    server = HttpServer(create_app(fleet.controller), port=port)
+    try:
+        warning = err.next()
+        assert f"the controller at {url} does not respond" in warning
+        assert "retrying" in warning
+        assert follower.poll() is None
+
+        server.start()
+        first = json.loads(out.next())
+        assert "responds again" in err.next()
+
+        # A controller stop while the long poll is open: the follower keeps going.
+        server.stop()
+        assert "does not respond" in err.next()
+        variant_id = fleet.controller.ladder(DEVICE)[0].variant_id
+        fleet.controller.deploy(DEVICE, variant_id, reason="deployed while away")
+        server = HttpServer(create_app(fleet.controller), port=port)
+        server.start()
+        seen = [json.loads(out.next())]
+        while seen[-1]["reason"] != "deployed while away":
+            seen.append(json.loads(out.next()))
+        assert all(event["id"] > first["id"] for event in seen)
+        assert follower.poll() is None
+
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(timeout=10) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait(timeout=10)
+        server.stop()
+        follower.stdout.close()
+        follower.stderr.close()
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e400", "-inf"])
+def test_rollout_start_rejects_non_finite_gate(value):
+    # Nothing listens on this URL: a request would fail with "cannot reach".
+    url = f"http://127.0.0.1:{free_port()}"
+    result = edgefleet("rollouts", "start", "--gate", f"soak_s={value}", url=url)
+
+    assert result.returncode == 2, result.stderr
+    assert f"invalid --gate soak_s='{value}': the value must be a finite number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("rollouts", "show", ""), "the rollout id is empty"),
+        (("rollouts", "abort", " "), "the rollout id is empty"),
+        (("pin", ""), "invalid device id ''"),
+        (("device", "pi-a/../pi-b"), "invalid device id 'pi-a/../pi-b'"),
+        (("deploy", "op-1", ""), "the variant id is empty"),
+        (("events", "--device", ""), "invalid device id ''"),
+    ],
+)
+def test_empty_and_invalid_ids_rejected(args, words):
+    url = f"http://127.0.0.1:{free_port()}"
+    result = edgefleet(*args, url=url)
+
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr
+    assert "cannot reach" not in result.stderr
+
+
+def test_events_limit_zero_names_the_option(fleet):
+    result = edgefleet("events", "--limit", "0", url=fleet.url, token=fleet.read_token)
+
+    assert result.returncode == 2
+    assert "--limit" in result.stderr
+    assert "query parameter" not in result.stderr
+
+
+def test_register_directory_says_it_is_one(fleet):
+    data = fleet.workdir / "digits.npz"
+    result = edgefleet(
+        "register", str(fleet.workdir), "--data", str(data),
+        url=fleet.url, token=fleet.operator_token,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert f"MODEL '{fleet.workdir}' is a directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("waves", "words"),
+    [("1,,100%", "wave 2 of '1,,100%' is empty"), ("100%,1", "waves must increase")],
+)
+def test_rollout_start_rejects_empty_and_decreasing_waves(fleet, waves, words):
+    result = edgefleet(
+        "rollouts", "start", "--target", f"devices:{DEVICE}", "--waves", waves,
+        url=fleet.url, token=fleet.operator_token,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert words in result.stderr
+    assert run_json(fleet, "rollouts", "list", "--state", "running")["rollouts"] == []
+
+
+def current_variant(fleet: HttpFleet) -> tuple[str, str]:
+    device = api(fleet, f"/devices/{DEVICE}")
+    return device["profile_name"], device["current_variant_id"]
+
+
+def test_rollout_start_notes_a_canary_that_changes_nothing(fleet):
+    profile, variant = current_variant(fleet)
+    result = edgefleet(
+        "rollouts", "start", "--target", f"devices:{DEVICE}", "--waves", "100%",
+        "--variant", f"{profile}={variant}", "--gate", "soak_s=0", "--wait", "--timeout", "60",
+        url=fleet.url, token=fleet.operator_token,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "1 target device(s), 0 of them offline" in result.stdout
+    assert "every device of the first wave already serves its target variant" in result.stdout
+
+
+def test_rollout_wait_timeout_and_reasons(fleet):
+    profile, variant = current_variant(fleet)
+    result = edgefleet(
+        "rollouts", "start", "--target", f"devices:{DEVICE}", "--waves", "100%",
+        "--variant", f"{profile}={variant}", "--gate", "soak_s=600", "--wait", "--timeout", "2",
+        url=fleet.url, token=fleet.operator_token,
+    )  # fmt: skip
+    rollout_id = run_json(fleet, "rollouts", "list", "--state", "running")["rollouts"][0][
+        "rollout_id"
+    ]
+
+    assert result.returncode == 1
+    assert "--wait timed out after 2 s" in result.stderr
+    assert f"rollout {rollout_id} is still running and keeps going" in result.stderr
+
+    paused = run_json(fleet, "rollouts", "pause", rollout_id, "--reason", "checking the canary")
+    aborted = run_json(fleet, "rollouts", "abort", rollout_id, "--reason", "wrong model")
+    assert (paused["state"], aborted["state"]) == ("paused", "aborted")
+    reasons = {
+        event["kind"]: event["reason"]
+        for event in api(fleet, "/events?kind=rollout_paused&kind=rollout_aborted&limit=10")[
+            "events"
+        ]
+    }
+    assert reasons["rollout_paused"] == "checking the canary"
+    assert "wrong model" in reasons["rollout_aborted"]
+
+
+# Registers a device that never connects, so it runs last in this module.
+def test_rollout_start_warns_about_offline_devices(fleet):
+    profile = load_profile(fleet.workdir / f"{DEVICE}.toml")
+    fleet.controller.registry.register_device("op-gone", profile)
+    target = f"devices:{DEVICE},op-gone"
+
+    started = edgefleet(
+        "rollouts", "start", "--target", target, "--waves", "1,100%", "--gate", "soak_s=600",
+        url=fleet.url, token=fleet.operator_token,
+    )  # fmt: skip
+    first = run_json(fleet, "rollouts", "list", "--state", "running")["rollouts"][0]
+    run_json(fleet, "rollouts", "abort", first["rollout_id"])
+    online = edgefleet(
+        "rollouts", "start", "--target", target, "--waves", "100%", "--online-only",
+        "--gate", "soak_s=600", url=fleet.url, token=fleet.operator_token,
+    )  # fmt: skip
+    online_id = run_json(fleet, "rollouts", "list", "--state", "running")["rollouts"][0]
+    run_json(fleet, "rollouts", "abort", online_id["rollout_id"])
+
+    assert started.returncode == 0, started.stderr
+    assert "warning: 1 target device(s) are offline: op-gone" in started.stderr
+    assert "within deploy_timeout_s (600 s) fails its wave" in started.stderr
+    assert "2 target device(s), 1 of them offline" in started.stdout
+    assert online.returncode == 0, online.stderr
+    assert "offline" not in online.stderr
+    assert "1 offline device(s) left out: op-gone" in online.stdout
+    assert [device["device_id"] for device in online_id["devices"]] == [DEVICE]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 from api_support import ApiFleet, at, npz_bytes, serve_api, store_series
 from controller_support import make_sample
 
-from edgefleet.controller.models import EventKind
+from edgefleet.controller.models import DeviceState, EventKind
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.v1 import fleet_pb2
@@ -593,6 +594,35 @@ def test_events_reject_bad_query(
     assert_error(response, status, code, *words)
 
 
+def test_events_long_poll_returns_when_server_stops(
+    api: ApiFleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    last_id = api.client.get("/api/v1/events", params={"limit": 1}).json()["last_id"]
+    answers: list[httpx.Response] = []
+
+    def long_poll() -> None:
+        with httpx.Client(headers=api.client.headers, timeout=60) as client:
+            answers.append(
+                client.get(f"{api.url}/api/v1/events", params={"after_id": last_id, "wait": 30})
+            )
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(0.5)  # the request is waiting in the server by now
+    started = time.monotonic()
+    api.server.stop()
+    stop_s = time.monotonic() - started
+    poller.join(timeout=10)
+
+    assert len(answers) == 1
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json() == {"events": [], "last_id": last_id}
+    # uvicorn would wait its 2 s grace period for the request, then cancel it.
+    assert stop_s < 1.5
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == []
+
+
 # -- rollouts ----------------------------------------------------------------------------
 
 
@@ -659,6 +689,40 @@ def test_rollout_list_filters_by_state(api: ApiFleet) -> None:
     assert [r["rollout_id"] for r in aborted["rollouts"]] == [rollout["rollout_id"]]
     assert running["rollouts"] == []
     assert_error(invalid, 422, "validation_failed", "query parameter state")
+
+
+def test_rollout_start_reports_and_leaves_out_offline_devices(api: ApiFleet) -> None:
+    api.controller.registry.set_presence(["dev-2"], DeviceState.ONLINE, reason="test")
+
+    started = api.client.post("/api/v1/rollouts", json={"waves": ["1", "100%"]})
+    assert started.status_code == 201, started.text
+    rollout = started.json()
+    assert rollout["offline_device_ids"] == ["dev-1"]
+    assert rollout["left_out_device_ids"] == []
+    # The online device that needs the update is the canary.
+    assert rollout["waves"][0]["device_ids"] == ["dev-2"]
+    shown = api.client.get(f"/api/v1/rollouts/{rollout['rollout_id']}").json()
+    assert "offline_device_ids" not in shown
+    api.client.post(f"/api/v1/rollouts/{rollout['rollout_id']}/abort")
+
+    online = api.client.post("/api/v1/rollouts", json={"online_only": True}).json()
+    assert [device["device_id"] for device in online["devices"]] == ["dev-2"]
+    assert online["offline_device_ids"] == []
+    assert online["left_out_device_ids"] == ["dev-1"]
+
+
+@pytest.mark.parametrize(
+    ("gates", "words"),
+    [
+        ({"soak_s": 1e300}, ["gates.soak_s", "86400 (a day)"]),
+        ({"deploy_timeout_s": 1e9}, ["gates.deploy_timeout_s", "604800 (a week)"]),
+    ],
+)
+def test_rollout_rejects_unbounded_gates(api: ApiFleet, gates: dict, words: list[str]) -> None:
+    response = api.client.post("/api/v1/rollouts", json={"gates": gates})
+
+    assert_error(response, 400, "invalid_input", *words)
+    assert api.client.get("/api/v1/rollouts").json()["rollouts"] == []
 
 
 # -- generic errors ----------------------------------------------------------------------

@@ -96,13 +96,38 @@ def test_gate_config_from_mapping():
         ({"max_failure_rate": 1.0}, "max_failure_rate must be a number from 0"),
         ({"max_failure_rate": -0.1}, "max_failure_rate must be a number from 0"),
         ({"max_p95_regression": float("nan")}, "max_p95_regression must be a number >= 0"),
-        ({"soak_s": -1}, "soak_s must be a number >= 0"),
+        ({"soak_s": -1}, "soak_s must be a number from 0 to 86400"),
+        ({"soak_s": 1e300}, r"soak_s must be a number from 0 to 86400 \(a day\), got 1e\+300"),
+        ({"soak_s": 86_401}, "soak_s must be a number from 0 to 86400"),
+        ({"baseline_s": 1e12}, r"baseline_s must be .* at most 86400 \(a day\)"),
         ({"deploy_timeout_s": 0}, "deploy_timeout_s must be a positive number"),
-        ({"min_samples": 0}, "min_samples must be an integer >= 1"),
-        ({"min_samples": True}, "min_samples must be an integer >= 1"),
+        ({"deploy_timeout_s": 604_801}, r"deploy_timeout_s .* at most 604800 \(a week\)"),
+        ({"min_samples": 0}, "min_samples must be an integer from 1"),
+        ({"min_samples": True}, "min_samples must be an integer from 1"),
+        ({"min_samples": 10**9}, "min_samples must be an integer from 1 to 100000"),
         ({"soak": 1}, "unknown gate setting.s. soak"),
     ],
 )
 def test_gate_config_rejects(fields, message):
     with pytest.raises(InvalidRolloutError, match=message):
         GateConfig.from_mapping(fields)
+
+
+def test_gate_config_accepts_its_upper_bounds():
+    gates = GateConfig(soak_s=86_400, baseline_s=86_400, deploy_timeout_s=604_800)
+
+    assert gates.deploy_timeout_s == 604_800
+
+
+@pytest.mark.parametrize(
+    ("waves", "message"),
+    [
+        ("1,,100%", r"wave 2 of '1,,100%' is empty"),
+        ("1,100%,", r"wave 3 of '1,100%,' is empty"),
+        ("100%,1", "waves must increase, but 1 follows 100%"),
+        ("1,100%,50%", "waves must increase, but 50% follows 100%"),
+    ],
+)
+def test_parse_waves_rejects_empty_and_decreasing(waves, message):
+    with pytest.raises(InvalidRolloutError, match=message):
+        parse_waves(waves)

@@ -26,7 +26,7 @@ from edgefleet.controller.errors import (
     UnknownRolloutError,
     UnknownVariantError,
 )
-from edgefleet.controller.models import EventKind, RolloutState, WaveState
+from edgefleet.controller.models import DeviceState, EventKind, RolloutState, WaveState
 from edgefleet.controller.policy import PolicyConfig
 from edgefleet.controller.rollouts import GateConfig, Target
 from edgefleet.controller.service import Controller
@@ -487,3 +487,47 @@ def test_unknown_rollout_id_rejected(controller):
         controller.rollouts.get("r-1")
     with pytest.raises(UnknownRolloutError):
         controller.rollouts.pause("r-1")
+
+
+def test_canary_is_a_device_that_needs_the_update(controller, fleet, profile):
+    model_id, ladder, _ = fleet
+    # dev-0 already serves the target rung and is online; dev-3 needs it and is online;
+    # dev-1 and dev-2 need it but are offline.
+    controller.registry.register_device("dev-0", profile, current_variant_id=ladder[0])
+    controller.registry.set_presence(["dev-0", "dev-3"], DeviceState.ONLINE, reason="test")
+
+    rollout = controller.rollouts.start(model_id, "all", waves="1,2,100%", gates=QUICK_GATES)
+
+    assert [set(wave.device_ids) for wave in rollout.waves] == [
+        {"dev-3"},
+        {"dev-1"},
+        {"dev-0", "dev-2"},
+    ]
+    assert states(rollout)["dev-3"] == "deploying"
+    assert rollout.offline_device_ids == ("dev-1", "dev-2")
+    assert rollout.left_out_device_ids == ()
+
+
+def test_online_only_leaves_offline_devices_out(controller, fleet):
+    model_id, _, _ = fleet
+    controller.registry.set_presence(["dev-3"], DeviceState.ONLINE, reason="test")
+
+    rollout = controller.rollouts.start(
+        model_id, "all", waves="100%", gates=QUICK_GATES, online_only=True
+    )
+
+    assert [device.device_id for device in rollout.devices] == ["dev-3"]
+    assert rollout.left_out_device_ids == ("dev-0", "dev-1", "dev-2")
+    assert rollout.offline_device_ids == ()
+    started = controller.registry.list_events(kinds=[EventKind.ROLLOUT_STARTED])[-1]
+    assert started.details["left_out_device_ids"] == ["dev-0", "dev-1", "dev-2"]
+    # The snapshot read back later has no start-time lists.
+    assert controller.rollouts.get(rollout.id).left_out_device_ids == ()
+
+
+def test_online_only_with_every_device_offline_is_rejected(controller, fleet):
+    model_id, _, _ = fleet
+
+    with pytest.raises(InvalidRolloutError, match="every device of target 'all' is offline"):
+        controller.rollouts.start(model_id, "all", online_only=True)
+    assert controller.rollouts.list() == []

@@ -493,6 +493,17 @@ def test_token_and_revoke_reject_missing_data_dir(tmp_path: Path) -> None:
     assert not mistyped.exists(), "nothing may be created at a mistyped path"
 
 
+@pytest.mark.parametrize("ttl", ["1e9", "8761", "inf", "nan"])
+def test_token_create_rejects_too_long_ttl(tmp_path: Path, ttl: str) -> None:
+    result = CliRunner().invoke(
+        controller_cli, ["token", "create", "--data-dir", str(tmp_path), "--ttl", ttl]
+    )
+
+    assert result.exit_code == 2, result.output
+    assert "--ttl must be a positive number of hours up to 8760 (a year)" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("127.0.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True),

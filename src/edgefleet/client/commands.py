@@ -10,13 +10,14 @@ module surfaces as the root CLI's message about the ``controller`` extra.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
@@ -38,6 +39,11 @@ EXIT_INVALID_INPUT = 2
 DEPLOYMENT_STEPS = ("pending", "downloading", "verifying", "loading", "active")
 _FAILED_DEPLOYMENT_STATES = frozenset({"failed", "rolled_back", "superseded"})
 _TERMINAL_ROLLOUT_STATES = frozenset({"succeeded", "halted", "aborted"})
+# events --follow: seconds each long poll waits, and the retry delays while the
+# controller is unreachable (doubling from the first up to the last).
+FOLLOW_WAIT_S = 30.0
+FOLLOW_RETRY_INITIAL_S = 0.5
+FOLLOW_RETRY_MAX_S = 10.0
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -71,7 +77,7 @@ R = TypeVar("R")
 def _handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Print the client's errors as one ``error:`` line and exit with 1 or 2."""
 
-    @wraps(command)
+    @functools.wraps(command)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
         from edgefleet.client.http import ClientError
         from edgefleet.errors import InvalidInputError
@@ -135,6 +141,29 @@ def parse_since(text: str, *, now: datetime | None = None) -> str:
     return moment.isoformat()
 
 
+def _device_id(value: str) -> str:
+    """Return ``value`` if the agent's ``--device-id`` would accept it.
+
+    An empty id or one with ``/`` would otherwise reach another API route than the
+    command meant, which returns a confusing error.
+    """
+    from edgefleet.ids import validate_device_id
+
+    return validate_device_id(value)
+
+
+def _not_empty(value: str, *, what: str, listing: str) -> str:
+    """Return ``value`` stripped; raise ``InvalidInputError`` naming ``listing`` if empty.
+
+    An empty prefix would match every id.
+    """
+    from edgefleet.errors import InvalidInputError
+
+    if not value.strip():
+        raise InvalidInputError(f"the {what} is empty; pass one, as `{listing}` lists them")
+    return value.strip()
+
+
 # -- devices --------------------------------------------------------------------------
 
 
@@ -169,6 +198,7 @@ def device_command(
     """Show one device: its facts, ladder and newest deployments."""
     from edgefleet.client.render import deployments_table, device_table, ladder_table
 
+    _device_id(device_id)
     with _client(controller_url, api_token) as client:
         device = client.device(device_id)
         ladder = client.ladder(device_id)
@@ -212,6 +242,7 @@ def telemetry_command(
     """Print a device's telemetry: resource figures and served latency percentiles."""
     from edgefleet.client.render import telemetry_table
 
+    _device_id(device_id)
     start = parse_since(since)
     with _client(controller_url, api_token) as client:
         history = client.telemetry(device_id, since=start, step_s=step, limit=limit)
@@ -263,6 +294,10 @@ def register_command(
     from edgefleet.errors import InvalidInputError
 
     for option, path in (("MODEL", model), ("--data", data)):
+        if path.is_dir():
+            raise InvalidInputError(
+                f"{option} {str(path)!r} is a directory; pass the path of a file in it"
+            )
         if not path.is_file():
             raise InvalidInputError(
                 f"{option} file {str(path)!r} not found; pass the path of an existing file"
@@ -360,6 +395,8 @@ def deploy_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Deploy a variant to a device and follow the transfer until the device runs it."""
+    _device_id(device_id)
+    _not_empty(variant_id, what="variant id", listing="edgefleet variants")
     with _client(controller_url, api_token) as client:
         variant = _resolve_variant(client, device_id, variant_id)
         deployment = client.deploy(device_id, variant, reason=reason)
@@ -426,6 +463,7 @@ def pin_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Pin a device to its target variant, so that the policy engine leaves it alone."""
+    _device_id(device_id)
     with _client(controller_url, api_token) as client:
         variant = _resolve_variant(client, device_id, variant_id) if variant_id else None
         device = client.pin(device_id, variant_id=variant, reason=reason)
@@ -443,6 +481,7 @@ def unpin_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Unpin a device, so that the policy engine manages it again."""
+    _device_id(device_id)
     with _client(controller_url, api_token) as client:
         device = client.unpin(device_id)
     if json_output:
@@ -466,7 +505,8 @@ def events_command(
         typer.Option(help="Only events after this: a duration (10m, 2h) or an ISO time."),
     ] = None,
     limit: Annotated[
-        int, typer.Option(help="Maximum number of events printed before following.")
+        int,
+        typer.Option(min=1, max=1000, help="Maximum number of events printed before following."),
     ] = 50,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events until interrupted.")
@@ -477,15 +517,18 @@ def events_command(
 ) -> None:
     """Print the controller's events, oldest first; with --follow, new ones as they happen.
 
-    With --json and --follow, each event is one JSON object a line.
+    With --json and --follow, each event is one JSON object a line. --follow keeps
+    retrying while the controller is unreachable or restarting, until interrupted.
     """
     from edgefleet.client.render import event_line, events_table
 
+    if device is not None:
+        _device_id(device)
     start = parse_since(since) if since is not None else None
     console = _console()
     with _client(controller_url, api_token) as client:
-        page = client.events(device_id=device, kinds=kind, since=start, limit=limit)
         if not follow:
+            page = client.events(device_id=device, kinds=kind, since=start, limit=limit)
             if json_output:
                 _print_json(page)
             elif page["events"]:
@@ -501,13 +544,58 @@ def events_command(
                 else:
                     console.print(event_line(event))
 
-        show(page["events"])
-        last_id = page["last_id"] or 0
         with contextlib.suppress(KeyboardInterrupt):
+            page = _retrying(
+                client,
+                lambda: client.events(device_id=device, kinds=kind, since=start, limit=limit),
+            )
+            show(page["events"])
+            last_id = page["last_id"] or 0
             while True:
-                page = client.events(device_id=device, kinds=kind, after_id=last_id, wait_s=30)
+                page = _retrying(
+                    client,
+                    functools.partial(
+                        client.events,
+                        device_id=device,
+                        kinds=kind,
+                        after_id=last_id,
+                        wait_s=FOLLOW_WAIT_S,
+                    ),
+                )
                 show(page["events"])
                 last_id = page["last_id"] or last_id
+
+
+def _retrying(client: ControllerClient, request: Callable[[], R]) -> R:
+    """Return ``request()``, retrying while the controller is down.
+
+    When the controller is unreachable, or returns a server error while it stops or
+    restarts, print one warning on stderr and retry with a doubling delay up to 10 s.
+    """
+    from edgefleet.client.http import ApiResponseError, ControllerUnreachableError
+
+    delay = FOLLOW_RETRY_INITIAL_S
+    failing = False
+    while True:
+        try:
+            result = request()
+        except (ControllerUnreachableError, ApiResponseError) as exc:
+            if isinstance(exc, ApiResponseError) and exc.status < 500:
+                raise
+            if not failing:
+                cause = exc.cause if isinstance(exc, ControllerUnreachableError) else str(exc)
+                typer.echo(
+                    f"warning: the controller at {client.base_url} does not respond ({cause}); "
+                    "retrying until it does, Ctrl-C stops",
+                    err=True,
+                )
+                failing = True
+            time.sleep(delay)
+            delay = min(delay * 2, FOLLOW_RETRY_MAX_S)
+            continue
+        if failing:
+            typer.echo(f"the controller at {client.base_url} responds again", err=True)
+        return result
 
 
 # -- rollouts -------------------------------------------------------------------------
@@ -521,6 +609,7 @@ def _resolve_rollout(client: ControllerClient, text: str) -> str:
     """Return the rollout id that starts with ``text``, as the list shows them."""
     from edgefleet.errors import InvalidInputError
 
+    text = _not_empty(text, what="rollout id", listing="edgefleet rollouts list")
     matches = [r["rollout_id"] for r in client.rollouts() if r["rollout_id"].startswith(text)]
     if len(matches) > 1:
         raise InvalidInputError(
@@ -598,6 +687,11 @@ def _parse_gates(values: list[str]) -> dict[str, float | int]:
             raise InvalidInputError(
                 f"invalid --gate {key}={text!r}: the value must be a number"
             ) from None
+        if not math.isfinite(gates[key]):
+            # JSON has no infinity or NaN, and 1e400 reads as infinity.
+            raise InvalidInputError(
+                f"invalid --gate {key}={text!r}: the value must be a finite number"
+            )
     return gates
 
 
@@ -625,6 +719,14 @@ def rollouts_start(
             "max_p95_regression, soak_s, min_samples, baseline_s or deploy_timeout_s."
         ),
     ] = None,
+    online_only: Annotated[
+        bool,
+        typer.Option(
+            "--online-only",
+            help="Leave out the target devices that are offline now. Otherwise an offline "
+            "device that does not come back within deploy_timeout_s fails its wave.",
+        ),
+    ] = False,
     wait: Annotated[bool, typer.Option(help="Follow the rollout until it ends.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
@@ -643,17 +745,68 @@ def rollouts_start(
         body["variants"] = _parse_pairs(variant, option="--variant")
     if gate:
         body["gates"] = _parse_gates(gate)
+    if online_only:
+        body["online_only"] = True
     with _client(controller_url, api_token) as client:
-        rollout = client.start_rollout(body)
+        started = client.start_rollout(body)
+        _warn_about_start(started)
+        rollout = started
         if wait:
-            rollout = _follow_rollout(client, rollout, timeout_s=timeout, quiet=json_output)
+            rollout = _follow_rollout(client, started, timeout_s=timeout, quiet=json_output)
     if json_output:
         _print_json(rollout)
-        return
-    _console().print(rollout_table(rollout))
-    if wait and rollout["state"] != "succeeded":
-        typer.echo(f"error: rollout {rollout['rollout_id']} is {rollout['state']}", err=True)
+    else:
+        _console().print(rollout_table(rollout))
+        _print_start_summary(started)
+    if wait and rollout["state"] not in _TERMINAL_ROLLOUT_STATES:
+        typer.echo(
+            f"error: --wait timed out after {timeout:g} s; rollout {rollout['rollout_id']} is "
+            f"still {rollout['state']} and keeps going: follow it with `edgefleet rollouts "
+            f"show {rollout['rollout_id']}`, or stop it with `edgefleet rollouts abort`",
+            err=True,
+        )
         raise typer.Exit(EXIT_FAILED)
+    if wait and rollout["state"] != "succeeded":
+        reason = f": {rollout['reason']}" if rollout.get("reason") else ""
+        typer.echo(f"error: rollout {rollout['rollout_id']} {rollout['state']}{reason}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _some(ids: list[str], *, shown: int = 5) -> str:
+    text = ", ".join(ids[:shown])
+    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+
+
+def _warn_about_start(rollout: dict[str, Any]) -> None:
+    """Warn on stderr about offline target devices, before a --wait starts following."""
+    offline = rollout.get("offline_device_ids") or []
+    if offline:
+        timeout_s = rollout["gates"]["deploy_timeout_s"]
+        typer.echo(
+            f"warning: {len(offline)} target device(s) are offline: {_some(offline)}. An "
+            f"offline device that does not come back within deploy_timeout_s ({timeout_s:g} s) "
+            "fails its wave, which halts the rollout by default; --online-only leaves them out",
+            err=True,
+        )
+
+
+def _print_start_summary(rollout: dict[str, Any]) -> None:
+    """Print how many target devices are offline or were left out, and whether the first
+    wave changes anything.
+    """
+    console = _console()
+    offline = rollout.get("offline_device_ids") or []
+    left_out = rollout.get("left_out_device_ids") or []
+    console.print(
+        f"{len(rollout['devices'])} target device(s), {len(offline)} of them offline"
+        + (f"; {len(left_out)} offline device(s) left out: {_some(left_out)}" if left_out else "")
+    )
+    first = [d for d in rollout["devices"] if d["wave"] == 0]
+    if first and all(d["variant_id"] == d["previous_variant_id"] for d in first):
+        console.print(
+            "note: every device of the first wave already serves its target variant, so that "
+            "wave deploys nothing and tests no update"
+        )
 
 
 def _follow_rollout(
@@ -683,22 +836,46 @@ def _follow_rollout(
             rollout = client.rollout(rollout["rollout_id"])
 
 
+def _run_rollout_action(
+    action: str,
+    rollout_id: str,
+    reason: str | None,
+    controller_url: str,
+    api_token: str | None,
+    json_output: bool,
+) -> None:
+    with _client(controller_url, api_token) as client:
+        rollout = client.rollout_action(_resolve_rollout(client, rollout_id), action, reason=reason)
+    if json_output:
+        _print_json(rollout)
+        return
+    _console().print(f"rollout {rollout['rollout_id']} is {rollout['state']}")
+
+
 def _rollout_action(action: str) -> Callable[..., None]:
+    """Build the ``pause`` or ``abort`` command, which records ``--reason`` in its event."""
+
     @_handle_errors
     def command(
         rollout_id: Annotated[str, typer.Argument(help="Rollout id or a unique prefix of it.")],
+        reason: Annotated[str | None, typer.Option(help="Recorded in the rollout's event.")] = None,
         controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
         api_token: ApiToken = None,
         json_output: JsonOutput = False,
     ) -> None:
-        with _client(controller_url, api_token) as client:
-            rollout = client.rollout_action(_resolve_rollout(client, rollout_id), action)
-        if json_output:
-            _print_json(rollout)
-            return
-        _console().print(f"rollout {rollout['rollout_id']} is {rollout['state']}")
+        _run_rollout_action(action, rollout_id, reason, controller_url, api_token, json_output)
 
     return command
+
+
+@_handle_errors
+def _resume_command(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id or a unique prefix of it.")],
+    controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
+    api_token: ApiToken = None,
+    json_output: JsonOutput = False,
+) -> None:
+    _run_rollout_action("resume", rollout_id, None, controller_url, api_token, json_output)
 
 
 _ROLLOUT_ACTIONS = {
@@ -707,7 +884,9 @@ _ROLLOUT_ACTIONS = {
     "abort": "Abort a rollout and send every device it updated back to its previous variant.",
 }
 for _action, _help in _ROLLOUT_ACTIONS.items():
-    rollouts_app.command(_action, help=_help)(_rollout_action(_action))
+    # Pause and abort record a reason in their event, but resume takes none.
+    _command = _resume_command if _action == "resume" else _rollout_action(_action)
+    rollouts_app.command(_action, help=_help)(_command)
 
 
 def register_commands(app: typer.Typer) -> None:

@@ -64,12 +64,14 @@ class ControllerUnreachableError(ClientError):
     """No HTTP response came from the controller's URL."""
 
     def __init__(self, url: str, cause: str) -> None:
+        port = httpx.URL(url).port or (443 if url.startswith("https:") else 80)
         super().__init__(
             f"cannot reach the controller at {url} ({cause}). Start it with "
-            "`edgefleet controller serve --http-port 8080 ...`, or point at a running one "
+            f"`edgefleet controller serve --http-port {port} ...`, or point at a running one "
             "with --controller-url URL or the EDGEFLEET_CONTROLLER_URL environment variable"
         )
         self.url = url
+        self.cause = cause
 
 
 class ApiResponseError(ClientError):
