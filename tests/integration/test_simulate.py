@@ -172,10 +172,15 @@ def test_simulate_checks_database_before_running(tmp_path, db, message):
 def test_simulate_rejects_zero_processes():
     result = CliRunner().invoke(
         app,
-        ["simulate", "--agents", "2", "--duration", "5", "--controller", "127.0.0.1:1",
-         "--processes", "0"],  # fmt: skip
+        [
+            "simulate",
+            "--agents", "2",
+            "--duration", "5",
+            "--controller", "127.0.0.1:1",
+            "--processes", "0",
+        ],
         env={"COLUMNS": "200"},
-    )
+    )  # fmt: skip
 
     assert result.exit_code == 2, result.output
     assert "processes must be between 1 and the number of agents, got 0" in result.output
