@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from edgefleet.controller.addresses import is_loopback
 from edgefleet.logs import LogFormat, configure_logging
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def serve(
         typer.echo(
             f"edgefleet controller enrolling devices on {grpc_host}:{controller.enroll_port}"
         )
-    elif not _is_loopback(grpc_host):
+    elif not is_loopback(grpc_host):
         typer.echo(
             f"WARNING: gRPC on {grpc_host}:{port} is PLAINTEXT and UNAUTHENTICATED; "
             "any host that reaches it can pose as any device. Serve with --tls.",
@@ -551,17 +552,6 @@ def _missing_sqlite_file(url: str) -> Path | None:
         return None
     path = Path(url.removeprefix(prefix))
     return None if path.is_file() else path
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:

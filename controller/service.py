@@ -11,7 +11,6 @@ lock, and database access goes through the registry's short transactions.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import statistics
 import threading
@@ -26,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from edgefleet.controller.addresses import is_loopback
 from edgefleet.controller.artifacts import ArtifactStore
 from edgefleet.controller.calibration import DeviceCalibration, HostCalibration
 from edgefleet.controller.config import ControllerConfig
@@ -299,7 +299,7 @@ class Controller:
         if tls:
             self._trust.enable_tls(tuple(server_names))
             credentials = self._trust.fleet_credentials()
-        elif not _is_loopback(host):
+        elif not is_loopback(host):
             logger.warning(
                 "SERVING PLAINTEXT gRPC ON %s, A NON-LOOPBACK ADDRESS: any host that reaches "
                 "it can register as any device and receive models. Serve with --tls.",
@@ -1540,15 +1540,6 @@ class Controller:
             except Exception:
                 # Retention must keep running through a transient database error.
                 logger.exception("deleting expired telemetry failed; retrying later")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _evidence(decision: Decision) -> dict[str, Any]:

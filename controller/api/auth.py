@@ -16,7 +16,6 @@ check has no token to send.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from enum import StrEnum
 
@@ -25,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from edgefleet.controller.addresses import is_loopback
 from edgefleet.controller.api.errors import ApiError, error_response
 from edgefleet.controller.api_tokens import CREATE_COMMAND, ApiTokenStore
 from edgefleet.controller.errors import ApiTokenRejectedError, ConfigError, ControllerStateError
@@ -39,7 +39,6 @@ __all__ = [
     "check_http_auth",
     "check_request",
     "is_guarded",
-    "is_loopback",
 ]
 
 logger = logging.getLogger(__name__)
@@ -69,16 +68,6 @@ class HttpAuth(StrEnum):
 
     TOKEN = "token"  # a bearer token on every API and metrics request
     NONE = "none"  # no authentication; allowed only on a loopback address
-
-
-def is_loopback(host: str) -> bool:
-    """Return whether ``host`` is ``localhost`` or a loopback IP address."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_http_auth(mode: str, host: str) -> HttpAuth:

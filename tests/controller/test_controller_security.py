@@ -510,9 +510,9 @@ def test_token_create_rejects_too_long_ttl(tmp_path: Path, ttl: str) -> None:
      ("0.0.0.0", False), ("192.0.2.10", False), ("controller.example.net", False)],
 )  # fmt: skip
 def test_plaintext_warning_only_off_loopback(host: str, loopback: bool) -> None:
-    from edgefleet.controller.service import _is_loopback
+    from edgefleet.controller.addresses import is_loopback
 
-    assert _is_loopback(host) is loopback
+    assert is_loopback(host) is loopback
 
 
 def test_token_on_plaintext_controller_keeps_it_plaintext(
