@@ -4,8 +4,8 @@ A transport reports most disconnects itself: a gRPC stream ends or fails its kee
 and the broker publishes an MQTT device's will. Neither reports a device whose session
 is still open on the controller while nothing arrives from it. That happens after a
 broker restart, which drops every connection without sending a single will. ``PresenceWatch``
-remembers when each connected device was last heard from (telemetry, a status or its
-presence) and says which ones crossed the timeout and which of those were heard from
+records when each connected device was last heard from (telemetry, a status or its
+presence) and reports which ones crossed the timeout and which of those were heard from
 again. The controller shows the first offline and the second online again, and keeps
 their sessions, so a device that was only slow loses nothing.
 

@@ -290,7 +290,7 @@ class RolloutManager:
                 if not devices:
                     raise InvalidRolloutError(
                         f"every device of target {target.describe()!r} is offline "
-                        f"({_some(left_out)}), and online_only leaves them out; start the "
+                        f"({_first_ids(left_out)}), and online_only leaves them out; start the "
                         "rollout when they are back, or without online_only"
                     )
             self._check_conflicts(devices)
@@ -641,11 +641,11 @@ def _deployments_first(
     )
 
 
-def _some(device_ids: Sequence[str], *, shown: int = 5) -> str:
-    """Return the first ``shown`` ids, and how many more there are."""
-    text = ", ".join(device_ids[:shown])
-    if len(device_ids) > shown:
-        text += f" and {len(device_ids) - shown} more"
+def _first_ids(device_ids: Sequence[str], *, limit: int = 5) -> str:
+    """Return the first ``limit`` ids, and how many more there are."""
+    text = ", ".join(device_ids[:limit])
+    if len(device_ids) > limit:
+        text += f" and {len(device_ids) - limit} more"
     return text
 
 

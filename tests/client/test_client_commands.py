@@ -237,9 +237,9 @@ def test_rollout_start_pause_resume_abort(fleet):
     assert run_json(fleet, "rollouts", "abort", prefix)["state"] == "aborted"
     assert api(fleet, f"/rollouts/{rollout_id}")["state"] == "aborted"
 
-    shown = edgefleet("rollouts", "show", prefix, url=fleet.url, token=fleet.operator_token)
-    assert shown.returncode == 0, shown.stderr
-    assert f"rollout {rollout_id}: aborted" in shown.stdout
+    show_result = edgefleet("rollouts", "show", prefix, url=fleet.url, token=fleet.operator_token)
+    assert show_result.returncode == 0, show_result.stderr
+    assert f"rollout {rollout_id}: aborted" in show_result.stdout
 
 
 def test_rollout_unknown_names_listing_command(fleet):

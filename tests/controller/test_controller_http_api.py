@@ -701,8 +701,8 @@ def test_rollout_start_reports_and_leaves_out_offline_devices(api: ApiFleet) -> 
     assert rollout["left_out_device_ids"] == []
     # The online device that needs the update is the canary.
     assert rollout["waves"][0]["device_ids"] == ["dev-2"]
-    shown = api.client.get(f"/api/v1/rollouts/{rollout['rollout_id']}").json()
-    assert "offline_device_ids" not in shown
+    fetched = api.client.get(f"/api/v1/rollouts/{rollout['rollout_id']}").json()
+    assert "offline_device_ids" not in fetched
     api.client.post(f"/api/v1/rollouts/{rollout['rollout_id']}/abort")
 
     online = api.client.post("/api/v1/rollouts", json={"online_only": True}).json()

@@ -138,7 +138,7 @@ def test_corrupt_artifact_rejected_old_model_serves(fleet_model, start_controlle
     assert agent.infer(fleet_model.dataset.x_val[0])["variant_id"] == serving
 
 
-def test_two_agents_with_one_device_id_raise_an_alert(start_controller, tmp_path):
+def test_duplicate_device_id_alert(start_controller, tmp_path):
     fleet = start_controller()
     controller = fleet.controller
     profile = write_profile(tmp_path / "twin.toml", "twin-board")

@@ -202,7 +202,7 @@ def acl_broker(start_broker, tmp_path):
     )
 
 
-def test_mqtt_two_agents_with_one_device_id_raise_an_alert(mqtt_fleet, broker, tmp_path):
+def test_mqtt_duplicate_device_id_alert(mqtt_fleet, broker, tmp_path):
     controller, profile = mqtt_fleet
     # The broker drops the older connection of a client id; both agents keep reconnecting.
     connect_args = ["--transport", "mqtt", "--broker", broker.url]

@@ -152,7 +152,7 @@ def _device_id(value: str) -> str:
     return validate_device_id(value)
 
 
-def _not_empty(value: str, *, what: str, listing: str) -> str:
+def _not_empty(value: str, *, label: str, listing: str) -> str:
     """Return ``value`` stripped; raise ``InvalidInputError`` naming ``listing`` if empty.
 
     An empty prefix would match every id.
@@ -160,7 +160,7 @@ def _not_empty(value: str, *, what: str, listing: str) -> str:
     from edgefleet.errors import InvalidInputError
 
     if not value.strip():
-        raise InvalidInputError(f"the {what} is empty; pass one, as `{listing}` lists them")
+        raise InvalidInputError(f"the {label} is empty; pass one, as `{listing}` lists them")
     return value.strip()
 
 
@@ -396,7 +396,7 @@ def deploy_command(
 ) -> None:
     """Deploy a variant to a device and follow the transfer until the device runs it."""
     _device_id(device_id)
-    _not_empty(variant_id, what="variant id", listing="edgefleet variants")
+    _not_empty(variant_id, label="variant id", listing="edgefleet variants")
     with _client(controller_url, api_token) as client:
         variant = _resolve_variant(client, device_id, variant_id)
         deployment = client.deploy(device_id, variant, reason=reason)
@@ -609,7 +609,7 @@ def _resolve_rollout(client: ControllerClient, text: str) -> str:
     """Return the rollout id that starts with ``text``, as the list shows them."""
     from edgefleet.errors import InvalidInputError
 
-    text = _not_empty(text, what="rollout id", listing="edgefleet rollouts list")
+    text = _not_empty(text, label="rollout id", listing="edgefleet rollouts list")
     matches = [r["rollout_id"] for r in client.rollouts() if r["rollout_id"].startswith(text)]
     if len(matches) > 1:
         raise InvalidInputError(
@@ -772,9 +772,9 @@ def rollouts_start(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _some(ids: list[str], *, shown: int = 5) -> str:
-    text = ", ".join(ids[:shown])
-    return text + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+def _first_ids(ids: list[str], *, limit: int = 5) -> str:
+    text = ", ".join(ids[:limit])
+    return text + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def _warn_about_start(rollout: dict[str, Any]) -> None:
@@ -783,7 +783,7 @@ def _warn_about_start(rollout: dict[str, Any]) -> None:
     if offline:
         timeout_s = rollout["gates"]["deploy_timeout_s"]
         typer.echo(
-            f"warning: {len(offline)} target device(s) are offline: {_some(offline)}. An "
+            f"warning: {len(offline)} target device(s) are offline: {_first_ids(offline)}. An "
             f"offline device that does not come back within deploy_timeout_s ({timeout_s:g} s) "
             "fails its wave, which halts the rollout by default; --online-only leaves them out",
             err=True,
@@ -799,7 +799,11 @@ def _print_start_summary(rollout: dict[str, Any]) -> None:
     left_out = rollout.get("left_out_device_ids") or []
     console.print(
         f"{len(rollout['devices'])} target device(s), {len(offline)} of them offline"
-        + (f"; {len(left_out)} offline device(s) left out: {_some(left_out)}" if left_out else "")
+        + (
+            f"; {len(left_out)} offline device(s) left out: {_first_ids(left_out)}"
+            if left_out
+            else ""
+        )
     )
     first = [d for d in rollout["devices"] if d["wave"] == 0]
     if first and all(d["variant_id"] == d["previous_variant_id"] for d in first):
