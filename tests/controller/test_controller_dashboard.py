@@ -380,7 +380,9 @@ def test_unknown_device_shows_api_error(page, fleet, page_errors):
     open_page(page, fleet, "/devices/missing-1")
     page.locator("#notice.error").wait_for(timeout=PAGE_TIMEOUT_MS)
     assert "missing-1" in page.locator("#notice").inner_text()
-    # The browser logs the API's 404 responses, but the page itself raised nothing.
+    # The page keeps polling, so close it before reading the console: the browser logs
+    # the API's 404 responses, but the page itself raised nothing.
+    page.context.close()
     assert page_errors
     assert all("404" in error for error in page_errors)
     page_errors.clear()
