@@ -143,6 +143,16 @@ class AgentStats:
     active_at: float | None = None  # time the last deployment reached ACTIVE
     deployments_failed: int = 0
     online_at_end: bool = False  # its session was still open at the deadline
+    # What the agent is waiting on, named in the report when it overruns the deadline.
+    step: str = "starting"
+    # The unfinished deployment and its state, or "" when none is.
+    deploying: str = ""
+
+    def record_error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.error_messages) < MAX_ERROR_EXAMPLES:
+            # Without the device id, agents failing alike give one example.
+            self.error_messages.append(message.replace(self.device_id, "DEVICE"))
 
 
 class Link(Protocol):
@@ -218,22 +228,22 @@ class SimulatedAgent:
         while loop.time() < deadline:
             link = link_factory(self.device_id)
             try:
+                self.stats.step = "registering"
                 await self._register(link)
                 backoff.reset()
+                self.stats.step = "opening its session"
                 await link.open_session(self._variant_id)
                 self.stats.sessions += 1
                 await self._run_session(link, deadline)
                 # The session ran until the deadline without losing its connection.
                 self.stats.online_at_end = True
             except (ControllerUnavailable, RegistrationRejected) as exc:
-                self.stats.errors += 1
-                if len(self.stats.error_messages) < MAX_ERROR_EXAMPLES:
-                    # Without the device id, agents failing alike give one example.
-                    message = str(exc).replace(self.device_id, "DEVICE")
-                    self.stats.error_messages.append(f"{type(exc).__name__}: {message}")
+                self.stats.record_error(f"{type(exc).__name__}: {exc}")
                 logger.debug("simulated agent %s: %s", self.device_id, exc)
             finally:
+                self.stats.step = "closing its connection"
                 await link.close()
+            self.stats.step = "waiting to reconnect"
             await asyncio.sleep(min(backoff.next_delay(), max(0.0, deadline - loop.time())))
         return self.stats
 
@@ -268,9 +278,11 @@ class SimulatedAgent:
                 if now >= next_sample:
                     next_sample = max(next_sample + self._interval_s, now)
                     sample = self._telemetry.sample(self.device_id, self._variant_id)
+                    self.stats.step = "sending telemetry"
                     await link.send(fleet_pb2.AgentMessage(telemetry=sample))
                     self.stats.telemetry_sent += 1
                     continue
+                self.stats.step = "waiting for commands"
                 try:
                     command = await asyncio.wait_for(
                         link.commands.get(), min(next_sample, deadline) - now
@@ -313,6 +325,7 @@ class SimulatedAgent:
             self.stats.deploy_started_at = issued_at
 
         async def report(state: UpdateState, message: str = "") -> None:
+            self.stats.deploying = f"deployment {deploy.deployment_id} {state.value}"
             status = fleet_pb2.DeploymentStatus(
                 device_id=self.device_id,
                 deployment_id=deploy.deployment_id,
@@ -337,11 +350,13 @@ class SimulatedAgent:
                 exc,
             )
             await report(UpdateState.FAILED, str(exc))
+            self.stats.deploying = ""
             return
         self._variant_id = manifest.variant_id
         self._sha256 = manifest.sha256
         self.stats.active_at = time.time()
         await report(UpdateState.ACTIVE)
+        self.stats.deploying = ""
 
     async def _fetch(self, link: Link, manifest: fleet_pb2.VariantManifest, report) -> None:
         """Download the artifact and check its size and SHA-256 as the bytes arrive.
@@ -481,9 +496,24 @@ async def _run_agents(
         _done, pending = await asyncio.wait(
             tasks, timeout=max(0.0, deadline - loop.time()) + _STOP_GRACE_S
         )
-        for task in pending:
+        for agent, task in zip(agents, tasks, strict=True):
+            if task not in pending:
+                continue
+            # Read before cancelling: the agent's cleanup changes its step.
+            agent.stats.record_error(
+                f"cancelled {_STOP_GRACE_S:g} s after the deadline, still {agent.stats.step}"
+            )
+            logger.warning(
+                "simulated agent %s was still %s %g s after the deadline; cancelled it",
+                agent.device_id,
+                agent.stats.step,
+                _STOP_GRACE_S,
+            )
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        for agent in agents:
+            if agent.stats.deploying:
+                agent.stats.record_error(f"{agent.stats.deploying} at the deadline")
     finally:
         close()
     return [agent.stats for agent in agents]

@@ -9,7 +9,7 @@ Each device gets its own channel, so its own TCP connection, as a real device ha
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable
 
 import grpc
@@ -22,7 +22,14 @@ from edgefleet.protos.v1 import fleet_pb2, fleet_pb2_grpc
 
 __all__ = ["GrpcLink"]
 
+logger = logging.getLogger(__name__)
+
 # Codes that mean the download request itself is wrong, so retrying cannot help.
+# Opening a session and closing a channel are bounded, so an agent whose call never
+# completes reconnects or stops instead of waiting past the end of the run.
+_SESSION_OPEN_TIMEOUT_S = 10.0
+_CLOSE_TIMEOUT_S = 5.0
+
 _FATAL_DOWNLOAD_CODES = frozenset(
     {
         grpc.StatusCode.NOT_FOUND,
@@ -61,7 +68,14 @@ class GrpcLink:
         hello = fleet_pb2.SessionHello(
             device_id=self._device_id, current_variant_id=current_variant_id
         )
-        await self.send(fleet_pb2.AgentMessage(hello=hello))
+        try:
+            await asyncio.wait_for(
+                self.send(fleet_pb2.AgentMessage(hello=hello)), _SESSION_OPEN_TIMEOUT_S
+            )
+        except TimeoutError as exc:
+            raise ControllerUnavailable(
+                f"session with {self.target} did not open within {_SESSION_OPEN_TIMEOUT_S:g} s"
+            ) from exc
         self._reader = asyncio.create_task(self._read(self._call))
 
     async def _read(self, call: aio.StreamStreamCall) -> None:
@@ -110,6 +124,15 @@ class GrpcLink:
         if self._call is not None:
             self._call.cancel()
         if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        await self._channel.close()
+            # The reader ends with the cancelled call; it is awaited for at most _CLOSE_TIMEOUT_S.
+            await asyncio.wait({self._reader}, timeout=_CLOSE_TIMEOUT_S)
+            self._reader.cancel()
+        try:
+            await asyncio.wait_for(self._channel.close(), _CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning(
+                "channel of simulated device %s to %s did not close within %g s",
+                self._device_id,
+                self.target,
+                _CLOSE_TIMEOUT_S,
+            )

@@ -10,8 +10,9 @@ from fleet_support import fleet_config
 from ladder_support import linear_variant, store_ladder
 from typer.testing import CliRunner
 
+from edgefleet.agent import simulate
 from edgefleet.agent.simulate import DEFAULT_PROFILE, SimulationConfig, run_simulation
-from edgefleet.agent.transport import TransportKind
+from edgefleet.agent.transport import REGISTER_TIMEOUT_S, TransportKind
 from edgefleet.cli import app
 from edgefleet.controller.models import DeploymentState
 from edgefleet.controller.service import Controller
@@ -25,8 +26,17 @@ DURATION_S = 15.0
 
 
 def assert_fleet_deployed(controller: Controller, report: dict, variant_id: str) -> None:
-    assert report["agents_connected"] == AGENTS
-    assert report["agents_deployed"] == AGENTS
+    latest = {
+        f"sim-{index:05d}": controller.registry.latest_deployment(f"sim-{index:05d}")
+        for index in range(AGENTS)
+    }
+    # On failure, the message holds the report's error examples and each device's
+    # deployment state.
+    states = {
+        device: deployment and deployment.state.value for device, deployment in latest.items()
+    }
+    assert report["agents_connected"] == AGENTS, report
+    assert report["agents_deployed"] == AGENTS, (report, states)
     assert report["deployments_failed"] == 0
     assert report["deploy_seconds"] is not None
     assert 0 <= report["deploy_seconds"] < DURATION_S
@@ -36,8 +46,7 @@ def assert_fleet_deployed(controller: Controller, report: dict, variant_id: str)
     assert report["telemetry_ingested"] >= report["telemetry_sent"] * 0.8
     assert report["ingest_msgs_per_s"] > 0
     assert 0 <= report["ingest_lag_p99_ms"] < 5000
-    for index in range(AGENTS):
-        deployment = controller.registry.latest_deployment(f"sim-{index:05d}")
+    for deployment in latest.values():
         assert deployment is not None
         assert deployment.state is DeploymentState.ACTIVE
         assert deployment.variant_id == variant_id
@@ -121,6 +130,26 @@ def test_simulate_reports_error_causes():
     assert report.errors > 0
     assert 0 < len(report.error_examples) <= report.errors
     assert report.error_examples[0].startswith("ControllerUnavailable: ")
+
+
+def test_simulate_names_what_an_overrunning_agent_waits_on(monkeypatch):
+    """A socket that accepts connections and sends nothing holds Register past the end."""
+    monkeypatch.setattr(simulate, "_STOP_GRACE_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        config = SimulationConfig(
+            agents=1,
+            transport=TransportKind.GRPC,
+            duration_s=1.0,
+            controller=f"127.0.0.1:{silent.getsockname()[1]}",
+        )
+        report = run_simulation(config)
+
+    assert report.agents_connected == 0
+    assert report.errors == 1
+    assert report.error_examples == ["cancelled 0.5 s after the deadline, still registering"]
+    assert report.duration_s < REGISTER_TIMEOUT_S
 
 
 @pytest.mark.parametrize(
