@@ -144,7 +144,8 @@ def test_models_and_variants_list_active_model(fleet):
     variants = run_json(fleet, "variants")
     assert variants["model_id"] == fleet.model_id
     profile = variants["profiles"][0]
-    table = edgefleet("variants", fleet.model_id, url=fleet.url, token=fleet.operator_token)
+    # A unique prefix of the model id selects the model.
+    table = edgefleet("variants", fleet.model_id[:6], url=fleet.url, token=fleet.operator_token)
     assert table.returncode == 0, table.stderr
     for variant in profile["variants"]:
         assert variant["variant_id"] in table.stdout
@@ -224,10 +225,11 @@ def test_rollout_start_pause_resume_abort(fleet):
     rollout = run_json(
         fleet,
         "rollouts", "start", "--target", f"devices:{DEVICE}", "--waves", "100%",
-        "--gate", "soak_s=600", "--gate", "min_samples=1",
+        "--model", fleet.model_id[:6], "--gate", "soak_s=600", "--gate", "min_samples=1",
     )  # fmt: skip
     rollout_id = rollout["rollout_id"]
     assert rollout["state"] == "running"
+    assert rollout["model_id"] == fleet.model_id
     prefix = rollout_id[:8]
 
     listed = run_json(fleet, "rollouts", "list", "--state", "running")["rollouts"]
@@ -455,6 +457,8 @@ def test_rollout_start_rejects_non_finite_gate(value):
         (("pin", ""), "invalid device id ''"),
         (("device", "pi-a/../pi-b"), "invalid device id 'pi-a/../pi-b'"),
         (("deploy", "op-1", ""), "the variant id is empty"),
+        (("variants", " "), "the model id is empty"),
+        (("rollouts", "start", "--model", ""), "the model id is empty"),
         (("events", "--device", ""), "invalid device id ''"),
     ],
 )

@@ -313,10 +313,27 @@ def register_command(
     )
 
 
+def _resolve_model(client: ControllerClient, text: str) -> str:
+    """Return the model id that starts with ``text``, as `edgefleet models` lists them."""
+    from edgefleet.errors import InvalidInputError
+
+    text = _not_empty(text, label="model id", listing="edgefleet models")
+    matches = [m["model_id"] for m in client.models()["models"] if m["model_id"].startswith(text)]
+    if len(matches) > 1:
+        raise InvalidInputError(
+            f"model prefix {text!r} matches {len(matches)} models ({', '.join(matches)}); "
+            "give more characters"
+        )
+    return matches[0] if matches else text
+
+
 @_handle_errors
 def variants_command(
     model_id: Annotated[
-        str | None, typer.Argument(help="Model id (`edgefleet models`); default: the active one.")
+        str | None,
+        typer.Argument(
+            help="Model id or a unique prefix of it (`edgefleet models`); default: the active one."
+        ),
     ] = None,
     profile: Annotated[str | None, typer.Option(help="Only this profile name.")] = None,
     controller_url: ControllerUrl = DEFAULT_CONTROLLER_URL,
@@ -334,6 +351,8 @@ def variants_command(
                 raise InvalidInputError(
                     "no model is registered; start the controller with --model and --data"
                 )
+        else:
+            model_id = _resolve_model(client, model_id)
         variants = client.variants(model_id, profile=profile)
     if json_output:
         _print_json(variants)
@@ -702,7 +721,10 @@ def rollouts_start(
         str, typer.Option(help="Devices to cover: all, profile:NAME or devices:ID,ID,...")
     ] = "all",
     model: Annotated[
-        str | None, typer.Option(help="Model id to roll out; default: the active model.")
+        str | None,
+        typer.Option(
+            help="Model id or a unique prefix of it to roll out; default: the active model."
+        ),
     ] = None,
     waves: Annotated[
         str | None,
@@ -737,8 +759,6 @@ def rollouts_start(
     from edgefleet.client.render import rollout_table
 
     body: dict[str, Any] = {"target": target}
-    if model is not None:
-        body["model_id"] = model
     if waves is not None:
         body["waves"] = waves
     if variant:
@@ -748,6 +768,8 @@ def rollouts_start(
     if online_only:
         body["online_only"] = True
     with _client(controller_url, api_token) as client:
+        if model is not None:
+            body["model_id"] = _resolve_model(client, model)
         started = client.start_rollout(body)
         _warn_about_start(started)
         rollout = started
