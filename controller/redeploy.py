@@ -1,10 +1,12 @@
 """Backoff and attempt limits for deployments sent again after a transfer or install failure.
 
-A deployment that FAILED on the device (download, verification, disk, install or load)
-leaves the device serving its previous variant or nothing, and the cause is often
-transient: a full or read-only disk, a flaky link. ``RedeploySchedule`` decides when the
-same variant is sent again: after ``initial_s``, doubling with each failure up to
-``max_s``, and never after ``max_attempts`` deployments of that variant to that device.
+A deployment that FAILED on the device (download, verification, disk or install) leaves
+the device serving its previous variant or nothing, and the cause is often transient: a
+full or read-only disk, a flaky link. One that failed while the device loaded the model is
+not scheduled: the same file fails the same way (see ``Controller._schedule_redeploy``).
+``RedeploySchedule`` decides when the same variant is sent again: after ``initial_s``,
+doubling with each failure up to ``max_s``, and never after ``max_attempts`` deployments
+of that variant to that device.
 A ROLLED_BACK deployment is never scheduled, because the device still serves its previous
 model and the policy decides what comes next.
 """

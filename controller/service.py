@@ -945,12 +945,17 @@ class Controller:
         if device_id in self._revoked:
             return
         self._heard_from(device_id)
+        # Where a deployment failed decides whether sending it again can help.
+        failed_in = None
+        if status.state == fleet_pb2.DEPLOYMENT_STATE_FAILED:
+            before = self.registry.find_deployment(status.deployment_id)
+            failed_in = before.state if before is not None else None
         if self._deployer.handle_status(device_id, status):
             # A finished deployment (whatever its end) starts the cooldown, so the policy
             # judges the new variant on fresh samples only.
             with self._state_lock:
                 self._device_runtime(device_id).last_action_at = utc_now()
-            self._schedule_redeploy(device_id, status)
+            self._schedule_redeploy(device_id, status, failed_in=failed_in)
             assert self._rollouts is not None
             self._rollouts.notify()
 
@@ -1455,8 +1460,19 @@ class Controller:
 
     # -- deployments sent again after a failure -------------------------------------
 
-    def _schedule_redeploy(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> None:
-        """Schedule a FAILED deployment again, with backoff; see ``controller/redeploy.py``."""
+    def _schedule_redeploy(
+        self,
+        device_id: str,
+        status: fleet_pb2.DeploymentStatus,
+        *,
+        failed_in: DeploymentState | None = None,
+    ) -> None:
+        """Schedule a FAILED deployment again, with backoff; see ``controller/redeploy.py``.
+
+        ``failed_in`` is the state the deployment was in when it failed. One that failed
+        while LOADING did not load, or failed its self-test, on the device: the same file
+        fails the same way, so it is not sent again and the controller records an alert.
+        """
         if status.state == fleet_pb2.DEPLOYMENT_STATE_ACTIVE:
             self._redeploys.record_success(device_id)
             return
@@ -1469,8 +1485,24 @@ class Controller:
         if device.pinned or self.rollouts.rollout_of(device_id) is not None:
             return
 
-        delay_s = self._redeploys.record_failure(device_id, deployment.variant_id)
         ids = {"device_id": device_id, "deployment_id": deployment.id}
+        if failed_in is DeploymentState.LOADING:
+            reason = (
+                f"variant {deployment.variant_id} failed while device {device_id} loaded it "
+                f"({status.message or 'no reason given'}); not sending it again until an "
+                "operator or the policy deploys it"
+            )
+            self.registry.record_event(
+                EventKind.ALERT,
+                device_id=device_id,
+                reason=reason,
+                to_variant=deployment.variant_id,
+                details={"deployment_id": deployment.id, "failed_in": failed_in.value},
+            )
+            logger.error("%s", reason, extra=ids)
+            return
+
+        delay_s = self._redeploys.record_failure(device_id, deployment.variant_id)
         if delay_s is not None:
             logger.info(
                 "deployment %s of variant %s to device %s failed; sending it again in %.0f s",

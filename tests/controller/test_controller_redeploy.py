@@ -1,5 +1,6 @@
 """Deployments sent again after a failure: the backoff schedule, then the controller
-sending them, giving up, and leaving rolled-back and pinned devices alone."""
+sending them, giving up, and leaving alone rolled-back and pinned devices and deployments
+that failed while the device loaded the model."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from edgefleet.controller.models import DeploymentRow, EventKind
 from edgefleet.controller.redeploy import DueRedeploy, RedeploySchedule
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
+from edgefleet.protos.v1 import fleet_pb2
+
+LOADING = fleet_pb2.DEPLOYMENT_STATE_LOADING
+VERIFYING = fleet_pb2.DEPLOYMENT_STATE_VERIFYING
 
 
 class FakeClock:
@@ -128,6 +133,26 @@ def test_redeploy_gives_up_at_attempt_limit(controller, deployed) -> None:
     assert latest(controller).id == failed[-1]
     alerts = controller.registry.list_events(device_id="dev-1", kinds=[EventKind.ALERT])
     assert any("failed 3 deployments in a row" in event.reason for event in alerts)
+
+
+def test_deployment_failed_while_loading_not_sent_again(controller, deployed) -> None:
+    report(controller, "dev-1", deployed.id, LOADING)
+    report(controller, "dev-1", deployed.id, FAILED, "self-test output differs")
+
+    time.sleep(1.0)
+    assert latest(controller).id == deployed.id
+    alerts = controller.registry.list_events(device_id="dev-1", kinds=[EventKind.ALERT])
+    assert len(alerts) == 1
+    assert alerts[0].details == {"deployment_id": deployed.id, "failed_in": "loading"}
+    assert "self-test output differs" in alerts[0].reason
+
+
+def test_deployment_failed_while_verifying_sent_again(controller, deployed) -> None:
+    report(controller, "dev-1", deployed.id, VERIFYING)
+    report(controller, "dev-1", deployed.id, FAILED, "sha256 mismatch after 3 downloads")
+
+    wait_for(lambda: latest(controller).id != deployed.id)
+    assert latest(controller).reason.startswith(f"attempt 2 of 3: deployment {deployed.id}")
 
 
 def test_rolled_back_deployment_not_sent_again(controller, deployed) -> None:

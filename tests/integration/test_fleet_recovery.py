@@ -7,10 +7,12 @@ import dataclasses
 import hashlib
 import re
 import shutil
+import time
 
 import pytest
 from fleet_support import fleet_config, wait_for, write_profile
 from ladder_support import linear_variant, store_ladder
+from rollout_fleet_support import store_broken_variant
 
 from edgefleet.agent.store import AgentStore
 from edgefleet.controller.models import DeploymentState, EventKind
@@ -123,6 +125,47 @@ def test_failed_install_deployed_again(start_controller, start_agent, tmp_path):
         r.startswith("initial deployment") for r in later
     ), later
     assert controller.registry.latest_deployment("pi-retry").state is DeploymentState.ACTIVE
+
+
+def test_variant_failing_its_self_test_not_sent_again(start_controller, start_agent, tmp_path):
+    config = dataclasses.replace(fleet_config(), redeploy_initial_s=0.5, redeploy_max_s=1.0)
+    fleet = start_controller(config)
+    controller = fleet.controller
+    profile = write_profile(tmp_path / "shared.toml", "selftest-board")
+    agent = start_agent("pi-selftest", fleet.port, profile_name="selftest-board")
+    wait_for(
+        lambda: controller.sessions.is_connected("pi-selftest"),
+        timeout_s=60,
+        what="the session",
+    )
+    manifest = store_ladder(controller, load_profile(profile), *linear_variant(FEATURES))
+    controller.deploy("pi-selftest", manifest.variant_id, reason="first deployment")
+    wait_for(
+        lambda: serving_variant(agent) == manifest.variant_id,
+        timeout_s=60,
+        what="the first deployment",
+    )
+    fingerprint = controller.registry.get_device("pi-selftest").profile_fingerprint
+    broken = store_broken_variant(controller, manifest.model_id, fingerprint, manifest.variant_id)
+
+    failed = controller.deploy("pi-selftest", broken, reason="broken export")
+    wait_for(
+        lambda: (
+            controller.registry.latest_deployment("pi-selftest").state is DeploymentState.FAILED
+        ),
+        timeout_s=30,
+        what="the failed deployment",
+    )
+    # Several retry delays pass, and no deployment follows the failed one.
+    time.sleep(3.0)
+
+    assert controller.registry.latest_deployment("pi-selftest").id == failed.id
+    assert "self-test output differs" in controller.registry.latest_deployment("pi-selftest").reason
+    alerts = controller.registry.list_events(device_id="pi-selftest", kinds=[EventKind.ALERT])
+    assert [alert.details["failed_in"] for alert in alerts] == ["loading"]
+    assert "not sending it again" in alerts[0].reason
+    assert serving_variant(agent) == manifest.variant_id
+    assert_installed_verified(agent, manifest.sha256)
 
 
 def test_damaged_manifest_restored_by_redeploy(start_controller, start_agent, tmp_path):
