@@ -17,7 +17,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.controller.api import devices, events, fleet
 from edgefleet.controller.api import rollouts as rollout_routes
-from edgefleet.controller.api.auth import API_PREFIX, HttpAuth, TokenAuthMiddleware, authorize
+from edgefleet.controller.api.auth import (
+    API_PREFIX,
+    HttpAuth,
+    RejectionLog,
+    TokenAuthMiddleware,
+    authorize,
+)
 from edgefleet.controller.api.errors import ApiError, error_response, install_error_handlers
 from edgefleet.controller.api.schemas import ErrorResponse, Health
 from edgefleet.controller.metrics import FleetCollector
@@ -75,6 +81,7 @@ def create_app(
         },
     )
     app.state.controller = controller
+    app.state.rejection_log = RejectionLog()
     app.state.rollouts = rollouts if rollouts is not None else controller.rollouts
     # Set by ``HttpServer.stop``: long polls return their page at once instead of holding
     # up the server's shutdown.

@@ -12,11 +12,18 @@ send GET and HEAD requests, an ``operator`` token any request::
 ``/api/v1/health``, the OpenAPI document, its interactive reference and the dashboard's
 static files need no token: they contain no fleet data, and a load balancer's health
 check has no token to send.
+
+Each rejection is logged with the client's address and the token id, never the secret.
+A script that retries a revoked token must not fill the log. So further rejections of a
+client within ``REJECTION_LOG_WINDOW_S`` are only counted, and the client's next line
+after the window gives their number.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from enum import StrEnum
 
 from fastapi import Request, Security
@@ -33,7 +40,9 @@ from edgefleet.controller.models import ApiTokenRole, ApiTokenRow
 __all__ = [
     "PUBLIC_PATHS",
     "READ_METHODS",
+    "REJECTION_LOG_WINDOW_S",
     "HttpAuth",
+    "RejectionLog",
     "TokenAuthMiddleware",
     "authorize",
     "check_http_auth",
@@ -50,6 +59,10 @@ PUBLIC_PATHS = frozenset(
 )
 # Methods a read token may send.
 READ_METHODS = frozenset({"GET", "HEAD"})
+# After a logged rejection, further ones of the same client are only counted for this long.
+REJECTION_LOG_WINDOW_S = 60.0
+# Clients whose rejections are remembered; the oldest is forgotten beyond this.
+_REJECTION_LOG_CLIENTS = 10_000
 
 _BEARER = HTTPBearer(
     auto_error=False,
@@ -61,6 +74,31 @@ _TOKEN_HINT = (
     f"send `Authorization: Bearer TOKEN` with a token from `{CREATE_COMMAND}`, run on the "
     "controller host"
 )
+
+
+class RejectionLog:
+    """Logs the first rejection of a client per window and counts the rest; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # client host -> (monotonic time of its last logged line, rejections left out since)
+        self._clients: dict[str, tuple[float, int]] = {}
+
+    def log(self, client: str, line: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            logged_at, left_out = self._clients.get(client, (None, 0))
+            if logged_at is not None and now - logged_at < REJECTION_LOG_WINDOW_S:
+                self._clients[client] = (logged_at, left_out + 1)
+                return
+            self._clients.pop(client, None)
+            if len(self._clients) >= _REJECTION_LOG_CLIENTS:
+                del self._clients[next(iter(self._clients))]
+            self._clients[client] = (now, 0)
+        if left_out:
+            line += " (and %d more rejections of this client in the last %g s, not logged)"
+            args = (*args, left_out, REJECTION_LOG_WINDOW_S)
+        logger.warning(line, *args)
 
 
 class HttpAuth(StrEnum):
@@ -166,7 +204,9 @@ def authorize(
 
 def _rejected(request: Request, status: int, reason: str, *, token_id: str | None) -> ApiError:
     client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
-    logger.warning(
+    rejections: RejectionLog = request.app.state.rejection_log
+    rejections.log(
+        request.client.host if request.client else "unknown",
         "rejected %s %s from %s with HTTP %d: %s (token %s)",
         request.method,
         request.url.path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from api_support import ApiFleet, bearer, serve_api
 
-from edgefleet.controller.api import HttpServer, create_app
+from edgefleet.controller.api import HttpServer, auth, create_app
 from edgefleet.controller.api.auth import HttpAuth, check_http_auth
 from edgefleet.controller.api_tokens import LAST_USED_RESOLUTION, ApiTokenStore
 from edgefleet.controller.config import ControllerConfig
@@ -206,6 +207,29 @@ def test_rejection_logged_without_secret(api: ApiFleet, caplog: pytest.LogCaptur
     assert f"token {token_id}" in message
     assert wrong_secret not in message
     assert secret not in caplog.text
+
+
+def test_repeated_rejections_logged_once_per_window(
+    api: ApiFleet, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "REJECTION_LOG_WINDOW_S", 1.0)
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.api.auth")
+    unknown = "efa1.0123456789abcdef." + "C" * 43
+
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        statuses = [
+            client.get("/api/v1/devices", headers=bearer(unknown)).status_code for _ in range(30)
+        ]
+        first_window = [r.getMessage() for r in caplog.records if r.name.endswith("api.auth")]
+        time.sleep(1.2)
+        statuses.append(client.get("/api/v1/devices", headers=bearer(unknown)).status_code)
+
+    assert statuses == [401] * 31, "every request is still rejected"
+    assert len(first_window) == 1
+    assert "more rejections" not in first_window[0]
+    messages = [r.getMessage() for r in caplog.records if r.name.endswith("api.auth")]
+    assert len(messages) == 2
+    assert "(and 29 more rejections of this client in the last 1 s, not logged)" in messages[1]
 
 
 def test_read_rejection_logged_with_token_id(
