@@ -186,8 +186,10 @@ class _GrpcSession:
 
 def translate_rpc_error(exc: grpc.RpcError, action: str) -> Exception:
     """Map a gRPC error to ``ControllerUnavailable`` or ``RegistrationRejected``."""
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    # grpc.aio's AioRpcError has code() and details() but is not a grpc.Call.
+    has_status = callable(getattr(exc, "code", None)) and callable(getattr(exc, "details", None))
+    code = exc.code() if has_status else grpc.StatusCode.UNKNOWN
+    details = exc.details() if has_status else str(exc)
     message = f"{action} failed: {code.name}: {details}"
     if code in TRANSIENT_CODES:
         return ControllerUnavailable(message)

@@ -130,6 +130,7 @@ def test_simulate_reports_error_causes():
     assert report.errors > 0
     assert 0 < len(report.error_examples) <= report.errors
     assert report.error_examples[0].startswith("ControllerUnavailable: ")
+    assert f"registration at 127.0.0.1:{port} failed: UNAVAILABLE: " in report.error_examples[0]
 
 
 def test_simulate_names_what_an_overrunning_agent_waits_on(monkeypatch):
