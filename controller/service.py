@@ -83,6 +83,9 @@ __all__ = ["Controller", "ControllerState"]
 
 logger = logging.getLogger(__name__)
 
+# Device ids per query when placing queued devices, well under SQLite's bound parameters.
+_PLACEMENT_QUERY_IDS = 500
+
 _POLICY_EVENT_KINDS = {
     PolicyAction.STEP_DOWN: EventKind.STEPPED_DOWN,
     PolicyAction.STEP_UP: EventKind.STEPPED_UP,
@@ -138,6 +141,8 @@ class Controller:
         self._state_lock = threading.Lock()
         # Thread counts with a host calibration queued on the planner thread.
         self._calibrations_queued: set[int] = set()
+        # Devices waiting for placement; one planner task places all of them.
+        self._placements_queued: set[str] = set()
         self._runtime: dict[str, _DeviceRuntime] = {}
         self._recompressing: set[tuple[str, str]] = set()
         self._stop = threading.Event()
@@ -602,9 +607,7 @@ class Controller:
                     f"host calibration at {threads} threads",
                     lambda: self._calibrate_host(threads),
                 )
-        self._worker_submit(
-            f"placement of device {device_id}", lambda: self._place_device(device_id)
-        )
+        self._queue_placement(device_id)
 
     def set_pinned(self, device_id: str, pinned: bool) -> DeviceRow:
         """Pin a device to its desired variant (the policy leaves it alone), or unpin it."""
@@ -1093,15 +1096,57 @@ class Controller:
                 self.registry.update_device(device.device_id, latency_scale=scale)
                 logger.info("device %s latency scale %.3f", device.device_id, scale)
 
-    def _place_device(self, device_id: str) -> None:
-        """Plan the device's profile if needed, else deploy its starting rung."""
-        device = self.registry.find_device(device_id)
+    def _queue_placement(self, device_id: str) -> None:
+        """Queue the device for ``_place_devices``, with one planner task for the queue.
+
+        A registration storm then costs one query per batch of devices on the planner
+        thread, not two per device, and leaves the GIL to telemetry ingest.
+        """
+        with self._state_lock:
+            first = not self._placements_queued
+            self._placements_queued.add(device_id)
+        if not first:
+            return  # the queued task takes this device too
+        try:
+            self._worker_submit("placement of registered devices", self._place_devices)
+        except ControllerStateError:
+            with self._state_lock:
+                self._placements_queued.clear()
+            raise
+
+    def _place_devices(self) -> None:
+        """Plan each queued device's profile if needed, else deploy its starting rung."""
+        with self._state_lock:
+            device_ids, self._placements_queued = self._placements_queued, set()
         model = self.registry.active_model()
-        if device is None or model is None:
+        if model is None:
             return
-        if not self._ensure_plan(model.id, device.profile_fingerprint):
-            return
-        self._assign_start(device, model.id)
+        planned: dict[str, bool] = {}
+        ordered = sorted(device_ids)
+        devices = [
+            device
+            for start in range(0, len(ordered), _PLACEMENT_QUERY_IDS)
+            for device in self.registry.get_devices(
+                ordered[start : start + _PLACEMENT_QUERY_IDS]
+            ).values()
+        ]
+        for device in devices:
+            fingerprint = device.profile_fingerprint
+            if fingerprint not in planned:
+                planned[fingerprint] = self._ensure_plan(model.id, fingerprint)
+            if not planned[fingerprint]:
+                continue
+            try:
+                self._assign_start(device, model.id)
+            except ControllerStateError:
+                raise
+            except Exception:
+                # One device's failed deployment must not leave the others unplaced.
+                logger.exception(
+                    "placing device %s failed",
+                    device.device_id,
+                    extra={"device_id": device.device_id},
+                )
 
     def _ensure_plan(self, model_id: str, fingerprint: str) -> bool:
         """Queue a plan for (model, profile) unless one exists; returns whether it is DONE."""
@@ -1264,10 +1309,7 @@ class Controller:
             return
         if unfinished and self._redeploy_desired(device, model.id):
             return
-        self._worker_submit(
-            f"placement of device {device.device_id}",
-            lambda: self._place_device(device.device_id),
-        )
+        self._queue_placement(device.device_id)
 
     def _redeploy_desired(self, device: DeviceRow, model_id: str) -> bool:
         """Deploy the desired variant again to a device that connected without it.
