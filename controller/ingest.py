@@ -186,22 +186,48 @@ class TelemetryIngest:
             samples.append((device_id, sample))
             if on_stored is not None:
                 highest_seq[on_stored] = max(highest_seq.get(on_stored, 0), sample.seq)
-        try:
-            self._store(samples)
-        except Exception:
-            # NOTE: the senders already have their acknowledgements (MQTT PUBACK), so a
-            # failed batch is lost; it is counted and logged.
-            self._count_dropped(len(samples))
-            logger.exception("storing a batch of %d telemetry samples failed", len(samples))
+        stored = self._store_samples(samples)
+        if not stored:
             return
         with self._lock:
             self._batches += 1
-            self._stored += len(samples)
+            self._stored += stored
         for on_stored, seq in highest_seq.items():
             try:
                 on_stored(seq)
             except Exception:
                 logger.exception("a telemetry receipt callback failed for seq %d", seq)
+
+    def _store_samples(self, samples: list[tuple[str, fleet_pb2.TelemetrySample]]) -> int:
+        """Store ``samples`` in one transaction; returns how many were stored.
+
+        When the batch fails, each sample is stored on its own, so a sample that the
+        database rejects loses only itself. The senders already have their
+        acknowledgements (MQTT PUBACK), so a sample that fails alone is counted and logged.
+        """
+        try:
+            self._store(samples)
+            return len(samples)
+        except Exception:
+            logger.exception(
+                "storing a batch of %d telemetry samples failed; storing them one at a time",
+                len(samples),
+            )
+        stored = 0
+        for device_id, sample in samples:
+            try:
+                self._store([(device_id, sample)])
+                stored += 1
+            except Exception as exc:
+                self._count_dropped(1)
+                logger.warning(
+                    "dropped telemetry sample %d of device %s: storing it failed: %s",
+                    sample.seq,
+                    device_id,
+                    exc,
+                    extra={"device_id": device_id},
+                )
+        return stored
 
     def _count_dropped(self, count: int) -> None:
         with self._lock:

@@ -21,6 +21,9 @@ __all__ = ["DropCounter", "TelemetryRecord", "validate_sample"]
 logger = logging.getLogger(__name__)
 
 # Fields that must be finite and non-negative.
+# Unsigned 64-bit protobuf fields stored in signed 64-bit columns (BIGINT, SQLite INTEGER).
+_COUNTER_FIELDS = ("seq", "requests", "dropped_samples")
+_MAX_COUNTER = 2**63 - 1
 _NON_NEGATIVE_FIELDS = (
     "cpu_percent",
     "memory_total_mb",
@@ -84,7 +87,8 @@ def validate_sample(
     """Check a sample from ``device_id``'s session and return it as a record.
 
     Raises ``InvalidTelemetryError`` (with ``field`` set) for a NaN, infinite or negative
-    figure, a temperature below absolute zero, or a sample that names another device.
+    figure, a counter beyond the database's signed 64-bit range, a temperature below
+    absolute zero, or a sample that names another device.
     """
     if sample.device_id and sample.device_id != device_id:
         raise InvalidTelemetryError(
@@ -106,6 +110,14 @@ def validate_sample(
             f"got {temperature!r}",
             field="temperature_c",
         )
+    for field in _COUNTER_FIELDS:
+        value = getattr(sample, field)
+        if value > _MAX_COUNTER:
+            raise InvalidTelemetryError(
+                f"{field} must be at most {_MAX_COUNTER} (a signed 64-bit database integer), "
+                f"got {value}",
+                field=field,
+            )
     if not 0 <= sample.sampled_at_ms <= _MAX_SAMPLED_AT_MS:
         raise InvalidTelemetryError(
             f"sampled_at_ms must be between 0 and {_MAX_SAMPLED_AT_MS} (Unix milliseconds), "

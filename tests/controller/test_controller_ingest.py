@@ -60,6 +60,29 @@ def test_ingest_failed_batch_sends_no_receipt() -> None:
     assert receipts.seqs == []
 
 
+def test_ingest_failed_batch_retried_per_sample() -> None:
+    stored: list[tuple[str, fleet_pb2.TelemetrySample]] = []
+
+    def store(batch: Batch) -> None:
+        if any(device_id == "dev-bad" for device_id, _sample in batch):
+            raise RuntimeError("the database rejected a row")
+        stored.extend(batch)
+
+    ingest = TelemetryIngest(store, queue_max=10, batch_wait_s=0.5)
+    receipts = _Receipts()
+    # Queued before the thread starts, so all three form one batch.
+    ingest.submit("dev-1", make_sample(seq=1), receipts.record)
+    ingest.submit("dev-bad", make_sample("dev-bad", seq=2))
+    ingest.submit("dev-1", make_sample(seq=3), receipts.record)
+    ingest.start()
+    wait_for(lambda: ingest.stats().stored_samples + ingest.stats().dropped == 3)
+    ingest.stop()
+
+    assert [sample.seq for _device_id, sample in stored] == [1, 3]
+    assert ingest.stats().dropped == 1
+    assert receipts.seqs == [3]
+
+
 def test_ingest_undecodable_bytes_not_acknowledged() -> None:
     stored: list[Batch] = []
     ingest = TelemetryIngest(stored.append, queue_max=10, batch_wait_s=0.5)

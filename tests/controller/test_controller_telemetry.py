@@ -23,6 +23,9 @@ def test_valid_sample_becomes_record() -> None:
         ("latency_p95_ms", math.inf),
         ("sampled_at_ms", 2**62),
         ("sampled_at_ms", -1),
+        ("seq", 2**63),
+        ("requests", 2**64 - 1),
+        ("dropped_samples", 2**63),
     ],
 )
 def test_invalid_sample_names_field(field: str, value: float) -> None:
@@ -31,3 +34,20 @@ def test_invalid_sample_names_field(field: str, value: float) -> None:
 
     with pytest.raises(InvalidTelemetryError, match=field):
         validate_sample(sample, device_id="dev-1")
+
+
+def test_counter_beyond_int64_dropped_and_batch_kept(controller, profile) -> None:
+    controller.register_device("dev-1", profile)
+    samples = [
+        ("dev-1", make_sample(seq=1)),
+        ("dev-1", make_sample(seq=2**64 - 1)),
+        ("dev-1", make_sample(seq=3, requests=2**63 - 1, dropped_samples=2**63 - 1)),
+    ]
+
+    records = controller.ingest_telemetry_batch(samples)
+
+    assert [record.seq for record in records] == [1, 3]
+    assert controller.registry.count_telemetry("dev-1") == 2
+    assert controller.dropped_samples("dev-1") == 1
+    newest = controller.registry.recent_telemetry("dev-1", limit=1)[0]
+    assert newest.requests == 2**63 - 1
