@@ -31,12 +31,21 @@ from edgefleet.controller.api.schemas import (
 )
 from edgefleet.controller.models import DeviceRow
 from edgefleet.controller.service import Controller
+from edgefleet.ids import validate_device_id
 
 __all__ = ["router"]
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/devices", tags=["devices"])
+
+def _check_device_id(request: Request) -> None:
+    """Reject a device id in the path that no device can have (400, not 404)."""
+    device_id = request.path_params.get("device_id")
+    if device_id is not None:
+        validate_device_id(device_id)
+
+
+router = APIRouter(prefix="/devices", tags=["devices"], dependencies=[Depends(_check_device_id)])
 
 # Maximum points one telemetry request returns. A dashboard chart needs far fewer.
 MAX_TELEMETRY_POINTS = 10_000

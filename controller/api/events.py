@@ -39,7 +39,11 @@ async def list_events(
     since: Annotated[str | None, Query(description="Only events at or after this time.")] = None,
     after_id: Annotated[
         int | None,
-        Query(ge=0, description="Only events newer than this id; pass the last_id returned."),
+        Query(
+            ge=0,
+            le=2**63 - 1,
+            description="Only events newer than this id; pass the last_id returned.",
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[

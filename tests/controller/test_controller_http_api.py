@@ -120,6 +120,15 @@ def test_unknown_device_is_404(api: ApiFleet) -> None:
         assert error["field"] == "device_id"
 
 
+@pytest.mark.parametrize("device_id", ["g\u00fcnther", "x" * 5_000, "-starts-with-dash"])
+def test_impossible_device_id_is_400(api: ApiFleet, device_id: str) -> None:
+    for suffix in ("", "/telemetry", "/ladder"):
+        response = api.client.get(f"/api/v1/devices/{device_id}{suffix}")
+
+        error = assert_error(response, 400, "invalid_input", "invalid device id", "1-64 characters")
+        assert len(error["message"]) < 400
+
+
 # -- telemetry history -------------------------------------------------------------------
 
 
@@ -583,6 +592,7 @@ def test_events_long_poll_times_out_empty(api: ApiFleet) -> None:
         ({"after_id": 0, "wait": 61}, 422, ["query parameter wait"]),
         ({"since": "soon"}, 400, ["'soon'"]),
         ({"limit": 0}, 422, ["query parameter limit"]),
+        ({"after_id": 2**63}, 422, ["query parameter after_id", str(2**63 - 1)]),
     ],
 )
 def test_events_reject_bad_query(
