@@ -453,7 +453,7 @@ class _Update:
         if report.within_budget:
             return None
         over = (
-            f"p95 latency {report.latency_p95_ms:.3f} ms per row exceeds the device's budget "
+            f"p95 latency {report.latency_p95_ms:.4g} ms per row exceeds the device's budget "
             f"of {report.latency_budget_ms:g} ms"
         )
         replaced = self.replaced
