@@ -1527,21 +1527,13 @@ class Controller:
         if device.pinned or self.rollouts.rollout_of(device_id) is not None:
             return
 
-        ids = {"device_id": device_id, "deployment_id": deployment.id}
         if failed_in is DeploymentState.LOADING:
-            reason = (
+            self._stop_redeploying(
+                deployment,
                 f"variant {deployment.variant_id} failed while device {device_id} loaded it "
-                f"({status.message or 'no reason given'}); not sending it again until an "
-                "operator or the policy deploys it"
+                f"({status.message or 'no reason given'})",
+                failed_in=failed_in.value,
             )
-            self.registry.record_event(
-                EventKind.ALERT,
-                device_id=device_id,
-                reason=reason,
-                to_variant=deployment.variant_id,
-                details={"deployment_id": deployment.id, "failed_in": failed_in.value},
-            )
-            logger.error("%s", reason, extra=ids)
             return
 
         delay_s = self._redeploys.record_failure(device_id, deployment.variant_id)
@@ -1552,23 +1544,32 @@ class Controller:
                 deployment.variant_id,
                 device_id,
                 delay_s,
-                extra=ids,
+                extra={"device_id": device_id, "deployment_id": deployment.id},
             )
             return
-
-        reason = (
+        self._stop_redeploying(
+            deployment,
             f"variant {deployment.variant_id} failed {self._redeploys.max_attempts} "
-            "deployments in a row; not sending it again until an operator or the policy "
-            "deploys it"
+            "deployments in a row",
         )
+
+    def _stop_redeploying(self, deployment: DeploymentRow, cause: str, **details: str) -> None:
+        """Record an alert that ``deployment``'s variant is not sent to its device again."""
+        device_id = deployment.device_id
+        reason = f"{cause}; not sending it again until an operator or the policy deploys it"
         self.registry.record_event(
             EventKind.ALERT,
             device_id=device_id,
             reason=reason,
             to_variant=deployment.variant_id,
-            details={"deployment_id": deployment.id},
+            details={"deployment_id": deployment.id, **details},
         )
-        logger.error("device %s: %s", device_id, reason, extra=ids)
+        logger.error(
+            "device %s: %s",
+            device_id,
+            reason,
+            extra={"device_id": device_id, "deployment_id": deployment.id},
+        )
 
     def _redeploy_loop(self) -> None:
         interval_s = min(1.0, self.config.redeploy_initial_s)
