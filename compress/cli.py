@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +63,15 @@ def compress_command(
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     except EdgefleetError as exc:
         typer.echo(f"compression failed: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except Exception as exc:  # torch, onnx and onnxruntime errors the planner did not wrap
+        logging.getLogger(__name__).debug("compression failed", exc_info=True)
+        message = " ".join(str(exc).split())
+        typer.echo(
+            f"compression failed: {type(exc).__name__}: {message}; run "
+            "'edgefleet --log-level debug compress ...' to log the traceback",
+            err=True,
+        )
         raise typer.Exit(EXIT_FAILED) from None
 
     report_json = json.dumps(report, indent=2, sort_keys=True)

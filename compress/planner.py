@@ -30,6 +30,7 @@ from edgefleet.compress.configs import (
 )
 from edgefleet.compress.dataset import Dataset
 from edgefleet.compress.errors import CompressError, DatasetError, MeasurementError, ModelLoadError
+from edgefleet.compress.export import ONNX_OPSET
 from edgefleet.compress.latency_model import (
     GraphFeatures,
     LatencyModel,
@@ -42,6 +43,7 @@ from edgefleet.compress.quantization import dynamic_quantization_for, static_qua
 from edgefleet.compress.runtime import create_session, run_batched
 from edgefleet.compress.search import search_architectures
 from edgefleet.compress.variants import VariantReport, measure_variant
+from edgefleet.errors import EdgefleetError
 from edgefleet.profiles import DeviceProfile
 
 __all__ = [
@@ -229,7 +231,7 @@ def plan(
 
     step(0, 1, "fp32 baseline")
     report("fp32 baseline")
-    baseline = measure(Recipe())
+    baseline = _measure_baseline(measure)
     conv_fraction = _conv_fraction(baseline.onnx_path)
     conv_heavy = conv_fraction >= CONV_HEAVY_FRACTION
     searched: list[TechniqueConfig] = []
@@ -251,10 +253,13 @@ def plan(
         report(f"[{index}/{total}] {recipe.name}")
         try:
             variants.append(measure(recipe, baseline.outputs_val))
-        except CompressError as exc:
-            logger.warning("recipe %s rejected: %s", recipe.name, exc)
-            notes.append(f"rejected {recipe.name}: {exc}")
-            report(f"{recipe.name}: rejected: {exc}")
+        except Exception as exc:  # torch, onnx and onnxruntime raise many types
+            # One failed recipe leaves the baseline and the other recipes a ladder.
+            reason = _describe_error(exc)
+            logger.warning("recipe %s rejected: %s", recipe.name, reason)
+            logger.debug("recipe %s failed", recipe.name, exc_info=True)
+            notes.append(f"rejected {recipe.name}: {reason}")
+            report(f"{recipe.name}: rejected: {reason}")
     step(total, total, "done")
 
     ladder = build_ladder(baseline, variants, profile)
@@ -272,6 +277,32 @@ def plan(
         notes=tuple(notes),
         predictor=_model_summary([baseline, *variants], threads=profile.inference_threads),
     )
+
+
+def _measure_baseline(measure: Callable[[Recipe], VariantReport]) -> VariantReport:
+    """Measure the fp32 variant, the one rung that every ladder has.
+
+    Without it no variant exists, so its failure fails the plan. An error from torch, onnx
+    or onnxruntime is raised as a ``CompressError`` that names it.
+    """
+    try:
+        return measure(Recipe())
+    except EdgefleetError:
+        raise
+    except Exception as exc:  # torch, onnx and onnxruntime raise many types
+        raise CompressError(
+            f"the fp32 baseline, the variant every plan needs, failed: {_describe_error(exc)}. "
+            "Check that onnxruntime on this host loads and runs the model, or export it "
+            f"again at ONNX opset {ONNX_OPSET}, which the profiles' onnxruntime releases implement"
+        ) from exc
+
+
+def _describe_error(exc: BaseException) -> str:
+    """Return one line: the message of an edgefleet error, else the type and message."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, EdgefleetError):
+        return text
+    return f"{type(exc).__name__}: {text}"
 
 
 def _searched_configs(

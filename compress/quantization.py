@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -40,6 +41,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edgefleet.compress.compat import make_compatible
 from edgefleet.compress.configs import (
     CalibrationMethod,
     DynamicQuantizationConfig,
@@ -178,7 +180,14 @@ def quantize_onnx_static(
 
 
 def preprocess_for_quantization(source: Path, directory: Path) -> Path:
-    """Run ``quant_pre_process`` on ``source`` into ``directory`` and return the new path."""
+    """Run ``quant_pre_process`` on ``source`` into ``directory`` and return the new path.
+
+    A model stamped with a newer opset than this host's onnxruntime implements is first
+    converted down (see ``compat.make_compatible``). Its float32 kernels may still load,
+    but the quantizer stamps QuantizeLinear and DequantizeLinear with the model's opset,
+    and onnxruntime then has no kernel for them.
+    """
+    source = _convert_to_host_opset(source, directory)
     prepared = directory / "prepared.onnx"
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
@@ -193,6 +202,26 @@ def preprocess_for_quantization(source: Path, directory: Path) -> Path:
     except Exception as exc:  # shape inference raises bare Exception types
         raise CompressError(f"preparing {source} for quantization failed: {exc}") from exc
     return prepared
+
+
+def _convert_to_host_opset(source: Path, directory: Path) -> Path:
+    """Return ``source``, or a copy in ``directory`` at an opset this host's onnxruntime runs.
+
+    Raises ``ExportError`` when ``onnx.version_converter`` cannot convert the graph.
+    """
+    converted = directory / "host_opset.onnx"
+    compatibility = make_compatible(source, converted, onnxruntime.__version__)
+    if not compatibility.converted:
+        return source
+    logger.info(
+        "converted %s from opset %d to opset %d, the newest listed for onnxruntime %s, "
+        "before quantizing",
+        source,
+        compatibility.source_opset,
+        compatibility.opset,
+        onnxruntime.__version__,
+    )
+    return converted
 
 
 @dataclasses.dataclass(frozen=True)
