@@ -121,7 +121,8 @@ def _run(
     if model.endswith(".onnx"):
         if weights is not None:
             raise InvalidInputError("--weights applies to torch factories, not to .onnx models")
-        source: Any = load_onnx_model(model)
+        # A model with external-data files is planned from a one-file copy in OUT/source.
+        source: Any = load_onnx_model(model, inline_dir=out / "source")
     else:
         source = load_torch_model(model, weights=weights)
     out.mkdir(parents=True, exist_ok=True)
