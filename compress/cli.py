@@ -30,10 +30,15 @@ EXIT_NO_VARIANT_FITS = 3
 
 def compress_command(
     model: str = typer.Argument(
-        ..., help="An .onnx file, or 'path/to/file.py:factory' returning a torch.nn.Module."
+        ...,
+        help="An .onnx file, or 'path/to/file.py:factory' returning a torch.nn.Module. It "
+        "must be a classifier with one float32 input whose first dimension is the batch.",
     ),
     data: Path = typer.Option(
-        ..., "--data", help=".npz file with arrays x_train, y_train, x_val and y_val."
+        ...,
+        "--data",
+        help=".npz file with float arrays x_train and x_val, and integer class labels "
+        "y_train and y_val.",
     ),
     profile: Path = typer.Option(..., "--profile", help="Device profile TOML file."),
     out: Path = typer.Option(

@@ -81,6 +81,9 @@ _WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _DYNAMIC_LINEAR_OPS = ("MatMul", "Gemm", "Attention")
 # CPU flags (as in /proc/cpuinfo) of 8-bit dot-product instructions.
 _X86_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+# Calibration samples per batch for a model whose batch dimension is dynamic. A model
+# with a fixed batch dimension is calibrated in batches of that size.
+_CALIBRATION_BATCH = 32
 # Validation samples used to score each node's sensitivity in the fallback.
 _SENSITIVITY_SAMPLES = 256
 
@@ -88,7 +91,9 @@ _SENSITIVITY_SAMPLES = 256
 class ArrayCalibrationReader(CalibrationDataReader):
     """Feed calibration samples to onnxruntime one batch at a time."""
 
-    def __init__(self, input_name: str, samples: np.ndarray, *, batch_size: int = 32) -> None:
+    def __init__(
+        self, input_name: str, samples: np.ndarray, *, batch_size: int = _CALIBRATION_BATCH
+    ) -> None:
         self._input_name = input_name
         self._batches: Iterator[np.ndarray] = iter(
             [samples[start : start + batch_size] for start in range(0, len(samples), batch_size)]
@@ -156,6 +161,9 @@ def quantize_onnx_static(
     samples = calibration_inputs[: config.calibration_samples]
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as scratch:
         prepared = source if preprocessed else preprocess_for_quantization(source, Path(scratch))
+        fixed_batch = _fixed_batch_size(prepared, input_name)
+        if fixed_batch is not None:
+            samples = _whole_batches(samples, fixed_batch)
         # The entropy and percentile calibrators print progress to stdout, which would
         # corrupt the CLI's --json output.
         try:
@@ -163,7 +171,9 @@ def quantize_onnx_static(
                 quantize_static(
                     str(prepared),
                     str(destination),
-                    ArrayCalibrationReader(input_name, samples),
+                    ArrayCalibrationReader(
+                        input_name, samples, batch_size=fixed_batch or _CALIBRATION_BATCH
+                    ),
                     quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel,
                     reduce_range=config.reduce_range,
@@ -177,6 +187,25 @@ def quantize_onnx_static(
             raise CompressError(f"static quantization of {source} failed: {exc}") from exc
     logger.debug("quantized %s with %d calibration samples", source, len(samples))
     return destination
+
+
+def _fixed_batch_size(path: Path, input_name: str) -> int | None:
+    """Return the first dimension of ``input_name`` in ``path`` when it is fixed, else None."""
+    model = onnx.load(str(path), load_external_data=False)
+    for graph_input in model.graph.input:
+        if graph_input.name != input_name:
+            continue
+        dims = graph_input.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+    return None
+
+
+def _whole_batches(samples: np.ndarray, batch_size: int) -> np.ndarray:
+    """Return ``samples`` cut to whole batches, or repeated up to one batch if fewer."""
+    if len(samples) < batch_size:
+        return np.resize(samples, (batch_size, *samples.shape[1:]))
+    return samples[: len(samples) // batch_size * batch_size]
 
 
 def preprocess_for_quantization(source: Path, directory: Path) -> Path:
