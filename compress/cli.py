@@ -185,9 +185,11 @@ def _print_table(report: dict[str, Any]) -> None:
             f"memory <= {profile['model_memory_budget_mb']} MB"
         )
     )
-    for column in ("variant", "recipe", "accuracy", "size KiB", "p95 ms", "memory MB", "fits"):
-        text_column = column in ("variant", "recipe")
-        table.add_column(column, justify="left" if text_column else "right", no_wrap=text_column)
+    # Only the recipe column wraps, so a narrow terminal keeps every number on its row.
+    table.add_column("variant", no_wrap=True, min_width=18)
+    table.add_column("recipe", ratio=1)
+    for column in ("accuracy", "size KiB", "p95 ms", "memory MB", "fits"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for variant in [report["baseline"], *report["variants"]]:
         marker = " *" if variant["variant_id"] == report["chosen"] else ""
         table.add_row(
@@ -200,6 +202,9 @@ def _print_table(report: dict[str, Any]) -> None:
             "yes" if variant["meets_budget"] else "no",
         )
     console = Console(file=sys.stdout)
+    if not console.is_terminal:
+        # Pipes have no width, and rich's default of 80 columns cuts the recipe names short.
+        console = Console(file=sys.stdout, width=200)
     console.print(table)
     console.print(report["reason"])
     for note in report["notes"]:
