@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +30,15 @@ EXIT_NO_VARIANT_FITS = 3
 
 def compress_command(
     model: str = typer.Argument(
-        ..., help="An .onnx file, or 'path/to/file.py:factory' returning a torch.nn.Module."
+        ...,
+        help="An .onnx file, or 'path/to/file.py:factory' returning a torch.nn.Module. It "
+        "must be a classifier with one float32 input whose first dimension is the batch.",
     ),
     data: Path = typer.Option(
-        ..., "--data", help=".npz file with arrays x_train, y_train, x_val and y_val."
+        ...,
+        "--data",
+        help=".npz file with float arrays x_train and x_val, and integer class labels "
+        "y_train and y_val.",
     ),
     profile: Path = typer.Option(..., "--profile", help="Device profile TOML file."),
     out: Path = typer.Option(
@@ -62,6 +68,15 @@ def compress_command(
         raise typer.Exit(EXIT_INVALID_INPUT) from None
     except EdgefleetError as exc:
         typer.echo(f"compression failed: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except Exception as exc:  # torch, onnx and onnxruntime errors the planner did not wrap
+        logging.getLogger(__name__).debug("compression failed", exc_info=True)
+        message = " ".join(str(exc).split())
+        typer.echo(
+            f"compression failed: {type(exc).__name__}: {message}; run "
+            "'edgefleet --log-level debug compress ...' to log the traceback",
+            err=True,
+        )
         raise typer.Exit(EXIT_FAILED) from None
 
     report_json = json.dumps(report, indent=2, sort_keys=True)
@@ -111,7 +126,8 @@ def _run(
     if model.endswith(".onnx"):
         if weights is not None:
             raise InvalidInputError("--weights applies to torch factories, not to .onnx models")
-        source: Any = load_onnx_model(model)
+        # A model with external-data files is planned from a one-file copy in OUT/source.
+        source: Any = load_onnx_model(model, inline_dir=out / "source")
     else:
         source = load_torch_model(model, weights=weights)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,9 +185,11 @@ def _print_table(report: dict[str, Any]) -> None:
             f"memory <= {profile['model_memory_budget_mb']} MB"
         )
     )
-    for column in ("variant", "recipe", "accuracy", "size KiB", "p95 ms", "memory MB", "fits"):
-        text_column = column in ("variant", "recipe")
-        table.add_column(column, justify="left" if text_column else "right", no_wrap=text_column)
+    # Only the recipe column wraps, so a narrow terminal keeps every number on its row.
+    table.add_column("variant", no_wrap=True, min_width=18)
+    table.add_column("recipe", ratio=1)
+    for column in ("accuracy", "size KiB", "p95 ms", "memory MB", "fits"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     for variant in [report["baseline"], *report["variants"]]:
         marker = " *" if variant["variant_id"] == report["chosen"] else ""
         table.add_row(
@@ -184,6 +202,9 @@ def _print_table(report: dict[str, Any]) -> None:
             "yes" if variant["meets_budget"] else "no",
         )
     console = Console(file=sys.stdout)
+    if not console.is_terminal:
+        # Pipes have no width, and rich's default of 80 columns cuts the recipe names short.
+        console = Console(file=sys.stdout, width=200)
     console.print(table)
     console.print(report["reason"])
     for note in report["notes"]:

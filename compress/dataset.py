@@ -20,9 +20,14 @@ import numpy as np
 
 from edgefleet.compress.errors import DatasetError
 
-__all__ = ["DATASET_KEYS", "Dataset", "load_dataset", "save_dataset_npz"]
+__all__ = ["DATASET_KEYS", "SUPPORTED_MODELS", "Dataset", "load_dataset", "save_dataset_npz"]
 
 DATASET_KEYS = ("x_train", "y_train", "x_val", "y_val")
+# The one kind of model that planning, the agent's self-test and inference handle.
+SUPPORTED_MODELS = (
+    "edgefleet supports classifiers with one float32 input whose first dimension is the "
+    "batch, trained on integer class labels"
+)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,7 +134,10 @@ def _check_inputs(array: object, name: str) -> np.ndarray:
             f"{name} has shape {array.shape}; expected (samples, ...) with at least one sample"
         )
     if not np.issubdtype(array.dtype, np.floating):
-        raise DatasetError(f"{name} has dtype {array.dtype}; expected a floating-point array")
+        raise DatasetError(
+            f"{name} has dtype {array.dtype}, but {SUPPORTED_MODELS}; store {name} as float32 "
+            "(models that take integer inputs such as token ids are not supported)"
+        )
     array = np.ascontiguousarray(array, dtype=np.float32)
     if not np.isfinite(array).all():
         raise DatasetError(f"{name} contains NaN or infinite values; clean the inputs first")
@@ -142,7 +150,10 @@ def _check_labels(array: object, name: str) -> np.ndarray:
     if array.ndim != 1:
         raise DatasetError(f"{name} has shape {array.shape}; expected one label per sample (N,)")
     if not np.issubdtype(array.dtype, np.integer):
-        raise DatasetError(f"{name} has dtype {array.dtype}; expected integer class labels")
+        raise DatasetError(
+            f"{name} has dtype {array.dtype}, but {SUPPORTED_MODELS}; store {name} as integer "
+            "class indices 0..C-1 (regression targets are not supported)"
+        )
     if array.size and array.min() < 0:
         raise DatasetError(f"{name} contains negative labels; expected class indices 0..C-1")
     return np.ascontiguousarray(array, dtype=np.int64)

@@ -13,6 +13,7 @@ from torch import nn
 
 from edgefleet.compress.errors import ModelLoadError
 from edgefleet.compress.export import check_onnx_file
+from edgefleet.onnx_files import external_data_locations, inline_external_data
 
 __all__ = ["load_onnx_model", "load_torch_model", "module_digest"]
 
@@ -72,11 +73,41 @@ def load_torch_model(spec: str, *, weights: Path | None = None) -> nn.Module:
     return model.eval()
 
 
-def load_onnx_model(path: str | Path) -> Path:
-    """Check that ``path`` is a valid ONNX model file and return it as a ``Path``."""
+def load_onnx_model(path: str | Path, *, inline_dir: Path | None = None) -> Path:
+    """Check that ``path`` is a valid ONNX model file and return it as a ``Path``.
+
+    A model that keeps its weights in external-data files is written as one file into
+    ``inline_dir``, and that file is returned. Without ``inline_dir`` such a model raises
+    ``ModelLoadError``, because edgefleet copies and uploads models as one file.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX file not found: {path}")
+    if inline_dir is not None:
+        single = inline_external_data(path, inline_dir, error=ModelLoadError)
+        if single is not None:
+            check_onnx_file(single, error=ModelLoadError)
+            return single
+    else:
+        _reject_external_data(path)
     check_onnx_file(path, error=ModelLoadError)
     return path
+
+
+def _reject_external_data(path: Path) -> None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError
+        raise ModelLoadError(f"{path} is not a valid ONNX model: {exc}") from exc
+    locations = external_data_locations(model)
+    if locations:
+        raise ModelLoadError(
+            f"{path.name} keeps its weights in a separate file ({', '.join(locations)}); "
+            "save it as one file with onnx.save(onnx.load(path), out_path, "
+            "save_as_external_data=False)"
+        )
 
 
 def module_digest(module: nn.Module) -> str:

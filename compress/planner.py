@@ -28,8 +28,9 @@ from edgefleet.compress.configs import (
     StructuredPruningConfig,
     TechniqueConfig,
 )
-from edgefleet.compress.dataset import Dataset
+from edgefleet.compress.dataset import SUPPORTED_MODELS, Dataset
 from edgefleet.compress.errors import CompressError, DatasetError, MeasurementError, ModelLoadError
+from edgefleet.compress.export import ONNX_OPSET
 from edgefleet.compress.latency_model import (
     GraphFeatures,
     LatencyModel,
@@ -42,6 +43,7 @@ from edgefleet.compress.quantization import dynamic_quantization_for, static_qua
 from edgefleet.compress.runtime import create_session, run_batched
 from edgefleet.compress.search import search_architectures
 from edgefleet.compress.variants import VariantReport, measure_variant
+from edgefleet.errors import EdgefleetError
 from edgefleet.profiles import DeviceProfile
 
 __all__ = [
@@ -229,7 +231,7 @@ def plan(
 
     step(0, 1, "fp32 baseline")
     report("fp32 baseline")
-    baseline = measure(Recipe())
+    baseline = _measure_baseline(measure)
     conv_fraction = _conv_fraction(baseline.onnx_path)
     conv_heavy = conv_fraction >= CONV_HEAVY_FRACTION
     searched: list[TechniqueConfig] = []
@@ -251,10 +253,13 @@ def plan(
         report(f"[{index}/{total}] {recipe.name}")
         try:
             variants.append(measure(recipe, baseline.outputs_val))
-        except CompressError as exc:
-            logger.warning("recipe %s rejected: %s", recipe.name, exc)
-            notes.append(f"rejected {recipe.name}: {exc}")
-            report(f"{recipe.name}: rejected: {exc}")
+        except Exception as exc:  # torch, onnx and onnxruntime raise many types
+            # One failed recipe leaves the baseline and the other recipes a ladder.
+            reason = _describe_error(exc)
+            logger.warning("recipe %s rejected: %s", recipe.name, reason)
+            logger.debug("recipe %s failed", recipe.name, exc_info=True)
+            notes.append(f"rejected {recipe.name}: {reason}")
+            report(f"{recipe.name}: rejected: {reason}")
     step(total, total, "done")
 
     ladder = build_ladder(baseline, variants, profile)
@@ -272,6 +277,32 @@ def plan(
         notes=tuple(notes),
         predictor=_model_summary([baseline, *variants], threads=profile.inference_threads),
     )
+
+
+def _measure_baseline(measure: Callable[[Recipe], VariantReport]) -> VariantReport:
+    """Measure the fp32 variant, the one rung that every ladder has.
+
+    Without it no variant exists, so its failure fails the plan. An error from torch, onnx
+    or onnxruntime is raised as a ``CompressError`` that names it.
+    """
+    try:
+        return measure(Recipe())
+    except EdgefleetError:
+        raise
+    except Exception as exc:  # torch, onnx and onnxruntime raise many types
+        raise CompressError(
+            f"the fp32 baseline, the variant every plan needs, failed: {_describe_error(exc)}. "
+            "Check that onnxruntime on this host loads and runs the model, or export it "
+            f"again at ONNX opset {ONNX_OPSET}, which the profiles' onnxruntime releases implement"
+        ) from exc
+
+
+def _describe_error(exc: BaseException) -> str:
+    """Return one line: the message of an edgefleet error, else the type and message."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, EdgefleetError):
+        return text
+    return f"{type(exc).__name__}: {text}"
 
 
 def _searched_configs(
@@ -521,25 +552,31 @@ def tighter_recipes(report: PlanReport) -> list[Recipe]:
 
 
 def check_dataset_fits(model: nn.Module | Path, dataset: Dataset) -> None:
-    """Raise ``DatasetError`` unless ``model`` maps dataset samples to class logits."""
+    """Raise ``DatasetError`` unless ``model`` maps dataset samples to class logits.
+
+    An ONNX model's inputs are checked first against ``SUPPORTED_MODELS``, so a model
+    edgefleet cannot serve is named as such rather than by onnxruntime's error.
+    """
     samples = dataset.x_val[:2]
     try:
         if isinstance(model, nn.Module):
             with torch.no_grad():
                 logits = model.eval()(torch.from_numpy(samples)).numpy()
         else:
-            logits = run_batched(create_session(model, threads=1), samples)
-    except ModelLoadError:
+            session = create_session(model, threads=1)
+            _check_onnx_inputs(session, dataset)
+            logits = run_batched(session, samples)
+    except (ModelLoadError, DatasetError):
         raise
     except Exception as exc:  # torch and onnxruntime report shape mismatches many ways
         raise DatasetError(
-            f"the model rejects dataset samples of shape {dataset.sample_shape}: "
-            f"{type(exc).__name__}: {exc}"
+            f"the model rejects dataset samples of shape {dataset.sample_shape} "
+            f"({SUPPORTED_MODELS}): {type(exc).__name__}: {exc}"
         ) from exc
     if logits.ndim != 2:
         raise DatasetError(
             f"the model outputs shape {logits.shape} for 2 samples; a classifier must "
-            "output (samples, classes)"
+            f"output (samples, classes), because {SUPPORTED_MODELS}"
         )
     if logits.shape[1] < dataset.num_classes:
         raise DatasetError(
@@ -548,6 +585,42 @@ def check_dataset_fits(model: nn.Module | Path, dataset: Dataset) -> None:
         )
     if not np.isfinite(logits).all():
         raise DatasetError("the model outputs NaN or infinite values on dataset samples")
+
+
+def _check_onnx_inputs(session: Any, dataset: Dataset) -> None:
+    """Raise ``DatasetError`` when the inputs of ``session`` break ``SUPPORTED_MODELS``."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        names = ", ".join(graph_input.name for graph_input in inputs)
+        raise DatasetError(
+            f"the model has {len(inputs)} inputs ({names}), but {SUPPORTED_MODELS}; export "
+            "a model that takes one tensor"
+        )
+    graph_input = inputs[0]
+    if graph_input.type != "tensor(float)":
+        element = graph_input.type.removeprefix("tensor(").removesuffix(")")
+        raise DatasetError(
+            f"the model's input {graph_input.name!r} has element type {element}, but "
+            f"{SUPPORTED_MODELS}; export the model with a float32 input"
+        )
+    if _matches_sample_shape(graph_input.shape, dataset.sample_shape):
+        batched = ", ".join(["N", *map(str, dataset.sample_shape)])
+        raise DatasetError(
+            f"the model's input {graph_input.name!r} has shape {list(graph_input.shape)}, "
+            f"without a batch dimension, but {SUPPORTED_MODELS}; export it to take batches "
+            f"of shape ({batched}), for example with torch.onnx.export, an example input "
+            f"with a leading dimension of 1 and dynamic_axes={{{graph_input.name!r}: {{0: 'N'}}}}"
+        )
+
+
+def _matches_sample_shape(shape: Sequence[int | str | None], sample_shape: tuple[int, ...]) -> bool:
+    """Return True when ``shape`` is one sample's shape, so it lacks a batch dimension."""
+    if len(shape) != len(sample_shape):
+        return False
+    return all(
+        not isinstance(dim, int) or dim == size
+        for dim, size in zip(shape, sample_shape, strict=True)
+    )
 
 
 def _applicable_recipes(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -40,6 +41,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edgefleet.compress.compat import make_compatible
 from edgefleet.compress.configs import (
     CalibrationMethod,
     DynamicQuantizationConfig,
@@ -79,6 +81,9 @@ _WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 _DYNAMIC_LINEAR_OPS = ("MatMul", "Gemm", "Attention")
 # CPU flags (as in /proc/cpuinfo) of 8-bit dot-product instructions.
 _X86_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+# Calibration samples per batch for a model whose batch dimension is dynamic. A model
+# with a fixed batch dimension is calibrated in batches of that size.
+_CALIBRATION_BATCH = 32
 # Validation samples used to score each node's sensitivity in the fallback.
 _SENSITIVITY_SAMPLES = 256
 
@@ -86,7 +91,9 @@ _SENSITIVITY_SAMPLES = 256
 class ArrayCalibrationReader(CalibrationDataReader):
     """Feed calibration samples to onnxruntime one batch at a time."""
 
-    def __init__(self, input_name: str, samples: np.ndarray, *, batch_size: int = 32) -> None:
+    def __init__(
+        self, input_name: str, samples: np.ndarray, *, batch_size: int = _CALIBRATION_BATCH
+    ) -> None:
         self._input_name = input_name
         self._batches: Iterator[np.ndarray] = iter(
             [samples[start : start + batch_size] for start in range(0, len(samples), batch_size)]
@@ -154,6 +161,9 @@ def quantize_onnx_static(
     samples = calibration_inputs[: config.calibration_samples]
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as scratch:
         prepared = source if preprocessed else preprocess_for_quantization(source, Path(scratch))
+        fixed_batch = _fixed_batch_size(prepared, input_name)
+        if fixed_batch is not None:
+            samples = _whole_batches(samples, fixed_batch)
         # The entropy and percentile calibrators print progress to stdout, which would
         # corrupt the CLI's --json output.
         try:
@@ -161,7 +171,9 @@ def quantize_onnx_static(
                 quantize_static(
                     str(prepared),
                     str(destination),
-                    ArrayCalibrationReader(input_name, samples),
+                    ArrayCalibrationReader(
+                        input_name, samples, batch_size=fixed_batch or _CALIBRATION_BATCH
+                    ),
                     quant_format=QuantFormat.QDQ,
                     per_channel=config.per_channel,
                     reduce_range=config.reduce_range,
@@ -177,8 +189,34 @@ def quantize_onnx_static(
     return destination
 
 
+def _fixed_batch_size(path: Path, input_name: str) -> int | None:
+    """Return the first dimension of ``input_name`` in ``path`` when it is fixed, else None."""
+    model = onnx.load(str(path), load_external_data=False)
+    for graph_input in model.graph.input:
+        if graph_input.name != input_name:
+            continue
+        dims = graph_input.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+    return None
+
+
+def _whole_batches(samples: np.ndarray, batch_size: int) -> np.ndarray:
+    """Return ``samples`` cut to whole batches, or repeated up to one batch if fewer."""
+    if len(samples) < batch_size:
+        return np.resize(samples, (batch_size, *samples.shape[1:]))
+    return samples[: len(samples) // batch_size * batch_size]
+
+
 def preprocess_for_quantization(source: Path, directory: Path) -> Path:
-    """Run ``quant_pre_process`` on ``source`` into ``directory`` and return the new path."""
+    """Run ``quant_pre_process`` on ``source`` into ``directory`` and return the new path.
+
+    A model stamped with a newer opset than this host's onnxruntime implements is first
+    converted down (see ``compat.make_compatible``). Its float32 kernels may still load,
+    but the quantizer stamps QuantizeLinear and DequantizeLinear with the model's opset,
+    and onnxruntime then has no kernel for them.
+    """
+    source = _convert_to_host_opset(source, directory)
     prepared = directory / "prepared.onnx"
     try:
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
@@ -193,6 +231,26 @@ def preprocess_for_quantization(source: Path, directory: Path) -> Path:
     except Exception as exc:  # shape inference raises bare Exception types
         raise CompressError(f"preparing {source} for quantization failed: {exc}") from exc
     return prepared
+
+
+def _convert_to_host_opset(source: Path, directory: Path) -> Path:
+    """Return ``source``, or a copy in ``directory`` at an opset this host's onnxruntime runs.
+
+    Raises ``ExportError`` when ``onnx.version_converter`` cannot convert the graph.
+    """
+    converted = directory / "host_opset.onnx"
+    compatibility = make_compatible(source, converted, onnxruntime.__version__)
+    if not compatibility.converted:
+        return source
+    logger.info(
+        "converted %s from opset %d to opset %d, the newest listed for onnxruntime %s, "
+        "before quantizing",
+        source,
+        compatibility.source_opset,
+        compatibility.opset,
+        onnxruntime.__version__,
+    )
+    return converted
 
 
 @dataclasses.dataclass(frozen=True)

@@ -81,6 +81,22 @@ def test_cli_prints_table_for_onnx_model(app, tiny_npz, small_cnn, small_digits,
     assert "only ONNX-stage recipes" in result.stdout
 
 
+def test_cli_table_keeps_numbers_in_pipe(app, tiny_npz, small_cnn, small_digits, tmp_path):
+    from edgefleet.compress import export_onnx
+
+    model = export_onnx(small_cnn, small_digits.x_val, tmp_path / "model.onnx")
+    result = _invoke(app, model, "--data", tiny_npz, "--profile", PROFILE, "--out", tmp_path)
+
+    assert result.exit_code == 0, result.output
+    baseline = json.loads((tmp_path / "report.json").read_text())["baseline"]
+    rows = [line for line in result.stdout.splitlines() if baseline["variant_id"] in line]
+    assert rows, result.stdout
+    assert f"{baseline['accuracy']:.4f}" in rows[0]
+    assert f"{baseline['latency_p95_ms']:.3f}" in rows[0]
+    assert f"{baseline['peak_memory_mb']:.1f}" in rows[0]
+    assert f"{baseline['size_bytes'] / 1024:.1f}" in rows[0]
+
+
 def test_cli_exits_3_when_nothing_fits(app, tiny_npz, small_cnn, small_digits, tmp_path):
     from edgefleet.compress import export_onnx
 

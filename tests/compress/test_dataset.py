@@ -29,8 +29,8 @@ def test_digits_split_is_stratified_and_scaled(digits):
     [
         ({"y_train": np.zeros(3, np.int64)}, "x_train has 4 samples but y_train has 3"),
         ({"x_val": np.zeros((4, 1, 8, 9), np.float32)}, "share one sample shape"),
-        ({"x_train": np.zeros((4, 1, 8, 8), np.int64)}, "expected a floating-point array"),
-        ({"y_val": np.zeros(4, np.float32)}, "expected integer class labels"),
+        ({"x_train": np.zeros((4, 1, 8, 8), np.int64)}, "store x_train as float32"),
+        ({"y_val": np.zeros(4, np.float32)}, "store y_val as integer class indices"),
         ({"y_val": -np.ones(4, np.int64)}, "negative labels"),
         ({"x_val": np.full((4, 1, 8, 8), np.nan, np.float32)}, "NaN or infinite"),
         ({"x_train": np.zeros((0, 1, 8, 8), np.float32)}, "at least one sample"),

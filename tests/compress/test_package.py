@@ -34,6 +34,7 @@ def _is_internal_detail(module: str, name: str) -> bool:
         ("cache", "cache_key"),
         ("cache", "file_sha256"),
         ("dataset", "DATASET_KEYS"),
+        ("dataset", "SUPPORTED_MODELS"),
         ("export", "FP32_ATOL"),
         ("export", "FP32_RTOL"),
         ("export", "ONNX_OPSET"),

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
+from typing import ClassVar
+
+import onnx
 import pytest
 from compress_helpers import make_profile
+from onnx import version_converter
 
 from edgefleet.compress import (
     ArtifactCache,
@@ -21,6 +26,8 @@ from edgefleet.compress import (
     tighter_recipes,
     train_digits_cnn,
 )
+from edgefleet.compress.configs import Stage, TechniqueConfig, register_config
+from edgefleet.compress.handlers import register_handler
 from edgefleet.compress.planner import DEFAULT_PRUNING_RATIOS, MAX_SEARCHED_CANDIDATES
 from edgefleet.compress.search import SearchedArchitectureConfig
 from edgefleet.compress.variants import measure_variant
@@ -332,3 +339,69 @@ def test_plan_reports_predictor_errors(small_cnn, small_digits, tmp_path, cache_
     assert 0.0 <= predictor["latency_p50_within_10pct"] <= 1.0
     for row in predictor["variants"]:
         assert row["predicted_peak_memory_mb"] >= 0
+
+
+@register_config
+@dataclasses.dataclass(frozen=True)
+class _UnloadableOpsetConfig(TechniqueConfig):
+    """An ONNX-stage step that stamps the graph with an opset no onnxruntime implements."""
+
+    TYPE: ClassVar[str] = "test_unloadable_opset"
+    VERSION: ClassVar[int] = 1
+    STAGE: ClassVar[Stage] = Stage.ONNX
+
+    def describe(self) -> str:
+        return "stamp opset 99"
+
+
+@register_handler(_UnloadableOpsetConfig)
+def _stamp_unloadable_opset(config, source, destination, context):
+    model = onnx.load(str(source))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = 99
+    onnx.save(model, str(destination))
+    return destination
+
+
+def test_plan_quantizes_model_above_host_opset(small_cnn, small_digits, tmp_path):
+    exported = export_onnx(small_cnn, small_digits.x_val, tmp_path / "opset18.onnx")
+    newest = onnx.defs.onnx_opset_version()
+    source = tmp_path / f"opset{newest}.onnx"
+    onnx.save(version_converter.convert_version(onnx.load(str(exported)), newest), str(source))
+    int8 = Recipe([StaticQuantizationConfig()])
+
+    report = plan(
+        source,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path / "out",
+        recipes=[int8],
+        latency_runs=20,
+    )
+
+    assert [variant.recipe for variant in report.variants] == [int8]
+    assert report.variants[0].opset < newest
+    assert not any(note.startswith("rejected") for note in report.notes)
+
+
+def test_plan_rejects_recipe_that_raises(small_cnn, small_digits, tmp_path):
+    source = export_onnx(small_cnn, small_digits.x_val, tmp_path / "source.onnx")
+    broken = Recipe([_UnloadableOpsetConfig()])
+    int8 = Recipe([StaticQuantizationConfig()])
+
+    report = plan(
+        source,
+        small_digits,
+        make_profile(),
+        out_dir=tmp_path / "out",
+        recipes=[broken, int8],
+        latency_runs=20,
+    )
+
+    assert [variant.recipe for variant in report.variants] == [int8]
+    rejected = [note for note in report.notes if note.startswith(f"rejected {broken.name}")]
+    assert len(rejected) == 1
+    assert "onnxruntime cannot load" in rejected[0]
+    assert "\n" not in rejected[0]
+    assert report.baseline.variant_id in report.ladder

@@ -144,6 +144,60 @@ def test_register_model_rejects_missing_file(controller: Controller, tmp_path: P
         controller.register_model(str(tmp_path / "model.py"), data_path=tmp_path / "d.npz")
 
 
+@pytest.mark.slow
+def test_newest_opset_model_gets_ladder(
+    controller: Controller,
+    stub: fleet_pb2_grpc.FleetServiceStub,
+    profile: DeviceProfile,
+    digits_files: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    import onnx
+    from onnx import version_converter
+
+    onnx_path, data_path = digits_files
+    newest = onnx.defs.onnx_opset_version()
+    converted = version_converter.convert_version(onnx.load(str(onnx_path)), newest)
+    newest_path = tmp_path / f"digits_opset{newest}.onnx"
+    onnx.save(converted, str(newest_path))
+
+    model = controller.register_model(str(newest_path), data_path=data_path)
+    stub.Register(
+        fleet_pb2.RegisterRequest(device_id="dev-1", profile=profile.to_proto()), timeout=10
+    )
+    assert controller.wait_until_idle(300)
+
+    plans = controller.registry.list_plans(model_id=model.id)
+    assert [plan.state for plan in plans] == [PlanState.DONE], plans[0].reason
+    assert controller.registry.ladder(model.id, profile.fingerprint)
+
+
+def test_register_model_rejects_external_data(
+    controller: Controller, digits_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import onnx
+
+    from edgefleet.errors import InvalidInputError
+
+    onnx_path, data_path = digits_files
+    split = tmp_path / "split.onnx"
+    onnx.save(
+        onnx.load(str(onnx_path)),
+        str(split),
+        save_as_external_data=True,
+        location="split.onnx.data",
+        size_threshold=0,
+    )
+
+    with pytest.raises(InvalidInputError) as caught:
+        controller.register_model(str(split), data_path=data_path)
+
+    message = str(caught.value)
+    assert "keeps its weights in a separate file (split.onnx.data)" in message
+    assert "save_as_external_data=False" in message
+    assert controller.registry.active_model() is None
+
+
 @pytest.fixture(scope="module")
 def torch_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
     """Return a factory spec, trained weights and data for a DigitsCNN.

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -302,8 +303,10 @@ def register_command(
             raise InvalidInputError(
                 f"{option} file {str(path)!r} not found; pass the path of an existing file"
             )
-    with _client(controller_url, api_token) as client:
-        registered = client.register_model(model, data, name=name)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-register-") as scratch:
+        upload = _one_file_model(model, Path(scratch))
+        with _client(controller_url, api_token) as client:
+            registered = client.register_model(upload, data, name=name)
     if json_output:
         _print_json(registered)
         return
@@ -311,6 +314,23 @@ def register_command(
         f"registered model {registered['model_id']} ({registered['name']}); the controller "
         "compresses it for every profile: `edgefleet models` shows the plans"
     )
+
+
+def _one_file_model(model: Path, scratch: Path) -> Path:
+    """Return ``model``, or a copy in ``scratch`` with its external data inlined.
+
+    The upload carries one model file, so weights kept beside it would not reach the
+    controller. Without onnx installed the model is uploaded as it is.
+    """
+    try:
+        from edgefleet.onnx_files import inline_external_data
+
+        single = inline_external_data(model, scratch)
+    except ModuleNotFoundError as exc:
+        if exc.name != "onnx":
+            raise
+        return model
+    return single or model
 
 
 def _resolve_model(client: ControllerClient, text: str) -> str:
