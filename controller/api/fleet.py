@@ -234,6 +234,22 @@ def _copy_upload(upload: UploadFile, target: Path) -> str:
 def _check_onnx(path: Path) -> None:
     import onnx
 
+    from edgefleet.onnx_files import external_data_locations
+
+    try:
+        locations = external_data_locations(onnx.load(str(path), load_external_data=False))
+    except Exception:  # protobuf's DecodeError, OSError: the checker below names it
+        locations = []
+    if locations:
+        raise ApiError(
+            400,
+            "invalid_input",
+            f"model file {path.name!r} keeps its weights in separate files "
+            f"({', '.join(locations)}), which an upload does not carry; save it as one file "
+            "with onnx.save(onnx.load(path), out_path, save_as_external_data=False), or "
+            "upload it with `edgefleet register`, which does that",
+            field="model",
+        )
     try:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, OSError, ValueError) as exc:

@@ -481,6 +481,31 @@ def test_register_model_rejects_bad_files(controller: Controller, profile: Devic
     assert not any((controller.data_dir / "uploads").iterdir()), "rejected files were kept"
 
 
+def test_register_model_rejects_split_model(
+    controller: Controller, profile: DeviceProfile, tmp_path: Path
+) -> None:
+    import onnx
+
+    split = tmp_path / "split.onnx"
+    onnx.save(
+        onnx.load(str(REFERENCE_ONNX)),
+        str(split),
+        save_as_external_data=True,
+        location="split.weights",
+        size_threshold=0,
+    )
+    with serve_api(controller, profile) as fleet:
+        response = fleet.client.post(
+            "/api/v1/models",
+            files={"model": ("split.onnx", split.read_bytes()), "data": ("d.npz", npz_bytes())},
+        )
+
+    error = assert_error(
+        response, 400, "invalid_input", "'split.onnx'", "(split.weights)", "edgefleet register"
+    )
+    assert error["field"] == "model"
+
+
 def test_register_model_rejects_oversized_upload(
     controller: Controller, profile: DeviceProfile
 ) -> None:
