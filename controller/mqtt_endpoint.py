@@ -54,6 +54,7 @@ from edgefleet.controller.errors import (
     RateLimitedError,
     UnknownDeviceError,
 )
+from edgefleet.controller.ratelimit import ThrottledLog
 from edgefleet.controller.requests import (
     read_artifact_chunk,
     register_device,
@@ -183,6 +184,11 @@ class MqttEndpoint:
             threading.Thread(target=self._control_loop, name="mqtt-control", daemon=True),
         ]
         self._sessions: dict[str, MqttDeviceSession] = {}
+        # Dropped device messages: one line per device and topic kind per minute, keyed
+        # (device id, kind). An invalid artifact request gets its error reply only when
+        # its line is logged, so that a flood of them is not answered message by message.
+        self._drops = ThrottledLog(logger)
+        self.dropped_messages = 0
         self._ignored = 0
         self.telemetry_received = 0
 
@@ -380,14 +386,13 @@ class MqttEndpoint:
                     continue
                 try:
                     if kind is TopicKind.PRESENCE:
-                        presence = _parse_presence(message.payload)
-                        if (
-                            presence is not None
-                            and presence.state == fleet_pb2.PRESENCE_STATE_ONLINE
-                        ):
+                        presence = self._parse_presence(device_id, message.payload)
+                        if presence is None or self._is_repeated_online(device_id, presence):
+                            continue
+                        if presence.state == fleet_pb2.PRESENCE_STATE_ONLINE:
                             onlines.append((device_id, presence))
                             held_devices.add(device_id)
-                        elif presence is not None:
+                        else:
                             self._presence(device_id, presence)
                     else:
                         self._status(device_id, message.payload)
@@ -501,8 +506,73 @@ class MqttEndpoint:
             self._sessions[device_id] = session
 
     def _status(self, device_id: str, payload: bytes) -> None:
-        status = fleet_pb2.DeploymentStatus.FromString(payload)
+        try:
+            status = fleet_pb2.DeploymentStatus.FromString(payload)
+        except Exception as exc:  # protobuf's DecodeError
+            self._drop(device_id, TopicKind.STATUS, f"undecodable status: {exc}")
+            return
         self._controller.handle_status(device_id, status)
+
+    def _parse_presence(self, device_id: str, payload: bytes) -> fleet_pb2.Presence | None:
+        """Parse a presence message; None for a cleared retained presence or a dropped one."""
+        if not payload:
+            return None
+        try:
+            presence = fleet_pb2.Presence.FromString(payload)
+        except Exception as exc:  # protobuf's DecodeError
+            self._drop(device_id, TopicKind.PRESENCE, f"undecodable presence: {exc}")
+            return None
+        if presence.device_id != device_id:
+            # Another message type can decode as a Presence, so the device id is the check
+            # that the payload is one.
+            self._drop(
+                device_id,
+                TopicKind.PRESENCE,
+                f"presence names device {presence.device_id[:80]!r}, not the topic's",
+            )
+            return None
+        if presence.state not in (
+            fleet_pb2.PRESENCE_STATE_ONLINE,
+            fleet_pb2.PRESENCE_STATE_OFFLINE,
+        ):
+            self._drop(
+                device_id, TopicKind.PRESENCE, f"presence has invalid state {presence.state}"
+            )
+            return None
+        return presence
+
+    def _is_repeated_online(self, device_id: str, presence: fleet_pb2.Presence) -> bool:
+        """Return whether an ONLINE presence repeats what the device's open session shows.
+
+        The agent publishes its retained presence again when its variant changes, after
+        the status that changed it, so the controller already has that variant. Opening a
+        new session for it would only add a ``connected`` event.
+        """
+        if presence.state != fleet_pb2.PRESENCE_STATE_ONLINE:
+            return False
+        session = self._sessions.get(device_id)
+        if (
+            session is None
+            or session.closed
+            or self._controller.sessions.get(device_id) is not session
+        ):
+            return False
+        device = self._controller.registry.find_device(device_id)
+        return (
+            device is not None and (device.current_variant_id or "") == presence.current_variant_id
+        )
+
+    def _drop(self, device_id: str, kind: TopicKind, reason: str) -> bool:
+        """Count a dropped device message and log it, rate-limited; returns whether it logged."""
+        self.dropped_messages += 1
+        return self._drops.log(
+            (device_id, kind),
+            "dropped a message on the %s topic of device %s: %s",
+            kind.value,
+            device_id,
+            reason,
+            extra={"device_id": device_id},
+        )
 
     # -- artifacts (mqtt-artifacts threads) ---------------------------------------------
 
@@ -510,10 +580,19 @@ class MqttEndpoint:
         reply_topic = DeviceTopics(device_id).topic(TopicKind.ARTIFACT_CHUNKS)
         try:
             request = fleet_pb2.ArtifactRequest.FromString(message.payload)
-            if request.device_id != device_id:
-                raise InvalidInputError(
-                    f"device id {request.device_id!r} does not match the topic's {device_id!r}"
-                )
+        except Exception as exc:  # protobuf's DecodeError
+            error = InvalidInputError(f"undecodable request: {exc}")
+            if self._drop(device_id, TopicKind.ARTIFACT_REQUEST, str(error)):
+                self._reply(reply_topic, message, error=error)
+            return
+        if request.device_id != device_id:
+            error = InvalidInputError(
+                f"device id {request.device_id[:80]!r} does not match the topic's {device_id!r}"
+            )
+            if self._drop(device_id, TopicKind.ARTIFACT_REQUEST, str(error)):
+                self._reply(reply_topic, message, error=error)
+            return
+        try:
             chunk = read_artifact_chunk(self._controller, request)
         except (ControllerError, InvalidInputError) as exc:
             self._reply(reply_topic, message, error=exc)
@@ -523,13 +602,6 @@ class MqttEndpoint:
             self._reply(reply_topic, message, error=exc)
             return
         self._reply(reply_topic, message, chunk.SerializeToString())
-
-
-def _parse_presence(payload: bytes) -> fleet_pb2.Presence | None:
-    """Parse a presence message; None for an empty payload, a cleared retained presence."""
-    if not payload:
-        return None
-    return fleet_pb2.Presence.FromString(payload)
 
 
 def _parse_registration(device_id: str, payload: bytes) -> fleet_pb2.RegisterRequest:

@@ -1358,6 +1358,7 @@ class Controller:
             extra={"device_id": device.device_id, "deployment_id": deployment.id},
         )
         status = fleet_pb2.DeploymentStatus(
+            device_id=device.device_id,
             deployment_id=deployment.id,
             state=fleet_pb2.DEPLOYMENT_STATE_ACTIVE,
             message="the device reconnected serving this variant",
