@@ -119,10 +119,12 @@ class MqttDeviceSession(DeviceSession):
 
     transport = "mqtt"
 
-    def __init__(self, device_id: str, publish: _Publish) -> None:
+    def __init__(self, device_id: str, publish: _Publish, variant_id: str = "") -> None:
         super().__init__(device_id)
         self._topics = DeviceTopics(device_id)
         self._publish = publish
+        # The variant named by the device's last ONLINE presence.
+        self.variant_id = variant_id
 
     def send(self, message: fleet_pb2.ControllerMessage) -> bool:
         if self.closed or message.WhichOneof("body") != "command":
@@ -186,7 +188,7 @@ class MqttEndpoint:
         self._sessions: dict[str, MqttDeviceSession] = {}
         # Dropped device messages: one line per device and topic kind per minute, keyed
         # (device id, kind). An invalid artifact request gets its error reply only when
-        # its line is logged, so that a flood of them is not answered message by message.
+        # its line is logged, so that a flood of them does not get one reply per message.
         self._drops = ThrottledLog(logger)
         self.dropped_messages = 0
         self._ignored = 0
@@ -410,7 +412,10 @@ class MqttEndpoint:
         if not onlines:
             return
         sessions = [
-            (MqttDeviceSession(device_id, self.publish), presence.current_variant_id)
+            (
+                MqttDeviceSession(device_id, self.publish, presence.current_variant_id),
+                presence.current_variant_id,
+            )
             for device_id, presence in onlines
         ]
         try:
@@ -482,7 +487,7 @@ class MqttEndpoint:
 
     def _presence(self, device_id: str, presence: fleet_pb2.Presence) -> None:
         if presence.state == fleet_pb2.PRESENCE_STATE_ONLINE:
-            session = MqttDeviceSession(device_id, self.publish)
+            session = MqttDeviceSession(device_id, self.publish, presence.current_variant_id)
             error: Exception | None = None
             try:
                 self._controller.open_session(
@@ -542,25 +547,31 @@ class MqttEndpoint:
         return presence
 
     def _is_repeated_online(self, device_id: str, presence: fleet_pb2.Presence) -> bool:
-        """Return whether an ONLINE presence repeats what the device's open session shows.
+        """Return whether an ONLINE presence belongs to the device's open session.
 
         The agent publishes its retained presence again when its variant changes, after
-        the status that changed it, so the controller already has that variant. Opening a
-        new session for it would only add a ``connected`` event.
+        the status that changed it, so the controller already has that variant: the
+        session takes it, with no new session and no ``connected`` event. A presence that
+        repeats the session's variant comes from a second agent with this device id, a
+        reconnect before the will, or a flood. It counts as a takeover, so that a burst
+        of them raises the duplicate device id alert, and adds no event either.
         """
         if presence.state != fleet_pb2.PRESENCE_STATE_ONLINE:
             return False
         session = self._sessions.get(device_id)
-        if (
-            session is None
-            or session.closed
-            or self._controller.sessions.get(device_id) is not session
-        ):
+        if session is None or session.closed:
             return False
+        if self._controller.sessions.get(device_id) is not session:
+            return False
+        variant_id = presence.current_variant_id
+        if variant_id == session.variant_id:
+            self._controller.repeat_session(device_id)
+            return True
         device = self._controller.registry.find_device(device_id)
-        return (
-            device is not None and (device.current_variant_id or "") == presence.current_variant_id
-        )
+        if device is None or (device.current_variant_id or "") != variant_id:
+            return False
+        session.variant_id = variant_id
+        return True
 
     def _drop(self, device_id: str, kind: TopicKind, reason: str) -> bool:
         """Count a dropped device message and log it, rate-limited; returns whether it logged."""

@@ -69,7 +69,7 @@ class ThrottledLog:
     """Logs the first line of each key per ``window_s`` and counts the rest; thread-safe.
 
     A key is typically a device id and a message kind. The next line logged for a key
-    says how many lines were left out since the last one.
+    ends with the count of lines left out since the last one.
     """
 
     def __init__(

@@ -689,6 +689,14 @@ class Controller:
             self._resume_deployment(device)
         return errors
 
+    def repeat_session(self, device_id: str) -> None:
+        """Count a session opening that repeats the device's open session, and alert on a burst.
+
+        The open session stays, and no ``connected`` event is recorded.
+        """
+        self.sessions.count_takeover(device_id)
+        self._check_takeovers(device_id)
+
     def _check_takeovers(self, device_id: str) -> None:
         takeovers = self.sessions.takeover_burst(device_id)
         if not takeovers:

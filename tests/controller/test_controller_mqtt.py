@@ -530,3 +530,25 @@ def test_mqtt_repeated_online_adds_no_event(mqtt_controller, device, profile):
     connected = mqtt_controller.registry.list_events(device_id="dev-1", kinds=[EventKind.CONNECTED])
     assert len(connected) == 1
     assert mqtt_controller.sessions.get("dev-1") is session
+    # Repeats within seconds are how a second agent with this device id shows.
+    alerts = mqtt_controller.registry.list_events(device_id="dev-1", kinds=[EventKind.ALERT])
+    assert [alert.details["cause"] for alert in alerts] == ["duplicate_device_id"]
+
+
+def test_mqtt_presence_after_activation_keeps_session(mqtt_controller, device, profile):
+    probe = device()
+    deployment_id, ladder = deploy_first_rung(mqtt_controller, probe, profile)
+    wait_until(lambda: mqtt_controller.sessions.is_connected("dev-1"), what="the session")
+    session = mqtt_controller.sessions.get("dev-1")
+
+    # The agent's order: the ACTIVE status, then its presence naming the new variant.
+    send_status(probe, deployment_id, fleet_pb2.DEPLOYMENT_STATE_ACTIVE, variant_id=ladder[0])
+    go_online(probe, variant=ladder[0])
+    handled_after(mqtt_controller, device, profile)
+
+    assert mqtt_controller.sessions.get("dev-1") is session
+    assert mqtt_controller.registry.get_device("dev-1").current_variant_id == ladder[0]
+    events = mqtt_controller.registry.list_events(
+        device_id="dev-1", kinds=[EventKind.CONNECTED, EventKind.ALERT]
+    )
+    assert [event.kind for event in events] == [EventKind.CONNECTED]
