@@ -42,7 +42,7 @@ from edgefleet.controller.errors import (
     UnknownDeviceError,
     UnknownVariantError,
 )
-from edgefleet.controller.ingest import IngestStats, OnStored, TelemetryIngest
+from edgefleet.controller.ingest import IngestStats, OnStored, RecentSamples, TelemetryIngest
 from edgefleet.controller.lock import DataDirLock
 from edgefleet.controller.models import (
     DeploymentRow,
@@ -133,6 +133,8 @@ class Controller:
         self.sessions = SessionRegistry()
         self.host_calibration = HostCalibration(duration_s=self.config.host_calibration_duration_s)
         self.telemetry_drops = DropCounter()
+        # Used by the ingest thread only.
+        self._recent_samples = RecentSamples()
         self.connect_limiter = TokenBucket(
             self.config.connect_rate_per_s, self.config.connect_burst
         )
@@ -914,9 +916,20 @@ class Controller:
                     ),
                 )
         records = [record for record in records if record.device_id in known]
+        records, duplicates = self._recent_samples.fresh(records)
+        for record in duplicates:
+            self.telemetry_drops.record(
+                record.device_id,
+                InvalidTelemetryError(
+                    f"sample seq {record.seq} sampled at {record.sampled_at.isoformat()} "
+                    "was already stored",
+                    field="seq",
+                ),
+            )
         if not records:
             return []
         registry.add_telemetry_many(records)
+        self._recent_samples.remember(records)
 
         latest: dict[str, datetime] = {}
         with self._state_lock:

@@ -552,3 +552,25 @@ def test_mqtt_presence_after_activation_keeps_session(mqtt_controller, device, p
         device_id="dev-1", kinds=[EventKind.CONNECTED, EventKind.ALERT]
     )
     assert [event.kind for event in events] == [EventKind.CONNECTED]
+
+
+def test_mqtt_duplicate_telemetry_stored_once(mqtt_controller, device, profile):
+    probe = device()
+    register(probe, profile)
+    telemetry = topic("dev-1", TopicKind.TELEMETRY)
+    for _ in range(50):
+        probe.client.publish(telemetry, make_sample(seq=7).SerializeToString(), qos=1)
+    # An agent whose outbox was recreated starts again at seq 1, with later timestamps.
+    for restart_ms in (0, 10_000):
+        for seq in (1, 2, 3):
+            sample = make_sample(seq=seq, sampled_at_ms=1_700_000_100_000 + restart_ms + seq)
+            probe.client.publish(telemetry, sample.SerializeToString(), qos=1)
+
+    wait_until(
+        lambda: mqtt_controller.dropped_samples("dev-1") == 49, timeout_s=15, what="49 drops"
+    )
+    wait_until(
+        lambda: mqtt_controller.registry.count_telemetry("dev-1") == 7, what="7 stored samples"
+    )
+    stored = mqtt_controller.registry.recent_telemetry("dev-1", limit=20)
+    assert sorted(record.seq for record in stored) == [1, 1, 2, 2, 3, 3, 7]
