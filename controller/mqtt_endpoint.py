@@ -190,9 +190,16 @@ class MqttEndpoint:
         # (device id, kind). An invalid artifact request gets its error reply only when
         # its line is logged, so that a flood of them does not get one reply per message.
         self._drops = ThrottledLog(logger)
-        self.dropped_messages = 0
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()
         self._ignored = 0
         self.telemetry_received = 0
+
+    @property
+    def dropped_messages(self) -> int:
+        """Status, presence and artifact request messages dropped as invalid."""
+        with self._dropped_lock:
+            return self._dropped
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -575,7 +582,8 @@ class MqttEndpoint:
 
     def _drop(self, device_id: str, kind: TopicKind, reason: str) -> bool:
         """Count a dropped device message and log it, rate-limited; returns whether it logged."""
-        self.dropped_messages += 1
+        with self._dropped_lock:
+            self._dropped += 1
         return self._drops.log(
             (device_id, kind),
             "dropped a message on the %s topic of device %s: %s",
