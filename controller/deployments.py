@@ -6,7 +6,7 @@ session when the device is offline. ``Deployer.handle_status`` applies what the 
 reports: ACTIVE moves the device's current variant, FAILED and ROLLED_BACK leave it on the
 variant it had, so the controller never retries a failing deployment on its own. A report
 for a deployment that already ended (active, failed, rolled back or superseded) changes
-nothing.
+nothing, except ROLLED_BACK for the device's latest deployment after it was active.
 
 Every command carries the manifest signed for that device and deployment
 (``edgefleet.controller.signing``). It is signed again at each send, so its expiry counts
@@ -193,7 +193,7 @@ class Deployer:
                 extra=ids,
             )
             return False
-        if deployment.state.is_terminal:
+        if deployment.state.is_terminal and not self._rolls_back_latest(deployment, state):
             # A late duplicate of the agent's own report, or a report that would rewrite
             # the deployment's history.
             self._rejections.log(
@@ -216,6 +216,20 @@ class Deployer:
         elif state is DeploymentState.ROLLED_BACK:
             self._on_failed(device_id, deployment, status, message, kind=EventKind.ROLLED_BACK)
         return state.is_terminal
+
+    def _rolls_back_latest(self, deployment: DeploymentRow, state: DeploymentState) -> bool:
+        """Return whether ``state`` rolls back the device's latest, active deployment.
+
+        It is the one change accepted after a final state, because a rollout counts a
+        device whose active variant was rolled back as failed.
+        """
+        if (
+            deployment.state is not DeploymentState.ACTIVE
+            or state is not DeploymentState.ROLLED_BACK
+        ):
+            return False
+        latest = self._registry.latest_deployment(deployment.device_id)
+        return latest is not None and latest.id == deployment.id
 
     def _on_active(
         self, device_id: str, deployment: DeploymentRow, status: fleet_pb2.DeploymentStatus

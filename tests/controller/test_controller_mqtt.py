@@ -394,7 +394,7 @@ def test_mqtt_status_for_ended_deployment_ignored(mqtt_controller, device, profi
     for state in (
         fleet_pb2.DEPLOYMENT_STATE_FAILED,
         fleet_pb2.DEPLOYMENT_STATE_DOWNLOADING,
-        fleet_pb2.DEPLOYMENT_STATE_ROLLED_BACK,
+        fleet_pb2.DEPLOYMENT_STATE_ACTIVE,
     ):
         send_status(probe, deployment_id, state, message="late report")
     handled_after(mqtt_controller, device, profile)
