@@ -145,13 +145,17 @@ class AgentConfig:
             return self.broker.address.url
         return self.controller
 
-    def connect(self) -> ControllerConnection:
-        """Return a new, unconnected connection of the configured transport."""
+    def connect(self, serving_variant: Callable[[], str] | None = None) -> ControllerConnection:
+        """Return a new, unconnected connection of the configured transport.
+
+        ``serving_variant`` returns the variant the agent serves now. The MQTT transport
+        publishes it again in the retained presence whenever it changes.
+        """
         if self.transport is TransportKind.MQTT:
             from edgefleet.agent.mqtt import MqttConnection
 
             assert self.broker is not None  # checked in __post_init__
-            return MqttConnection(self.broker, self.device_id)
+            return MqttConnection(self.broker, self.device_id, serving_variant=serving_variant)
         return ControllerClient(self.controller, identity=self.identity)
 
 
@@ -397,7 +401,7 @@ class Agent:
     def _connect_loop(self) -> None:
         backoff = self._new_backoff()
         while not self._stopping.is_set():
-            client = self.config.connect()
+            client = self.config.connect(lambda: self.runtime.variant_id)
             try:
                 self._register(client)
                 backoff.reset()

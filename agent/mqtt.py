@@ -18,7 +18,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -69,8 +69,19 @@ _UP_TOPICS = {"telemetry": TopicKind.TELEMETRY, "status": TopicKind.STATUS}
 class MqttConnection:
     """One connection to the broker on behalf of device ``device_id``."""
 
-    def __init__(self, settings: BrokerSettings, device_id: str) -> None:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        device_id: str,
+        *,
+        serving_variant: Callable[[], str] | None = None,
+    ) -> None:
         self._settings = settings
+        # The retained ONLINE presence names the variant served. A controller that starts
+        # later reads it as the device's current variant, so it is published again after
+        # each message when the variant changed (an activation or a rollback).
+        self._serving_variant = serving_variant
+        self._presence_variant: str | None = None
         self._device_id = device_id
         self._topics = DeviceTopics(device_id)
         self._client = paho.Client(
@@ -288,17 +299,28 @@ class MqttConnection:
         """
         kind = message.WhichOneof("body")
         if kind == "hello":
-            online = fleet_pb2.Presence(
-                device_id=self._device_id,
-                state=fleet_pb2.PRESENCE_STATE_ONLINE,
-                current_variant_id=message.hello.current_variant_id,
-            )
-            return self._publish(TopicKind.PRESENCE, online.SerializeToString(), retain=True)
+            return self._publish_online(message.hello.current_variant_id)
         topic = _UP_TOPICS.get(kind or "")
         if topic is None:
             logger.warning("not sending a session message of unknown kind %s", kind)
             return None
-        return self._publish(topic, getattr(message, kind).SerializeToString())
+        info = self._publish(topic, getattr(message, kind).SerializeToString())
+        if self._serving_variant is not None and self._presence_variant is not None:
+            # After the status, so that the controller applies the deployment's end first.
+            variant_id = self._serving_variant()
+            if variant_id != self._presence_variant:
+                self._publish_online(variant_id)
+        return info
+
+    def _publish_online(self, variant_id: str) -> paho.MQTTMessageInfo:
+        online = fleet_pb2.Presence(
+            device_id=self._device_id,
+            state=fleet_pb2.PRESENCE_STATE_ONLINE,
+            current_variant_id=variant_id,
+        )
+        info = self._publish(TopicKind.PRESENCE, online.SerializeToString(), retain=True)
+        self._presence_variant = variant_id
+        return info
 
     # -- paho callbacks (network thread) -------------------------------------------------
 

@@ -245,6 +245,9 @@ class MqttLink:
         """Publish a telemetry sample or a deployment status at QoS 1."""
         kind = message.WhichOneof("body") or ""
         self._publish(_UP_TOPICS[kind], getattr(message, kind).SerializeToString())
+        if kind == "status" and message.status.state == fleet_pb2.DEPLOYMENT_STATE_ACTIVE:
+            # The retained presence names the served variant, as the real agent's does.
+            await self.open_session(message.status.variant_id)
 
     async def fetch(
         self, *, sha256: str, size: int, sink: Callable[[bytes], None], timeout_s: float

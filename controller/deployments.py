@@ -4,7 +4,9 @@
 one and sends a ``DeployCommand`` on the device's session, or leaves it for the next
 session when the device is offline. ``Deployer.handle_status`` applies what the agent
 reports: ACTIVE moves the device's current variant, FAILED and ROLLED_BACK leave it on the
-variant it had, so the controller never retries a failing deployment on its own.
+variant it had, so the controller never retries a failing deployment on its own. A report
+for a deployment that already ended (active, failed, rolled back or superseded) changes
+nothing, except ROLLED_BACK for the device's latest deployment after it was active.
 
 Every command carries the manifest signed for that device and deployment
 (``edgefleet.controller.signing``). It is signed again at each send, so its expiry counts
@@ -17,14 +19,25 @@ import logging
 import time
 
 from edgefleet.controller.models import DeploymentRow, DeploymentState, DeviceRow, EventKind
+from edgefleet.controller.ratelimit import ThrottledLog
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.sessions import SessionRegistry
 from edgefleet.controller.signing import ManifestSigner
 from edgefleet.protos.v1 import fleet_pb2
 
-__all__ = ["Deployer", "command_id_for"]
+__all__ = ["MAX_STATUS_MESSAGE_CHARS", "Deployer", "command_id_for"]
 
 logger = logging.getLogger(__name__)
+
+# A status message longer than this is cut, with an ellipsis, before it is stored as the
+# deployment's and the event's reason and logged.
+MAX_STATUS_MESSAGE_CHARS = 2000
+# Ids from a rejected report are logged cut to this length.
+_ID_LOG_CHARS = 80
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def command_id_for(deployment_id: str) -> str:
@@ -45,6 +58,8 @@ class Deployer:
         self._registry = registry
         self._sessions = sessions
         self._signer = signer
+        # Rejected reports, one line per device and cause per minute.
+        self._rejections = ThrottledLog(logger)
 
     def deploy(
         self,
@@ -135,39 +150,86 @@ class Deployer:
     def handle_status(self, device_id: str, status: fleet_pb2.DeploymentStatus) -> bool:
         """Apply a status report; returns whether it moved the deployment to a final state.
 
-        Reports for unknown deployments, or from another device, are logged and ignored.
+        Reports that name another device in the payload, reports for unknown deployments or
+        another device's, and reports for a deployment that already ended are logged and
+        ignored.
         """
+        ids = {"device_id": device_id, "deployment_id": _cut(status.deployment_id, _ID_LOG_CHARS)}
+        if status.device_id != device_id:
+            # The topic or session names the device, as for registrations.
+            self._rejections.log(
+                (device_id, "device"),
+                "device %s sent a status naming device %r; ignoring it",
+                device_id,
+                _cut(status.device_id, _ID_LOG_CHARS),
+                extra=ids,
+            )
+            return False
         deployment = self._registry.find_deployment(status.deployment_id)
         if deployment is None or deployment.device_id != device_id:
-            logger.warning(
-                "device %s reported status for unknown deployment %r; ignoring it",
+            if deployment is None:
+                line = "device %s reported status for unknown deployment %r; ignoring it"
+            else:
+                line = (
+                    "device %s reported status for deployment %r, which belongs to another "
+                    "device; ignoring it"
+                )
+            self._rejections.log(
+                (device_id, "deployment"),
+                line,
                 device_id,
-                status.deployment_id,
-                extra={"device_id": device_id, "deployment_id": status.deployment_id},
+                _cut(status.deployment_id, _ID_LOG_CHARS),
+                extra=ids,
             )
             return False
         try:
             state = DeploymentState.from_proto(status.state)
         except ValueError as exc:
-            logger.warning(
+            self._rejections.log(
+                (device_id, "state"),
                 "device %s sent an invalid deployment status: %s",
                 device_id,
                 exc,
-                extra={"device_id": device_id, "deployment_id": deployment.id},
+                extra=ids,
+            )
+            return False
+        if deployment.state.is_terminal and not self._rolls_back_latest(deployment, state):
+            # A late duplicate of the agent's own report, or a report that would rewrite
+            # the deployment's history.
+            self._rejections.log(
+                (device_id, "ended"),
+                "device %s reported %s for deployment %s, which already ended %s; ignoring it",
+                device_id,
+                state.value,
+                deployment.id,
+                deployment.state.value,
+                extra=ids,
             )
             return False
 
-        if deployment.state is not DeploymentState.SUPERSEDED:
-            self._registry.update_deployment(
-                deployment.id, state=state, reason=status.message or None
-            )
+        message = _cut(status.message, MAX_STATUS_MESSAGE_CHARS)
+        self._registry.update_deployment(deployment.id, state=state, reason=message or None)
         if state is DeploymentState.ACTIVE:
             self._on_active(device_id, deployment, status)
         elif state is DeploymentState.FAILED:
-            self._on_failed(device_id, deployment, status, kind=EventKind.DEPLOY_FAILED)
+            self._on_failed(device_id, deployment, status, message, kind=EventKind.DEPLOY_FAILED)
         elif state is DeploymentState.ROLLED_BACK:
-            self._on_failed(device_id, deployment, status, kind=EventKind.ROLLED_BACK)
+            self._on_failed(device_id, deployment, status, message, kind=EventKind.ROLLED_BACK)
         return state.is_terminal
+
+    def _rolls_back_latest(self, deployment: DeploymentRow, state: DeploymentState) -> bool:
+        """Return whether ``state`` rolls back the device's latest, active deployment.
+
+        It is the one change accepted after a final state, because a rollout counts a
+        device whose active variant was rolled back as failed.
+        """
+        if (
+            deployment.state is not DeploymentState.ACTIVE
+            or state is not DeploymentState.ROLLED_BACK
+        ):
+            return False
+        latest = self._registry.latest_deployment(deployment.device_id)
+        return latest is not None and latest.id == deployment.id
 
     def _on_active(
         self, device_id: str, deployment: DeploymentRow, status: fleet_pb2.DeploymentStatus
@@ -194,6 +256,7 @@ class Deployer:
         device_id: str,
         deployment: DeploymentRow,
         status: fleet_pb2.DeploymentStatus,
+        message: str,
         *,
         kind: EventKind,
     ) -> None:
@@ -208,7 +271,7 @@ class Deployer:
         self._registry.record_event(
             kind,
             device_id=device_id,
-            reason=status.message or f"deployment {deployment.id} ended {kind.value}",
+            reason=message or f"deployment {deployment.id} ended {kind.value}",
             from_variant=deployment.variant_id,
             to_variant=current,
             details={"deployment_id": deployment.id},
@@ -219,7 +282,7 @@ class Deployer:
             deployment.variant_id,
             device_id,
             "failed" if kind is EventKind.DEPLOY_FAILED else "was rolled back",
-            status.message or "no reason given",
+            message or "no reason given",
             current or "no variant",
             extra={"device_id": device_id, "deployment_id": deployment.id},
         )

@@ -224,7 +224,7 @@ class FleetCollector(Collector):
 
         dropped = CounterMetricFamily(
             "edgefleet_telemetry_dropped",
-            "Invalid telemetry samples dropped since the controller started.",
+            "Invalid or duplicate telemetry samples dropped since the controller started.",
             labels=["device_id"],
         )
         # Samples may name ids that never registered (a misconfigured agent, a stray MQTT

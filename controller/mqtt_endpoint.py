@@ -54,6 +54,7 @@ from edgefleet.controller.errors import (
     RateLimitedError,
     UnknownDeviceError,
 )
+from edgefleet.controller.ratelimit import ThrottledLog
 from edgefleet.controller.requests import (
     read_artifact_chunk,
     register_device,
@@ -118,10 +119,12 @@ class MqttDeviceSession(DeviceSession):
 
     transport = "mqtt"
 
-    def __init__(self, device_id: str, publish: _Publish) -> None:
+    def __init__(self, device_id: str, publish: _Publish, variant_id: str = "") -> None:
         super().__init__(device_id)
         self._topics = DeviceTopics(device_id)
         self._publish = publish
+        # The variant named by the device's last ONLINE presence.
+        self.variant_id = variant_id
 
     def send(self, message: fleet_pb2.ControllerMessage) -> bool:
         if self.closed or message.WhichOneof("body") != "command":
@@ -183,8 +186,20 @@ class MqttEndpoint:
             threading.Thread(target=self._control_loop, name="mqtt-control", daemon=True),
         ]
         self._sessions: dict[str, MqttDeviceSession] = {}
+        # Dropped device messages: one line per device and topic kind per minute, keyed
+        # (device id, kind). An invalid artifact request gets its error reply only when
+        # its line is logged, so that a flood of them does not get one reply per message.
+        self._drops = ThrottledLog(logger)
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()
         self._ignored = 0
         self.telemetry_received = 0
+
+    @property
+    def dropped_messages(self) -> int:
+        """Status, presence and artifact request messages dropped as invalid."""
+        with self._dropped_lock:
+            return self._dropped
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -380,14 +395,13 @@ class MqttEndpoint:
                     continue
                 try:
                     if kind is TopicKind.PRESENCE:
-                        presence = _parse_presence(message.payload)
-                        if (
-                            presence is not None
-                            and presence.state == fleet_pb2.PRESENCE_STATE_ONLINE
-                        ):
+                        presence = self._parse_presence(device_id, message.payload)
+                        if presence is None or self._is_repeated_online(device_id, presence):
+                            continue
+                        if presence.state == fleet_pb2.PRESENCE_STATE_ONLINE:
                             onlines.append((device_id, presence))
                             held_devices.add(device_id)
-                        elif presence is not None:
+                        else:
                             self._presence(device_id, presence)
                     else:
                         self._status(device_id, message.payload)
@@ -405,7 +419,10 @@ class MqttEndpoint:
         if not onlines:
             return
         sessions = [
-            (MqttDeviceSession(device_id, self.publish), presence.current_variant_id)
+            (
+                MqttDeviceSession(device_id, self.publish, presence.current_variant_id),
+                presence.current_variant_id,
+            )
             for device_id, presence in onlines
         ]
         try:
@@ -477,7 +494,7 @@ class MqttEndpoint:
 
     def _presence(self, device_id: str, presence: fleet_pb2.Presence) -> None:
         if presence.state == fleet_pb2.PRESENCE_STATE_ONLINE:
-            session = MqttDeviceSession(device_id, self.publish)
+            session = MqttDeviceSession(device_id, self.publish, presence.current_variant_id)
             error: Exception | None = None
             try:
                 self._controller.open_session(
@@ -501,8 +518,80 @@ class MqttEndpoint:
             self._sessions[device_id] = session
 
     def _status(self, device_id: str, payload: bytes) -> None:
-        status = fleet_pb2.DeploymentStatus.FromString(payload)
+        try:
+            status = fleet_pb2.DeploymentStatus.FromString(payload)
+        except Exception as exc:  # protobuf's DecodeError
+            self._drop(device_id, TopicKind.STATUS, f"undecodable status: {exc}")
+            return
         self._controller.handle_status(device_id, status)
+
+    def _parse_presence(self, device_id: str, payload: bytes) -> fleet_pb2.Presence | None:
+        """Parse a presence message; None for a cleared retained presence or a dropped one."""
+        if not payload:
+            return None
+        try:
+            presence = fleet_pb2.Presence.FromString(payload)
+        except Exception as exc:  # protobuf's DecodeError
+            self._drop(device_id, TopicKind.PRESENCE, f"undecodable presence: {exc}")
+            return None
+        if presence.device_id != device_id:
+            # Another message type can decode as a Presence, so the device id is the check
+            # that the payload is one.
+            self._drop(
+                device_id,
+                TopicKind.PRESENCE,
+                f"presence names device {presence.device_id[:80]!r}, not the topic's",
+            )
+            return None
+        if presence.state not in (
+            fleet_pb2.PRESENCE_STATE_ONLINE,
+            fleet_pb2.PRESENCE_STATE_OFFLINE,
+        ):
+            self._drop(
+                device_id, TopicKind.PRESENCE, f"presence has invalid state {presence.state}"
+            )
+            return None
+        return presence
+
+    def _is_repeated_online(self, device_id: str, presence: fleet_pb2.Presence) -> bool:
+        """Return whether an ONLINE presence belongs to the device's open session.
+
+        The agent publishes its retained presence again when its variant changes, after
+        the status that changed it, so the controller already has that variant: the
+        session takes it, with no new session and no ``connected`` event. A presence that
+        repeats the session's variant comes from a second agent with this device id, a
+        reconnect before the will, or a flood. It counts as a takeover, so that a burst
+        of them raises the duplicate device id alert, and adds no event either.
+        """
+        if presence.state != fleet_pb2.PRESENCE_STATE_ONLINE:
+            return False
+        session = self._sessions.get(device_id)
+        if session is None or session.closed:
+            return False
+        if self._controller.sessions.get(device_id) is not session:
+            return False
+        variant_id = presence.current_variant_id
+        if variant_id == session.variant_id:
+            self._controller.repeat_session(device_id)
+            return True
+        device = self._controller.registry.find_device(device_id)
+        if device is None or (device.current_variant_id or "") != variant_id:
+            return False
+        session.variant_id = variant_id
+        return True
+
+    def _drop(self, device_id: str, kind: TopicKind, reason: str) -> bool:
+        """Count a dropped device message and log it, rate-limited; returns whether it logged."""
+        with self._dropped_lock:
+            self._dropped += 1
+        return self._drops.log(
+            (device_id, kind),
+            "dropped a message on the %s topic of device %s: %s",
+            kind.value,
+            device_id,
+            reason,
+            extra={"device_id": device_id},
+        )
 
     # -- artifacts (mqtt-artifacts threads) ---------------------------------------------
 
@@ -510,10 +599,19 @@ class MqttEndpoint:
         reply_topic = DeviceTopics(device_id).topic(TopicKind.ARTIFACT_CHUNKS)
         try:
             request = fleet_pb2.ArtifactRequest.FromString(message.payload)
-            if request.device_id != device_id:
-                raise InvalidInputError(
-                    f"device id {request.device_id!r} does not match the topic's {device_id!r}"
-                )
+        except Exception as exc:  # protobuf's DecodeError
+            error = InvalidInputError(f"undecodable request: {exc}")
+            if self._drop(device_id, TopicKind.ARTIFACT_REQUEST, str(error)):
+                self._reply(reply_topic, message, error=error)
+            return
+        if request.device_id != device_id:
+            error = InvalidInputError(
+                f"device id {request.device_id[:80]!r} does not match the topic's {device_id!r}"
+            )
+            if self._drop(device_id, TopicKind.ARTIFACT_REQUEST, str(error)):
+                self._reply(reply_topic, message, error=error)
+            return
+        try:
             chunk = read_artifact_chunk(self._controller, request)
         except (ControllerError, InvalidInputError) as exc:
             self._reply(reply_topic, message, error=exc)
@@ -523,13 +621,6 @@ class MqttEndpoint:
             self._reply(reply_topic, message, error=exc)
             return
         self._reply(reply_topic, message, chunk.SerializeToString())
-
-
-def _parse_presence(payload: bytes) -> fleet_pb2.Presence | None:
-    """Parse a presence message; None for an empty payload, a cleared retained presence."""
-    if not payload:
-        return None
-    return fleet_pb2.Presence.FromString(payload)
 
 
 def _parse_registration(device_id: str, payload: bytes) -> fleet_pb2.RegisterRequest:

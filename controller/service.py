@@ -42,7 +42,7 @@ from edgefleet.controller.errors import (
     UnknownDeviceError,
     UnknownVariantError,
 )
-from edgefleet.controller.ingest import IngestStats, OnStored, TelemetryIngest
+from edgefleet.controller.ingest import IngestStats, OnStored, RecentSamples, TelemetryIngest
 from edgefleet.controller.lock import DataDirLock
 from edgefleet.controller.models import (
     DeploymentRow,
@@ -133,6 +133,8 @@ class Controller:
         self.sessions = SessionRegistry()
         self.host_calibration = HostCalibration(duration_s=self.config.host_calibration_duration_s)
         self.telemetry_drops = DropCounter()
+        # Used by the ingest thread only.
+        self._recent_samples = RecentSamples()
         self.connect_limiter = TokenBucket(
             self.config.connect_rate_per_s, self.config.connect_burst
         )
@@ -689,6 +691,14 @@ class Controller:
             self._resume_deployment(device)
         return errors
 
+    def repeat_session(self, device_id: str) -> None:
+        """Count a session opening that repeats the device's open session, and alert on a burst.
+
+        The open session stays, and no ``connected`` event is recorded.
+        """
+        self.sessions.count_takeover(device_id)
+        self._check_takeovers(device_id)
+
     def _check_takeovers(self, device_id: str) -> None:
         takeovers = self.sessions.takeover_burst(device_id)
         if not takeovers:
@@ -906,9 +916,20 @@ class Controller:
                     ),
                 )
         records = [record for record in records if record.device_id in known]
+        records, duplicates = self._recent_samples.fresh(records)
+        for record in duplicates:
+            self.telemetry_drops.record(
+                record.device_id,
+                InvalidTelemetryError(
+                    f"sample seq {record.seq} sampled at {record.sampled_at.isoformat()} "
+                    "was already stored",
+                    field="seq",
+                ),
+            )
         if not records:
             return []
         registry.add_telemetry_many(records)
+        self._recent_samples.remember(records)
 
         latest: dict[str, datetime] = {}
         with self._state_lock:
@@ -1358,6 +1379,7 @@ class Controller:
             extra={"device_id": device.device_id, "deployment_id": deployment.id},
         )
         status = fleet_pb2.DeploymentStatus(
+            device_id=device.device_id,
             deployment_id=deployment.id,
             state=fleet_pb2.DEPLOYMENT_STATE_ACTIVE,
             message="the device reconnected serving this variant",

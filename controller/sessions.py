@@ -113,12 +113,25 @@ class SessionRegistry:
                 return session
             self._sessions[device_id] = session
             if previous is not None:
-                times = self._takeovers.setdefault(device_id, deque(maxlen=TAKEOVER_ALERT_COUNT))
-                times.append(time.monotonic())
+                self._count_takeover(device_id)
         if previous is not None:
             logger.info("device %s opened a new session; closing its previous one", device_id)
             previous.close()
         return session
+
+    def count_takeover(self, device_id: str) -> None:
+        """Count a takeover of the device's session that kept the open session.
+
+        The MQTT endpoint calls it for an ONLINE presence that repeats the open session's
+        variant: a second agent with this device id, or a reconnect before the will.
+        """
+        with self._lock:
+            self._count_takeover(device_id)
+
+    def _count_takeover(self, device_id: str) -> None:
+        # Caller holds self._lock.
+        times = self._takeovers.setdefault(device_id, deque(maxlen=TAKEOVER_ALERT_COUNT))
+        times.append(time.monotonic())
 
     def takeover_burst(self, device_id: str) -> int:
         """Return the device's count of recent takeovers when they form a new burst, else 0.

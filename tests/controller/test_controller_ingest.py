@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from controller_support import make_sample, wait_for
 
-from edgefleet.controller.ingest import TelemetryIngest
+from edgefleet.controller.ingest import RecentSamples, TelemetryIngest
 from edgefleet.protos.v1 import fleet_pb2
 
 Batch = Sequence[tuple[str, fleet_pb2.TelemetrySample]]
@@ -95,3 +97,32 @@ def test_ingest_undecodable_bytes_not_acknowledged() -> None:
 
     assert receipts.seqs == []
     assert [sample.seq for batch in stored for _device, sample in batch] == [3]
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyedSample:
+    device_id: str
+    seq: int
+    sampled_at: datetime
+
+
+def test_recent_samples_window_forgets_oldest():
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    recent = RecentSamples(per_device=2)
+    first, second, third = (KeyedSample("dev-1", seq, at) for seq in (1, 2, 3))
+    recent.remember([first, second, third])
+
+    fresh, duplicates = recent.fresh(
+        [first, third, KeyedSample("dev-2", 3, at), KeyedSample("dev-1", 3, at.replace(year=2027))]
+    )
+
+    assert duplicates == [third]
+    assert [(s.device_id, s.seq) for s in fresh] == [("dev-1", 1), ("dev-2", 3), ("dev-1", 3)]
+
+
+def test_recent_samples_duplicate_within_one_batch():
+    sample = KeyedSample("dev-1", 7, datetime(2026, 1, 1, tzinfo=UTC))
+    fresh, duplicates = RecentSamples().fresh([sample, sample, sample])
+
+    assert fresh == [sample]
+    assert duplicates == [sample, sample]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 from controller_support import make_sample, store_fake_ladder
 from mosquitto_support import MqttProbe, wait_until
 
-from edgefleet.controller.models import DeploymentState, DeviceState
+from edgefleet.controller.deployments import MAX_STATUS_MESSAGE_CHARS
+from edgefleet.controller.models import DeploymentState, DeviceState, EventKind
 from edgefleet.controller.mqtt_endpoint import stable_client_id
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
@@ -348,3 +350,227 @@ def test_mqtt_registration_burst_gets_every_reply(mqtt_controller, device, profi
     assert "burst-07" not in mqtt_controller.sessions.connected()
     assert mqtt_controller.registry.find_device("burst-07") is None
     assert mqtt_controller.registry.get_device("burst-03").state is DeviceState.ONLINE
+
+
+def deploy_first_rung(controller: Controller, probe: MqttProbe, profile) -> tuple[str, list[str]]:
+    """Register dev-1 online with a fake ladder; returns its deployment id and the ladder."""
+    _model, ladder = store_fake_ladder(controller, profile)
+    register(probe, profile)
+    go_online(probe)
+    commands = wait_until(lambda: probe.received(topic("dev-1", TopicKind.COMMANDS)))
+    return fleet_pb2.Command.FromString(commands[0].payload).deploy.deployment_id, ladder
+
+
+def send_status(probe: MqttProbe, deployment_id: str, state: int, **fields) -> None:
+    fields.setdefault("device_id", "dev-1")
+    status = fleet_pb2.DeploymentStatus(deployment_id=deployment_id, state=state, **fields)
+    probe.publish(topic("dev-1", TopicKind.STATUS), status.SerializeToString())
+
+
+def handled_after(controller: Controller, device, profile) -> None:
+    """Wait until the control thread handled what dev-1 sent before now.
+
+    Presence and status share one queue in arrival order, so dev-3 connecting means
+    every earlier message was handled.
+    """
+    probe = device("dev-3")
+    register(probe, profile, "dev-3")
+    go_online(probe, "dev-3")
+    wait_until(lambda: controller.sessions.is_connected("dev-3"), what="dev-3's session")
+
+
+def test_mqtt_status_for_ended_deployment_ignored(mqtt_controller, device, profile, caplog):
+    probe = device()
+    deployment_id, ladder = deploy_first_rung(mqtt_controller, probe, profile)
+    send_status(probe, deployment_id, fleet_pb2.DEPLOYMENT_STATE_ACTIVE, variant_id=ladder[0])
+    wait_until(
+        lambda: (
+            mqtt_controller.registry.find_deployment(deployment_id).state is DeploymentState.ACTIVE
+        ),
+        what="the deployment becoming active",
+    )
+
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.deployments")
+    for state in (
+        fleet_pb2.DEPLOYMENT_STATE_FAILED,
+        fleet_pb2.DEPLOYMENT_STATE_DOWNLOADING,
+        fleet_pb2.DEPLOYMENT_STATE_ACTIVE,
+    ):
+        send_status(probe, deployment_id, state, message="late report")
+    handled_after(mqtt_controller, device, profile)
+
+    deployment = mqtt_controller.registry.find_deployment(deployment_id)
+    assert deployment.state is DeploymentState.ACTIVE
+    assert deployment.reason != "late report"
+    assert mqtt_controller.registry.get_device("dev-1").current_variant_id == ladder[0]
+    ended = [r for r in caplog.records if "which already ended active" in r.getMessage()]
+    assert len(ended) == 1, [r.getMessage() for r in caplog.records]
+    assert ended[0].levelno == logging.WARNING
+
+
+def test_mqtt_status_naming_other_device_ignored(mqtt_controller, device, profile, caplog):
+    probe = device()
+    deployment_id, _ladder = deploy_first_rung(mqtt_controller, probe, profile)
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.deployments")
+
+    send_status(probe, deployment_id, fleet_pb2.DEPLOYMENT_STATE_ROLLED_BACK, device_id="evil-3")
+    handled_after(mqtt_controller, device, profile)
+
+    assert mqtt_controller.registry.find_deployment(deployment_id).state is DeploymentState.PENDING
+    assert not mqtt_controller.registry.list_events(
+        device_id="dev-1", kinds=[EventKind.ROLLED_BACK]
+    )
+    assert "device dev-1 sent a status naming device 'evil-3'; ignoring it" in caplog.text
+
+
+def test_mqtt_status_on_other_device_topic_ignored(mqtt_controller, device, profile, caplog):
+    probe = device()
+    deployment_id, _ladder = deploy_first_rung(mqtt_controller, probe, profile)
+    register(device("dev-2"), profile, "dev-2")
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.deployments")
+
+    status = fleet_pb2.DeploymentStatus(
+        device_id="dev-2", deployment_id=deployment_id, state=fleet_pb2.DEPLOYMENT_STATE_FAILED
+    )
+    probe.publish(topic("dev-2", TopicKind.STATUS), status.SerializeToString())
+    handled_after(mqtt_controller, device, profile)
+
+    assert mqtt_controller.registry.find_deployment(deployment_id).state is DeploymentState.PENDING
+    assert f"deployment {deployment_id!r}, which belongs to another device" in caplog.text
+    assert "unknown deployment" not in caplog.text
+
+
+def test_mqtt_status_message_cut(mqtt_controller, device, profile, caplog):
+    probe = device()
+    deployment_id, _ladder = deploy_first_rung(mqtt_controller, probe, profile)
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.deployments")
+
+    send_status(probe, deployment_id, fleet_pb2.DEPLOYMENT_STATE_FAILED, message="x" * 200_000)
+    wait_until(
+        lambda: (
+            mqtt_controller.registry.find_deployment(deployment_id).state is DeploymentState.FAILED
+        ),
+        what="the FAILED status",
+    )
+
+    reason = mqtt_controller.registry.find_deployment(deployment_id).reason
+    assert len(reason) == MAX_STATUS_MESSAGE_CHARS
+    assert reason.endswith("x\u2026")
+    events = mqtt_controller.registry.list_events(
+        device_id="dev-1", kinds=[EventKind.DEPLOY_FAILED]
+    )
+    assert [len(event.reason) for event in events] == [MAX_STATUS_MESSAGE_CHARS]
+    failed = [r for r in caplog.records if "failed: xxx" in r.getMessage()]
+    assert len(failed) == 1
+    assert len(failed[0].getMessage()) < MAX_STATUS_MESSAGE_CHARS + 300
+
+
+def test_mqtt_presence_of_wrong_type_dropped(mqtt_controller, device, profile, caplog):
+    probe = device()
+    register(probe, profile)
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.mqtt_endpoint")
+
+    # A TelemetrySample's seq (field 2) decodes as Presence.state ONLINE.
+    sample = fleet_pb2.TelemetrySample(device_id="c1", seq=1)
+    probe.publish(topic("dev-1", TopicKind.PRESENCE), sample.SerializeToString())
+    other = fleet_pb2.Presence(device_id="dev-9", state=fleet_pb2.PRESENCE_STATE_ONLINE)
+    probe.publish(topic("dev-1", TopicKind.PRESENCE), other.SerializeToString())
+    handled_after(mqtt_controller, device, profile)
+
+    assert not mqtt_controller.sessions.is_connected("dev-1")
+    assert not mqtt_controller.registry.list_events(device_id="dev-1", kinds=[EventKind.CONNECTED])
+    drops = [r for r in caplog.records if "presence topic of device dev-1" in r.getMessage()]
+    assert len(drops) == 1, "the second drop within a minute is counted, not logged"
+    assert "presence names device 'c1', not the topic's" in drops[0].getMessage()
+
+
+def test_mqtt_undecodable_flood_logs_one_line_per_kind(mqtt_controller, device, profile, caplog):
+    probe = device()
+    register(probe, profile)
+    caplog.set_level(logging.INFO, logger="edgefleet.controller")
+    garbage = b"\xff" * 16
+
+    for _ in range(200):
+        probe.client.publish(topic("dev-1", TopicKind.STATUS), garbage, qos=1)
+        probe.client.publish(topic("dev-1", TopicKind.PRESENCE), garbage, qos=1)
+        probe.client.publish(topic("dev-1", TopicKind.ARTIFACT_REQUEST), garbage, qos=1)
+    endpoint = mqtt_controller._mqtt_endpoint
+    wait_until(lambda: endpoint.dropped_messages == 600, timeout_s=30, what="600 drops")
+
+    records = [r for r in caplog.records if "device dev-1" in r.getMessage()]
+    assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info]
+    for kind in ("status", "presence", "artifacts/request"):
+        lines = [r for r in records if f"on the {kind} topic of device dev-1" in r.getMessage()]
+        assert len(lines) == 1, (kind, [r.getMessage() for r in records])
+        assert lines[0].levelno == logging.WARNING
+    # One error reply for the flood of undecodable artifact requests.
+    chunks_topic = topic("dev-1", TopicKind.ARTIFACT_CHUNKS)
+    replies = probe.received(chunks_topic)
+    assert len(replies) == 1
+    assert dict(replies[0].properties.UserProperty)["status"] == "INVALID_ARGUMENT"
+
+    # A valid request still gets its reply.
+    request = fleet_pb2.ArtifactRequest(device_id="dev-1", sha256="0" * 64, offset=0)
+    probe.publish(topic("dev-1", TopicKind.ARTIFACT_REQUEST), request.SerializeToString())
+    reply = wait_until(lambda: probe.received(chunks_topic)[1:])[0]
+    assert dict(reply.properties.UserProperty)["status"] == "NOT_FOUND"
+
+
+def test_mqtt_repeated_online_adds_no_event(mqtt_controller, device, profile):
+    probe = device()
+    register(probe, profile)
+    go_online(probe)
+    wait_until(lambda: mqtt_controller.sessions.is_connected("dev-1"), what="the session")
+    session = mqtt_controller.sessions.get("dev-1")
+
+    for _ in range(20):
+        go_online(probe)
+    handled_after(mqtt_controller, device, profile)
+
+    connected = mqtt_controller.registry.list_events(device_id="dev-1", kinds=[EventKind.CONNECTED])
+    assert len(connected) == 1
+    assert mqtt_controller.sessions.get("dev-1") is session
+    # Repeats within seconds are how a second agent with this device id shows.
+    alerts = mqtt_controller.registry.list_events(device_id="dev-1", kinds=[EventKind.ALERT])
+    assert [alert.details["cause"] for alert in alerts] == ["duplicate_device_id"]
+
+
+def test_mqtt_presence_after_activation_keeps_session(mqtt_controller, device, profile):
+    probe = device()
+    deployment_id, ladder = deploy_first_rung(mqtt_controller, probe, profile)
+    wait_until(lambda: mqtt_controller.sessions.is_connected("dev-1"), what="the session")
+    session = mqtt_controller.sessions.get("dev-1")
+
+    # The agent's order: the ACTIVE status, then its presence naming the new variant.
+    send_status(probe, deployment_id, fleet_pb2.DEPLOYMENT_STATE_ACTIVE, variant_id=ladder[0])
+    go_online(probe, variant=ladder[0])
+    handled_after(mqtt_controller, device, profile)
+
+    assert mqtt_controller.sessions.get("dev-1") is session
+    assert mqtt_controller.registry.get_device("dev-1").current_variant_id == ladder[0]
+    events = mqtt_controller.registry.list_events(
+        device_id="dev-1", kinds=[EventKind.CONNECTED, EventKind.ALERT]
+    )
+    assert [event.kind for event in events] == [EventKind.CONNECTED]
+
+
+def test_mqtt_duplicate_telemetry_stored_once(mqtt_controller, device, profile):
+    probe = device()
+    register(probe, profile)
+    telemetry = topic("dev-1", TopicKind.TELEMETRY)
+    for _ in range(50):
+        probe.client.publish(telemetry, make_sample(seq=7).SerializeToString(), qos=1)
+    # An agent whose outbox was recreated starts again at seq 1, with later timestamps.
+    for restart_ms in (0, 10_000):
+        for seq in (1, 2, 3):
+            sample = make_sample(seq=seq, sampled_at_ms=1_700_000_100_000 + restart_ms + seq)
+            probe.client.publish(telemetry, sample.SerializeToString(), qos=1)
+
+    wait_until(
+        lambda: mqtt_controller.dropped_samples("dev-1") == 49, timeout_s=15, what="49 drops"
+    )
+    wait_until(
+        lambda: mqtt_controller.registry.count_telemetry("dev-1") == 7, what="7 stored samples"
+    )
+    stored = mqtt_controller.registry.recent_telemetry("dev-1", limit=20)
+    assert sorted(record.seq for record in stored) == [1, 1, 2, 2, 3, 3, 7]

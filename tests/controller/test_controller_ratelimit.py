@@ -1,10 +1,12 @@
-"""The token bucket that limits new connections."""
+"""The token bucket that limits new connections, and the rate-limited log."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from edgefleet.controller.ratelimit import TokenBucket
+from edgefleet.controller.ratelimit import ThrottledLog, TokenBucket
 from edgefleet.errors import InvalidInputError
 
 
@@ -46,3 +48,26 @@ def test_bucket_refills_at_rate():
 def test_bucket_rejects_invalid_settings(rate, burst):
     with pytest.raises(InvalidInputError):
         TokenBucket(rate, burst)
+
+
+def test_throttled_log_counts_lines_left_out(caplog):
+    clock = FakeClock()
+    log = ThrottledLog(logging.getLogger("edgefleet.test.throttled"), window_s=60.0, clock=clock)
+    caplog.set_level(logging.WARNING, logger="edgefleet.test.throttled")
+
+    logged = [log.log(("dev-1", "status"), "drop %d", n) for n in range(5)]
+    other_key = log.log(("dev-1", "presence"), "drop presence")
+    clock.now = 59.0
+    inside_window = log.log(("dev-1", "status"), "drop late")
+    clock.now = 61.0
+    after_window = log.log(("dev-1", "status"), "drop after")
+
+    assert logged == [True, False, False, False, False]
+    assert other_key
+    assert not inside_window
+    assert after_window
+    assert [record.getMessage() for record in caplog.records] == [
+        "drop 0",
+        "drop presence",
+        "drop after (5 more like it since the last one, not logged)",
+    ]

@@ -278,3 +278,45 @@ def test_acl_admits_agent_subscriptions_and_rejects_bad_password(acl_broker, tmp
     with pytest.raises(RegistrationRejected, match="user name and password"):
         bad.connect()
     bad.close()
+
+
+def test_mqtt_restarted_controller_keeps_served_variant(
+    broker, start_controller, start_agent, tmp_path
+):
+    fleet = start_controller(fleet_config())
+    settings = BrokerSettings.from_options(broker.url)
+    fleet.controller.serve_mqtt(settings)
+    profile = write_profile(tmp_path / "shared.toml", "mqtt-board")
+    data, manifest = linear_variant(8, scale=2.0)
+    variant_id = store_ladder(fleet.controller, load_profile(profile), data, manifest).variant_id
+    # The agent connects serving nothing, so its first retained presence names no variant.
+    agent = start_agent("pi-restart", broker=broker.url, profile_name="mqtt-board")
+    wait_for(lambda: serving_variant(agent) == variant_id, timeout_s=60, what="the deployment")
+    wait_for(
+        lambda: (
+            fleet.controller.registry.latest_deployment("pi-restart").state
+            is DeploymentState.ACTIVE
+        ),
+        timeout_s=15,
+        what="the ACTIVE status",
+    )
+    deployment_id = fleet.controller.registry.latest_deployment("pi-restart").id
+    probe = MqttProbe(broker, "test-presence")
+    presence_topic = DeviceTopics("pi-restart").topic(TopicKind.PRESENCE)
+    probe.subscribe(presence_topic)
+    retained = wait_for(lambda: probe.received(presence_topic), timeout_s=10, what="presence")
+    probe.close()
+    assert fleet_pb2.Presence.FromString(retained[-1].payload).current_variant_id == variant_id
+
+    fleet.stop()
+    controller = fleet.start()
+    controller.serve_mqtt(settings)
+    wait_for(
+        lambda: controller.sessions.is_connected("pi-restart"), timeout_s=15, what="the session"
+    )
+    # Placement and redeployment run right after the session opens; give them time.
+    time.sleep(3)
+
+    assert controller.registry.latest_deployment("pi-restart").id == deployment_id
+    assert controller.registry.get_device("pi-restart").current_variant_id == variant_id
+    assert serving_variant(agent) == variant_id
