@@ -14,6 +14,7 @@ import threading
 from datetime import UTC, datetime
 
 from edgefleet.controller.errors import InvalidTelemetryError
+from edgefleet.controller.ratelimit import ThrottledLog
 from edgefleet.protos.v1 import fleet_pb2
 
 __all__ = ["DropCounter", "TelemetryRecord", "validate_sample"]
@@ -153,30 +154,31 @@ def validate_sample(
 class DropCounter:
     """Counts dropped samples per device and logs a WARNING for some of them.
 
-    The first ``log_first`` drops of a device are each logged. After that only every
-    ``log_every``-th drop is, so a broken sampler cannot flood the log at one line a second.
+    A device's first drop is logged, then at most one line a minute for each device and
+    invalid field, with the drops left out since, so a broken sampler cannot flood the
+    log at one line a second.
     """
 
-    def __init__(self, *, log_first: int = 10, log_every: int = 100) -> None:
-        self._log_first = log_first
-        self._log_every = log_every
+    def __init__(self) -> None:
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._log = ThrottledLog(logger)
 
     def record(self, device_id: str, error: InvalidTelemetryError) -> int:
         """Count one dropped sample and return the device's drop count so far."""
         with self._lock:
             count = self._counts.get(device_id, 0) + 1
             self._counts[device_id] = count
-        if count <= self._log_first or count % self._log_every == 0:
-            logger.warning(
-                "dropped telemetry sample from device %s: invalid field %s: %s "
-                "(%d samples dropped from this device)",
-                device_id,
-                error.field,
-                error,
-                count,
-            )
+        self._log.log(
+            (device_id, error.field),
+            "dropped telemetry sample from device %s: invalid field %s: %s "
+            "(%d samples dropped from this device)",
+            device_id,
+            error.field,
+            error,
+            count,
+            extra={"device_id": device_id},
+        )
         return count
 
     def counts(self) -> dict[str, int]:

@@ -20,9 +20,9 @@ from edgefleet.controller.api import rollouts as rollout_routes
 from edgefleet.controller.api.auth import (
     API_PREFIX,
     HttpAuth,
-    RejectionLog,
     TokenAuthMiddleware,
     authorize,
+    rejection_log,
 )
 from edgefleet.controller.api.errors import ApiError, error_response, install_error_handlers
 from edgefleet.controller.api.schemas import ErrorResponse, Health
@@ -81,7 +81,7 @@ def create_app(
         },
     )
     app.state.controller = controller
-    app.state.rejection_log = RejectionLog()
+    app.state.rejection_log = rejection_log()
     app.state.rollouts = rollouts if rollouts is not None else controller.rollouts
     # Set by ``HttpServer.stop``: long polls return their page at once instead of holding
     # up the server's shutdown.

@@ -22,8 +22,6 @@ after the window gives their number.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from enum import StrEnum
 
 from fastapi import Request, Security
@@ -36,18 +34,19 @@ from edgefleet.controller.api.errors import ApiError, error_response
 from edgefleet.controller.api_tokens import CREATE_COMMAND, ApiTokenStore
 from edgefleet.controller.errors import ApiTokenRejectedError, ConfigError, ControllerStateError
 from edgefleet.controller.models import ApiTokenRole, ApiTokenRow
+from edgefleet.controller.ratelimit import ThrottledLog
 
 __all__ = [
     "PUBLIC_PATHS",
     "READ_METHODS",
     "REJECTION_LOG_WINDOW_S",
     "HttpAuth",
-    "RejectionLog",
     "TokenAuthMiddleware",
     "authorize",
     "check_http_auth",
     "check_request",
     "is_guarded",
+    "rejection_log",
 ]
 
 logger = logging.getLogger(__name__)
@@ -61,8 +60,6 @@ PUBLIC_PATHS = frozenset(
 READ_METHODS = frozenset({"GET", "HEAD"})
 # After a logged rejection, further ones of the same client are only counted for this long.
 REJECTION_LOG_WINDOW_S = 60.0
-# Clients whose rejections are remembered; the oldest is forgotten beyond this.
-_REJECTION_LOG_CLIENTS = 10_000
 
 _BEARER = HTTPBearer(
     auto_error=False,
@@ -76,29 +73,9 @@ _TOKEN_HINT = (
 )
 
 
-class RejectionLog:
-    """Logs the first rejection of a client per window and counts the rest; thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # client host -> (monotonic time of its last logged line, rejections left out since)
-        self._clients: dict[str, tuple[float, int]] = {}
-
-    def log(self, client: str, line: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            logged_at, left_out = self._clients.get(client, (None, 0))
-            if logged_at is not None and now - logged_at < REJECTION_LOG_WINDOW_S:
-                self._clients[client] = (logged_at, left_out + 1)
-                return
-            self._clients.pop(client, None)
-            if len(self._clients) >= _REJECTION_LOG_CLIENTS:
-                del self._clients[next(iter(self._clients))]
-            self._clients[client] = (now, 0)
-        if left_out:
-            line += " (and %d more rejections of this client in the last %g s, not logged)"
-            args = (*args, left_out, REJECTION_LOG_WINDOW_S)
-        logger.warning(line, *args)
+def rejection_log() -> ThrottledLog:
+    """Return the log of rejected requests for one app: a line per client per window."""
+    return ThrottledLog(logger, window_s=REJECTION_LOG_WINDOW_S)
 
 
 class HttpAuth(StrEnum):
@@ -204,7 +181,7 @@ def authorize(
 
 def _rejected(request: Request, status: int, reason: str, *, token_id: str | None) -> ApiError:
     client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
-    rejections: RejectionLog = request.app.state.rejection_log
+    rejections: ThrottledLog = request.app.state.rejection_log
     rejections.log(
         request.client.host if request.client else "unknown",
         "rejected %s %s from %s with HTTP %d: %s (token %s)",

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 from controller_support import make_sample
 
-from edgefleet.controller.telemetry import InvalidTelemetryError, validate_sample
+from edgefleet.controller.telemetry import DropCounter, InvalidTelemetryError, validate_sample
 
 
 def test_valid_sample_becomes_record() -> None:
@@ -51,3 +52,24 @@ def test_counter_beyond_int64_dropped_and_batch_kept(controller, profile) -> Non
     assert controller.dropped_samples("dev-1") == 1
     newest = controller.registry.recent_telemetry("dev-1", limit=1)[0]
     assert newest.requests == 2**63 - 1
+
+
+def test_drop_log_throttled_per_field(caplog) -> None:
+    drops = DropCounter()
+    nan = InvalidTelemetryError("cpu_percent must be finite", field="cpu_percent")
+    negative = InvalidTelemetryError("load_1m must be non-negative", field="load_1m")
+    caplog.set_level(logging.WARNING, logger="edgefleet.controller.telemetry")
+
+    for _ in range(50):
+        drops.record("dev-1", nan)
+    drops.record("dev-1", negative)
+    drops.record("dev-2", nan)
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3
+    assert "device dev-1: invalid field cpu_percent" in lines[0]
+    assert "invalid field load_1m" in lines[1]
+    assert "(51 samples dropped from this device)" in lines[1]
+    assert "device dev-2" in lines[2]
+    assert drops.count("dev-1") == 51
+    assert drops.count() == 52
