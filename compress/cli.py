@@ -69,6 +69,8 @@ def compress_command(
     except EdgefleetError as exc:
         typer.echo(f"compression failed: {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
+    except ModuleNotFoundError:
+        raise  # edgefleet's main names the missing extra
     except Exception as exc:  # torch, onnx and onnxruntime errors the planner did not wrap
         logging.getLogger(__name__).debug("compression failed", exc_info=True)
         message = " ".join(str(exc).split())

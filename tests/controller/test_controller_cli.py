@@ -84,8 +84,11 @@ def test_serve_http_api_with_json_logs(tmp_path: Path) -> None:
         assert {"time", "level", "logger", "message", "device_id", "deployment_id"} <= set(entry)
     assert not any("no unrevoked API token" in e["message"] for e in lines)
     rejections = [e for e in lines if e["logger"] == "edgefleet.controller.api.auth"]
-    assert len(rejections) == 2, "the anonymous request and the revoked token"
-    assert all(token.split(".")[2] not in e["message"] for e in rejections)
+    # The revoked token's rejection came from the same address within a minute, so it
+    # is counted, not logged.
+    assert len(rejections) == 1
+    assert "missing Authorization header" in rejections[0]["message"]
+    assert all(token.split(".")[2] not in e["message"] for e in lines)
     registered = [e for e in lines if e["message"].startswith("registered device dev-1")]
     assert registered[0]["device_id"] == "dev-1"
     assert any(e["message"].startswith("HTTP API listening") for e in lines)
