@@ -18,17 +18,19 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e '.[controller,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[controller,postgresql,dev]'
 	touch $@
 
 demo: $(STAMP)
 	$(BIN)/edgefleet demo
 
-# The MQTT tests start their own Mosquitto broker on a loopback port; the device clock
-# test runs an agent under libfaketime.
+# The MQTT tests start their own Mosquitto broker on a loopback port, the database tests
+# their own PostgreSQL server; the device clock test runs an agent under libfaketime.
 broker:
 	command -v mosquitto >/dev/null || (apt-get update && apt-get install -y mosquitto)
 	command -v faketime >/dev/null || (apt-get update && apt-get install -y faketime)
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		(apt-get update && apt-get install -y postgresql)
 
 # The dashboard tests drive Debian's Chromium through playwright; playwright's own browser
 # download is not used, so the tests run offline.

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder: a real Mosquitto broker."""
+"""Fixtures shared by every test folder: a real Mosquitto broker and a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mosquitto_support import MosquittoBroker
+from postgres_support import PostgresServer
 
 
 @pytest.fixture
@@ -29,3 +30,22 @@ def start_broker(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
 def broker(start_broker: Callable[..., MosquittoBroker]) -> MosquittoBroker:
     """A running broker that accepts anonymous clients."""
     return start_broker()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, started by the first test that needs it."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of an empty PostgreSQL database, dropped at the end of the test."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)

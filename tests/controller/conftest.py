@@ -1,4 +1,8 @@
-"""Shared fixtures: a migrated SQLite registry, a running controller and a gRPC stub."""
+"""Shared fixtures: a migrated registry, a running controller and a gRPC stub.
+
+Both run on SQLite unless a module parametrizes ``database_url`` with ``BACKENDS``
+(indirectly), which runs its tests on SQLite and on a real PostgreSQL server.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from controller_support import PROFILE_FIELDS
+from controller_support import BACKENDS, PROFILE_FIELDS
 
 from edgefleet.controller.config import ControllerConfig
 from edgefleet.controller.db import Database, open_database
@@ -25,8 +29,19 @@ def profile() -> DeviceProfile:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    database = open_database(f"sqlite:///{tmp_path / 'registry.db'}")
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The URL of an empty PostgreSQL database, or None for SQLite in a test folder."""
+    backend = getattr(request, "param", "sqlite")
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    if backend != "sqlite":
+        raise ValueError(f"unknown database backend {backend!r}; use one of {BACKENDS}")
+    return None
+
+
+@pytest.fixture
+def database(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
+    database = open_database(database_url or f"sqlite:///{tmp_path / 'registry.db'}")
     yield database
     database.close()
 
@@ -46,8 +61,12 @@ def controller_config() -> ControllerConfig:
 
 
 @pytest.fixture
-def controller(tmp_path: Path, controller_config: ControllerConfig) -> Iterator[Controller]:
-    controller = Controller(controller_config, data_dir=tmp_path / "controller")
+def controller(
+    tmp_path: Path, controller_config: ControllerConfig, database_url: str | None
+) -> Iterator[Controller]:
+    controller = Controller(
+        controller_config, data_dir=tmp_path / "controller", database_url=database_url
+    )
     controller.start()
     yield controller
     controller.shutdown(grace_s=0.5)

@@ -15,6 +15,9 @@ from edgefleet.controller.telemetry import TelemetryRecord
 from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.v1 import fleet_pb2
 
+# Database backends for ``pytest.mark.parametrize("database_url", BACKENDS, indirect=True)``.
+BACKENDS = ["sqlite", "postgresql"]
+
 PROFILE_FIELDS = {
     "name": "test-board",
     "cpu_arch": "aarch64",

@@ -1,5 +1,8 @@
+"""Schema migration and engine set-up, on SQLite and on a real PostgreSQL server."""
+
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -7,10 +10,19 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from controller_support import BACKENDS
+from mosquitto_support import free_port
 
 from edgefleet.controller.db import alembic_config, open_database
 from edgefleet.controller.errors import DatabaseError
 from edgefleet.controller.models import Base
+
+on_each_backend = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def url(tmp_path: Path, database_url: str | None) -> str:
+    return database_url or f"sqlite:///{tmp_path / 'registry.db'}"
 
 
 def _head_revision() -> str:
@@ -19,8 +31,10 @@ def _head_revision() -> str:
     return head
 
 
-def test_empty_database_migrates_to_head(tmp_path: Path) -> None:
-    database = open_database(f"sqlite:///{tmp_path / 'fresh.db'}")
+@on_each_backend
+def test_empty_database_migrates_to_head(url: str, request: pytest.FixtureRequest) -> None:
+    database = open_database(url)
+    assert database.engine.dialect.name == request.node.callspec.params["database_url"]
     with database.engine.connect() as connection:
         revision = MigrationContext.configure(connection).get_current_revision()
         tables = set(sa.inspect(connection).get_table_names())
@@ -31,8 +45,9 @@ def test_empty_database_migrates_to_head(tmp_path: Path) -> None:
     assert expected | {"telemetry", "events"} <= tables
 
 
-def test_orm_matches_migrated_schema(tmp_path: Path) -> None:
-    database = open_database(f"sqlite:///{tmp_path / 'schema.db'}")
+@on_each_backend
+def test_orm_matches_migrated_schema(url: str) -> None:
+    database = open_database(url)
     with database.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         differences = compare_metadata(context, Base.metadata)
@@ -41,15 +56,16 @@ def test_orm_matches_migrated_schema(tmp_path: Path) -> None:
     assert differences == []
 
 
-def test_reopening_migrated_database_keeps_data(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'twice.db'}"
+@on_each_backend
+def test_reopening_migrated_database_keeps_data(url: str) -> None:
     first = open_database(url)
     with first.engine.begin() as connection:
         connection.execute(
             sa.text(
                 "INSERT INTO profiles (fingerprint, name, profile, created_at) "
-                "VALUES ('abc', 'p', '{}', '2024-01-01 00:00:00')"
-            )
+                "VALUES ('abc', 'p', '{}', :created_at)"
+            ),
+            {"created_at": datetime(2024, 1, 1, tzinfo=UTC)},
         )
     first.close()
 
@@ -59,6 +75,26 @@ def test_reopening_migrated_database_keeps_data(tmp_path: Path) -> None:
     second.close()
 
     assert count == 1
+
+
+@on_each_backend
+def test_foreign_keys_reject_orphan_device(url: str) -> None:
+    database = open_database(url)
+    statement = sa.text(
+        "INSERT INTO devices (device_id, profile_fingerprint, profile, state, pinned, "
+        "agent_version, onnxruntime_version, registered_at) "
+        "VALUES ('d', 'missing', '{}', 'offline', :pinned, '', '', :registered_at)"
+    )
+    try:
+        with (
+            database.engine.begin() as connection,
+            pytest.raises(sa.exc.IntegrityError, match=r"(?i)foreign key"),
+        ):
+            connection.execute(
+                statement, {"pinned": False, "registered_at": datetime(2024, 1, 1, tzinfo=UTC)}
+            )
+    finally:
+        database.close()
 
 
 def test_sqlite_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
@@ -72,35 +108,27 @@ def test_sqlite_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
     assert foreign_keys == 1
 
 
-def test_foreign_keys_reject_orphan_device(tmp_path: Path) -> None:
-    database = open_database(f"sqlite:///{tmp_path / 'fk.db'}")
-    statement = sa.text(
-        "INSERT INTO devices (device_id, profile_fingerprint, profile, state, pinned, "
-        "agent_version, onnxruntime_version, registered_at) "
-        "VALUES ('d', 'missing', '{}', 'offline', 0, '', '', '2024-01-01 00:00:00')"
-    )
-    try:
-        with database.engine.begin() as connection:
-            connection.execute(statement)
-    except sa.exc.IntegrityError:
-        rejected = True
-    else:
-        rejected = False
-    database.close()
-
-    assert rejected
-
-
 @pytest.mark.parametrize(
-    ("url", "message"),
+    ("bad_url", "message"),
     [
         ("garbage", "invalid database URL"),
         ("mysql+nosuchdriver://user@127.0.0.1/db", "no driver"),
     ],
 )
-def test_database_url_errors_are_clear(url, message):
+def test_database_url_errors_are_clear(bad_url: str, message: str) -> None:
     with pytest.raises(DatabaseError, match=message):
+        open_database(bad_url)
+
+
+def test_unreachable_postgresql_hides_password() -> None:
+    url = f"postgresql+psycopg://edgefleet:secret@127.0.0.1:{free_port()}/fleet"
+
+    with pytest.raises(DatabaseError) as failure:
         open_database(url)
+
+    message = str(failure.value)
+    assert "cannot migrate database postgresql+psycopg://edgefleet:***@127.0.0.1" in message
+    assert "secret" not in message
 
 
 def test_sqlite_parent_folder_created(tmp_path):

@@ -12,12 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 from api_support import ApiFleet, at, npz_bytes, serve_api, store_series
-from controller_support import make_sample
+from controller_support import BACKENDS, make_sample
 
 from edgefleet.controller.models import DeviceState, EventKind
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
 from edgefleet.protos.v1 import fleet_pb2
+
+# Every test runs on SQLite and on a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 REFERENCE_ONNX = Path(__file__).parents[2] / "agent" / "reference.onnx"
 

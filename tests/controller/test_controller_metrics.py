@@ -10,11 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 from api_support import ApiFleet, serve_api
-from controller_support import make_sample
+from controller_support import BACKENDS, make_sample
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
+
+# Every test runs on SQLite and on a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 MIB = 1024 * 1024
 

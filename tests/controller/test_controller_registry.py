@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from controller_support import PROFILE_FIELDS, make_record, store_fake_ladder
+from controller_support import BACKENDS, PROFILE_FIELDS, make_record, store_fake_ladder
 
 from edgefleet.controller.errors import UnknownDeviceError, UnknownVariantError
 from edgefleet.controller.models import DeploymentState, DeviceState, EventKind, EventRow
@@ -13,6 +13,9 @@ from edgefleet.controller.registry import DeviceRegistration, Registry, insert_p
 from edgefleet.controller.service import Controller
 from edgefleet.controller.telemetry import TelemetryRecord
 from edgefleet.profiles import DeviceProfile, parse_profile
+
+# Every test runs on SQLite and on a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 
 def test_register_device_creates_row_and_profile(

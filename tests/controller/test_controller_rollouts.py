@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from controller_support import store_fake_ladder, wait_for
+from controller_support import BACKENDS, store_fake_ladder, wait_for
 from rollout_support import (
     ACTIVE,
     FAILED,
@@ -31,6 +31,9 @@ from edgefleet.controller.policy import PolicyConfig
 from edgefleet.controller.rollouts import GateConfig, Target
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile
+
+# Every test runs on SQLite and on a real PostgreSQL server.
+pytestmark = pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 
 QUICK_GATES = GateConfig(soak_s=0.0, min_samples=2)
 
@@ -312,8 +315,10 @@ def test_deploy_timeout_counts_as_failure(controller, fleet):
     assert "sends it again when the device reconnects" in device.reason
 
 
-def test_rollout_continues_after_restart(tmp_path: Path, controller_config, profile):
-    first = Controller(controller_config, data_dir=tmp_path / "controller")
+def test_rollout_continues_after_restart(tmp_path: Path, controller_config, profile, database_url):
+    first = Controller(
+        controller_config, data_dir=tmp_path / "controller", database_url=database_url
+    )
     first.start()
     model, ladder = store_fake_ladder(first, profile)
     for device_id in ("dev-a", "dev-b"):
@@ -322,7 +327,9 @@ def test_rollout_continues_after_restart(tmp_path: Path, controller_config, prof
     canary = rollout.waves[0].device_ids[0]
     first.shutdown(grace_s=0.5)
 
-    second = Controller(controller_config, data_dir=tmp_path / "controller")
+    second = Controller(
+        controller_config, data_dir=tmp_path / "controller", database_url=database_url
+    )
     second.start()
     try:
         assert second.rollouts.get(rollout.id).state is RolloutState.RUNNING

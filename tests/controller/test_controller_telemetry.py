@@ -4,7 +4,7 @@ import logging
 import math
 
 import pytest
-from controller_support import make_sample
+from controller_support import BACKENDS, make_sample
 
 from edgefleet.controller.telemetry import DropCounter, InvalidTelemetryError, validate_sample
 
@@ -37,6 +37,7 @@ def test_invalid_sample_names_field(field: str, value: float) -> None:
         validate_sample(sample, device_id="dev-1")
 
 
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
 def test_counter_beyond_int64_dropped_and_batch_kept(controller, profile) -> None:
     controller.register_device("dev-1", profile)
     samples = [

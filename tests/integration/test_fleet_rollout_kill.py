@@ -1,9 +1,10 @@
 """A controller process killed with SIGKILL mid-rollout, then started again on its database.
 
 Unlike the in-process restart in ``test_fleet_rollouts``, nothing shuts down cleanly here.
-Open sessions, the rollout thread and the SQLite connection all end with the process. A
+Open sessions, the rollout thread and the database connections all end with the process. A
 new ``edgefleet controller serve`` process must finish the rollout from what the database
-contains, and from what the agents report when they reconnect.
+contains, and from what the agents report when they reconnect. It runs on SQLite and, killed
+while deploying, on a real PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -126,18 +127,28 @@ def rollout_of(controller: ControllerProcess, rollout_id: str) -> dict:
     return controller.get(f"/rollouts/{rollout_id}")
 
 
-@pytest.mark.parametrize("kill_during", ["deploying", "soaking"])
+@pytest.mark.parametrize(
+    ("kill_during", "backend"),
+    [("deploying", "sqlite"), ("soaking", "sqlite"), ("deploying", "postgresql")],
+)
 def test_killed_controller_finishes_rollout(
     kill_during: str,
+    backend: str,
     fleet_model: FleetModel,
     start_controller_process: Callable[..., ControllerProcess],
     start_agent: Callable[..., AgentProcess],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     data_dir = tmp_path / "controller"
     config_path = tmp_path / "controller.toml"
     config_path.write_text(CONTROLLER_TOML)
-    database = ["--data-dir", str(data_dir), "--db", f"sqlite:///{data_dir / 'fleet.db'}"]
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgresql"
+        else f"sqlite:///{data_dir / 'fleet.db'}"
+    )
+    database = ["--data-dir", str(data_dir), "--db", url]
     common = [*database, "--config", str(config_path), "--http-port", "0"]
     # Created before the first start; the restarted controller reads it from the database.
     token = subprocess.run(
