@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 # "database is locked". Telemetry ingest, the planner and retention write concurrently.
 SQLITE_BUSY_TIMEOUT_S = 30
 
+# Key of the PostgreSQL advisory lock held while the schema is migrated; any constant that
+# other applications sharing the database do not use.
+MIGRATION_LOCK_KEY = 0x6564676566_6C74  # "edgeflt" in ASCII
+
 
 class Database:
     """An engine and a session factory over a migrated database."""
@@ -87,10 +91,15 @@ def upgrade_to_head(engine: sa.Engine) -> None:
     """Run ``alembic upgrade head`` on ``engine``."""
     from alembic import command
 
-    # NOTE: two controller replicas starting together against one PostgreSQL database
-    # both run this; the second may fail on a half-created table and must be restarted.
     config = alembic_config()
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Controller replicas starting together on one database take turns: the lock
+            # is held until this transaction commits, and PostgreSQL runs DDL inside it, so
+            # the next replica finds the schema at head and has nothing to do.
+            connection.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     logger.info("database %s is at the newest schema", engine.url.render_as_string(True))

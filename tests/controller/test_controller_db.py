@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -136,3 +138,25 @@ def test_sqlite_parent_folder_created(tmp_path):
     database.close()
 
     assert (tmp_path / "new" / "folder" / "registry.db").is_file()
+
+
+def _start_replica(url: str) -> str | None:
+    """Open ``url`` as a controller process does at start; return its schema revision."""
+    database = open_database(url)
+    try:
+        with database.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        database.close()
+
+
+def test_replicas_migrate_together(postgres_url: str) -> None:
+    """Controller replicas that start together on an empty database all reach head.
+
+    Separate processes, as replicas are: Alembic's migration context is process-global.
+    """
+    replicas = 4
+    with ProcessPoolExecutor(replicas, mp_context=multiprocessing.get_context("spawn")) as pool:
+        revisions = list(pool.map(_start_replica, [postgres_url] * replicas))
+
+    assert revisions == [_head_revision()] * replicas
