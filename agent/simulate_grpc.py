@@ -50,6 +50,9 @@ class GrpcLink:
         self._stub = fleet_pb2_grpc.FleetServiceStub(self._channel)
         self._call: aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
+        # grpc.aio allows one write in flight per stream; a second one fails the call with
+        # GRPC_CALL_ERROR_TOO_MANY_OPERATIONS. Telemetry and deployment reports take turns.
+        self._write_lock = asyncio.Lock()
         self.commands: asyncio.Queue[fleet_pb2.Command] = asyncio.Queue()
         self.lost = asyncio.Event()
         self._lost_reason = ""
@@ -92,7 +95,8 @@ class GrpcLink:
         if self._call is None or self.lost.is_set():
             raise ControllerUnavailable(self.lost_message())
         try:
-            await self._call.write(message)
+            async with self._write_lock:
+                await self._call.write(message)
         except (grpc.RpcError, aio.UsageError) as exc:
             # UsageError: the stream already ended, which the reader reports as lost.
             raise ControllerUnavailable(f"session with {self.target} failed: {exc}") from exc

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import socket
+import time
 
 import pytest
 from fleet_support import fleet_config
@@ -11,13 +14,20 @@ from ladder_support import linear_variant, store_ladder
 from typer.testing import CliRunner
 
 from edgefleet.agent import simulate
-from edgefleet.agent.simulate import DEFAULT_PROFILE, SimulationConfig, run_simulation
+from edgefleet.agent.simulate import (
+    DEFAULT_PROFILE,
+    SimulationConfig,
+    _TelemetryModel,
+    run_simulation,
+)
+from edgefleet.agent.simulate_grpc import GrpcLink
 from edgefleet.agent.transport import REGISTER_TIMEOUT_S, TransportKind
 from edgefleet.cli import app
 from edgefleet.controller.models import DeploymentState
 from edgefleet.controller.service import Controller
 from edgefleet.errors import InvalidInputError
 from edgefleet.protos.mqtt import BrokerSettings
+from edgefleet.protos.v1 import fleet_pb2
 
 AGENTS = 20
 FEATURES = 32
@@ -214,3 +224,41 @@ def test_simulate_rejects_zero_processes():
 
     assert result.exit_code == 2, result.output
     assert "processes must be between 1 and the number of agents, got 0" in result.output
+
+
+def test_grpc_link_serializes_concurrent_writes(start_controller):
+    """A deployment report and a telemetry sample may be written at the same moment."""
+    fleet = start_controller(fleet_config())
+    controller = fleet.controller
+    messages = 50
+
+    async def send_together() -> int:
+        link = GrpcLink(f"127.0.0.1:{fleet.port}", "sim-writes")
+        try:
+            await link.register(
+                fleet_pb2.RegisterRequest(
+                    device_id="sim-writes",
+                    profile=DEFAULT_PROFILE.to_proto(),
+                    agent_version="test",
+                    onnxruntime_version="simulated",
+                )
+            )
+            await link.open_session("")
+            telemetry = _TelemetryModel(DEFAULT_PROFILE, random.Random(0))
+            await asyncio.gather(
+                *(
+                    link.send(fleet_pb2.AgentMessage(telemetry=telemetry.sample("sim-writes", "")))
+                    for _ in range(messages)
+                )
+            )
+            # The session stays open until the controller has stored what it was sent.
+            deadline = time.monotonic() + 30
+            while (stored := controller.registry.count_telemetry("sim-writes")) < messages:
+                if time.monotonic() > deadline or link.lost.is_set():
+                    break
+                await asyncio.sleep(0.1)
+            return stored
+        finally:
+            await link.close()
+
+    assert asyncio.run(send_together()) == messages
