@@ -11,7 +11,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from controller_support import make_sample, store_fake_ladder
+from controller_support import BACKENDS, make_sample, store_fake_ladder
 from mosquitto_support import MqttProbe, wait_until
 
 from edgefleet.controller.deployments import MAX_STATUS_MESSAGE_CHARS
@@ -130,14 +130,17 @@ def test_mqtt_telemetry_of_unregistered_device_dropped(mqtt_controller, device):
     assert mqtt_controller.registry.count_telemetry("ghost") == 0
 
 
-def test_shared_subscription_splits_telemetry(tmp_path, controller_config, broker, device, profile):
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_shared_subscription_splits_telemetry(
+    tmp_path, controller_config, broker, device, profile, database_url
+):
     controllers = []
     for index in range(2):
-        # One database, as replicas share PostgreSQL in production.
+        # Replicas with their own data directories share one database.
         replica = Controller(
             controller_config,
             data_dir=tmp_path / f"replica-{index}",
-            database_url=f"sqlite:///{tmp_path / 'shared.db'}",
+            database_url=database_url or f"sqlite:///{tmp_path / 'shared.db'}",
         )
         replica.start()
         replica.serve_mqtt(BrokerSettings.from_options(broker.url), group="split-test")
