@@ -10,8 +10,13 @@ Backpressure: ``submit`` blocks while the queue is full, so a backlog burst (a f
 flushing its outboxes after an outage) slows its senders down instead of being dropped.
 MQTT then stops reading the broker's socket and the broker queues for us, and a gRPC
 stream stops reading, so HTTP/2 flow control pushes back on the agent. A sample is
-dropped only when ingest is stopping, when its bytes do not parse, or when storing its
-batch fails. Every drop is counted in ``IngestStats``.
+dropped only when ingest is stopping, when its bytes do not parse, or when the database
+rejects it. Every drop is counted in ``IngestStats``.
+
+Database outages: a batch that fails because the database is unreachable or busy
+(SQLAlchemy's ``OperationalError``, or a dropped connection) is kept and stored again
+with a growing delay until it succeeds. Meanwhile the queue fills and backpressure holds
+the senders, so an outage delays telemetry instead of losing it.
 
 Receipts: a sample may come with an ``on_stored`` callback. After its batch is stored,
 the ingest thread calls each callback once with the highest ``seq`` among that
@@ -38,9 +43,11 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
+import sqlalchemy as sa
+
 from edgefleet.protos.v1 import fleet_pb2
 
-__all__ = ["IngestStats", "RecentSamples", "TelemetryIngest"]
+__all__ = ["IngestStats", "RecentSamples", "TelemetryIngest", "database_unavailable"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +57,11 @@ BATCH_MAX = 500
 BATCH_WAIT_S = 0.05
 # How often a blocked ``submit`` wakes to check whether ingest is stopping.
 _SUBMIT_POLL_S = 0.5
+# Delays between attempts to store a batch while the database is unavailable.
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 10.0
+# How often a continuing database outage is logged again.
+OUTAGE_LOG_INTERVAL_S = 60.0
 
 Sample = fleet_pb2.TelemetrySample | bytes
 StoreBatch = Callable[[Sequence[tuple[str, fleet_pb2.TelemetrySample]]], object]
@@ -224,13 +236,17 @@ class TelemetryIngest:
     def _store_samples(self, samples: list[tuple[str, fleet_pb2.TelemetrySample]]) -> int:
         """Store ``samples`` in one transaction; returns how many were stored.
 
-        When the batch fails, each sample is stored on its own, so a sample that the
-        database rejects loses only itself. The senders already have their
-        acknowledgements (MQTT PUBACK), so a sample that fails alone is counted and logged.
+        While the database is unavailable the batch is retried (see the module
+        docstring). When the database rejects the batch, each sample is stored on its
+        own, so a sample that the database rejects loses only itself. The senders already
+        have their acknowledgements (MQTT PUBACK), so such a sample is counted and logged.
         """
         try:
-            self._store(samples)
+            self._store_when_available(samples)
             return len(samples)
+        except _StoppedDuringOutage:
+            self._count_dropped(len(samples))
+            return 0
         except Exception:
             logger.exception(
                 "storing a batch of %d telemetry samples failed; storing them one at a time",
@@ -252,9 +268,70 @@ class TelemetryIngest:
                 )
         return stored
 
+    def _store_when_available(self, samples: list[tuple[str, fleet_pb2.TelemetrySample]]) -> None:
+        """Store ``samples``, retrying while the database is unavailable.
+
+        Raises ``_StoppedDuringOutage`` when ingest stops before the database is back, and
+        any other error of the store at once.
+        """
+        delay_s = RETRY_INITIAL_S
+        outage_started: float | None = None
+        logged_at = 0.0
+        while True:
+            try:
+                self._store(samples)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                now = time.monotonic()
+                if outage_started is None:
+                    outage_started = now
+                if now - logged_at >= OUTAGE_LOG_INTERVAL_S:
+                    logged_at = now
+                    logger.warning(
+                        "cannot store %d telemetry samples for %.0f s because the database "
+                        "is unavailable (%s); holding them and retrying, so senders wait",
+                        len(samples),
+                        now - outage_started,
+                        _first_line(exc),
+                    )
+                if self._stopping.is_set():
+                    logger.error(
+                        "dropped %d telemetry samples: ingest stopped while the database "
+                        "was unavailable",
+                        len(samples),
+                    )
+                    raise _StoppedDuringOutage from exc
+                self._stopping.wait(delay_s)
+                delay_s = min(delay_s * 2, RETRY_MAX_S)
+                continue
+            if outage_started is not None:
+                logger.warning(
+                    "stored %d held telemetry samples; the database was unavailable for %.1f s",
+                    len(samples),
+                    time.monotonic() - outage_started,
+                )
+            return
+
     def _count_dropped(self, count: int) -> None:
         with self._lock:
             self._dropped += count
+
+
+class _StoppedDuringOutage(Exception):
+    """Ingest stopped while a batch waited for the database to come back."""
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Return whether ``exc`` means an unreachable or busy database, not invalid data."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.DisconnectionError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class RecentSamples:

@@ -92,6 +92,10 @@ class PostgresServer:
             "UTF8",
             "--no-sync",
         )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server on its data directory and port, as after ``pause``."""
         options = " ".join(
             [
                 f"-p {self.port}",
@@ -114,6 +118,18 @@ class PostgresServer:
             "--wait",
             f"--timeout={int(START_TIMEOUT_S)}",
             "start",
+        )
+
+    def pause(self) -> None:
+        """Stop the server, keeping its databases, so that clients see it go away."""
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "--pgdata",
+            str(self.data),
+            "--mode",
+            "fast",
+            "--wait",
+            "stop",
         )
 
     def stop(self) -> None:
