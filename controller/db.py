@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.errors import DatabaseError
 
-__all__ = ["Database", "alembic_config", "open_database"]
+__all__ = ["Database", "alembic_config", "database_unavailable", "open_database"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,13 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Return whether ``exc`` means an unreachable or busy database, not invalid data."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.DisconnectionError):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
 def alembic_config(url: str | None = None):  # -> alembic.config.Config

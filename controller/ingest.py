@@ -43,11 +43,10 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-import sqlalchemy as sa
-
+from edgefleet.controller.db import database_unavailable
 from edgefleet.protos.v1 import fleet_pb2
 
-__all__ = ["IngestStats", "RecentSamples", "TelemetryIngest", "database_unavailable"]
+__all__ = ["IngestStats", "RecentSamples", "TelemetryIngest"]
 
 logger = logging.getLogger(__name__)
 
@@ -320,13 +319,6 @@ class TelemetryIngest:
 
 class _StoppedDuringOutage(Exception):
     """Ingest stopped while a batch waited for the database to come back."""
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """Return whether ``exc`` means an unreachable or busy database, not invalid data."""
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.DisconnectionError):
-        return True
-    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
 def _first_line(exc: BaseException) -> str:

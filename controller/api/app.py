@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request, Security
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
@@ -143,6 +144,10 @@ def _health(request: Request) -> Health:
     state = controller.state
     if state is not ControllerState.RUNNING:
         raise ApiError(503, "unavailable", f"the controller is {state}; retry when it runs")
+    # A controller that cannot reach its database serves no request, so a load balancer
+    # should route around it. A SQLAlchemyError raised here becomes a 503.
+    with controller.registry.database.engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
     return Health(status="ok", controller_state=state.value, version=_package_version())
 
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
+import sqlalchemy as sa
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edgefleet.controller.addresses import is_loopback
-from edgefleet.controller.api.errors import ApiError, error_response
+from edgefleet.controller.api.errors import ApiError, database_error, error_response
 from edgefleet.controller.api_tokens import CREATE_COMMAND, ApiTokenStore
 from edgefleet.controller.errors import ApiTokenRejectedError, ConfigError, ControllerStateError
 from edgefleet.controller.models import ApiTokenRole, ApiTokenRow
@@ -118,6 +119,10 @@ class TokenAuthMiddleware:
         except ApiError as exc:
             response = error_response(exc.status, exc.code, exc.message, headers=exc.headers)
             await response(scope, receive, send)
+            return
+        except sa.exc.SQLAlchemyError as exc:
+            # Middleware runs outside the app's exception handlers, so it responds itself.
+            await database_error(request, exc)(scope, receive, send)
             return
         request.state.api_token = row
         await self.app(scope, receive, send)

@@ -15,6 +15,9 @@ code. Controller exceptions are translated here, in one place::
     ControllerStateError       conflict (running), unavailable      409, 503
     RequestValidationError     validation_failed                    422
     HTTPException (Starlette)  not_found, method_not_allowed, ...   its own status
+    database unavailable       database_unavailable                 503
+    (SQLAlchemy OperationalError or a dropped connection)
+    other DBAPIError           internal_error                       500
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgefleet.controller.db import database_unavailable
 from edgefleet.controller.errors import (
     ControllerStateError,
     RolloutConflictError,
@@ -38,12 +43,15 @@ from edgefleet.controller.errors import (
     UnknownRolloutError,
     UnknownVariantError,
 )
+from edgefleet.controller.ratelimit import ThrottledLog
 from edgefleet.controller.service import ControllerState
 from edgefleet.errors import InvalidInputError
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = ["ApiError", "database_error", "error_response", "install_error_handlers"]
 
 logger = logging.getLogger(__name__)
+# One warning a minute while the database is unavailable, not one per request.
+_outage_log = ThrottledLog(logger, window_s=60.0)
 
 
 class ApiError(Exception):
@@ -79,6 +87,24 @@ def error_response(
         content={"error": {"code": code, "message": message, "field": field}},
         headers=headers,
     )
+
+
+def database_error(request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
+    """Build the response to a request that failed in the database: 503 if unreachable, else 500."""
+    if database_unavailable(exc):
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _outage_log.log(
+            "database",
+            "HTTP API requests fail because the database is unavailable: %s",
+            summary,
+        )
+        return error_response(
+            503,
+            "database_unavailable",
+            f"the controller's database is unavailable ({summary}); retry once it is back",
+        )
+    logger.error("%s %s failed in the database", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "the request failed in the database")
 
 
 _NOT_FOUND = (
@@ -118,6 +144,10 @@ def install_error_handlers(app: FastAPI) -> None:
                 503, "unavailable", f"{exc}; retry once the controller is running again"
             )
         return error_response(409, "conflict", str(exc))
+
+    @app.exception_handler(sa.exc.SQLAlchemyError)
+    async def database_failed(request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
+        return database_error(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_failed(request: Request, exc: RequestValidationError) -> JSONResponse:

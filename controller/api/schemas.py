@@ -60,7 +60,7 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: str = Field(description="ok while the controller runs.")
+    status: str = Field(description="ok while the controller runs and reaches its database.")
     controller_state: str
     version: str
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from api_support import serve_api
 from controller_support import make_sample, wait_for
 from postgres_support import PostgresServer
 
@@ -57,5 +58,34 @@ def test_telemetry_held_through_database_outage(
         stored = controller.registry.recent_telemetry("dev-1", limit=40)
         assert sorted(record.seq for record in stored) == list(range(1, 41))
         assert controller.ingest_stats().dropped == 0
+    finally:
+        controller.shutdown(grace_s=0.5)
+
+
+def test_api_returns_503_during_outage(
+    tmp_path: Path,
+    controller_config: ControllerConfig,
+    profile: DeviceProfile,
+    own_postgres: PostgresServer,
+) -> None:
+    url = own_postgres.url(own_postgres.create_database())
+    controller = Controller(controller_config, data_dir=tmp_path / "controller", database_url=url)
+    controller.start()
+    try:
+        with serve_api(controller, profile) as api:
+            assert api.client.get("/api/v1/devices").status_code == 200
+
+            own_postgres.pause()
+            for path in ("/api/v1/devices", "/metrics", "/api/v1/health"):
+                response = api.client.get(path)
+                assert response.status_code == 503, (path, response.text)
+                error = response.json()["error"]
+                assert error["code"] == "database_unavailable", path
+                assert "retry once it is back" in error["message"], path
+            own_postgres.resume()
+
+            wait_for(lambda: api.client.get("/api/v1/health").status_code == 200, timeout_s=30)
+            assert api.client.get("/api/v1/devices").status_code == 200
+            assert api.client.get("/metrics").status_code == 200
     finally:
         controller.shutdown(grace_s=0.5)
