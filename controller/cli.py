@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 # Maximum lifetime of an enrollment token, in hours: a year.
 MAX_TOKEN_TTL_H = 24 * 365
+# Environment variable that every --db option reads when the option is not given.
+DATABASE_URL_ENV = "EDGEFLEET_DATABASE_URL"
+DATABASE_HELP = f"Database URL, also read from {DATABASE_URL_ENV}; default: DATA_DIR/edgefleet.db."
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -47,8 +50,10 @@ def serve(
     db: Annotated[
         str | None,
         typer.Option(
-            help="Database URL (sqlite:///FILE or postgresql+psycopg://...); "
-            "default: DATA_DIR/edgefleet.db."
+            envvar=DATABASE_URL_ENV,
+            help="Database URL (sqlite:///FILE or postgresql+psycopg://...), also read from "
+            f"{DATABASE_URL_ENV}, which keeps a password out of the process list; "
+            "default: DATA_DIR/edgefleet.db.",
         ),
     ] = None,
     grpc_host: Annotated[str, typer.Option(help="Address the gRPC server binds to.")] = (
@@ -283,10 +288,13 @@ def _start_http(controller: Controller, *, host: str, port: int, max_upload_byte
     server.start()
     tokens = ApiTokenStore(controller.registry.database).list()
     if controller.config.http_auth == HttpAuth.TOKEN and all(t.revoked_at for t in tokens):
+        # The default database lives in the data directory; any other must be named.
+        database = "" if controller.database_url.startswith("sqlite:///") else " --db URL"
         logger.warning(
             "no unrevoked API token exists, so the HTTP API rejects every request; create "
-            "one with `edgefleet controller api-token create NAME --data-dir %s`",
+            "one with `edgefleet controller api-token create NAME --data-dir %s%s`",
             controller.data_dir,
+            database,
         )
     return server
 
@@ -300,9 +308,7 @@ def token_create(
     data_dir: Annotated[
         Path, typer.Option(help="The controller's data directory, which contains trust/.")
     ] = Path("edgefleet-data"),
-    db: Annotated[
-        str | None, typer.Option(help="Database URL; default: DATA_DIR/edgefleet.db.")
-    ] = None,
+    db: Annotated[str | None, typer.Option(envvar=DATABASE_URL_ENV, help=DATABASE_HELP)] = None,
     ttl: Annotated[float, typer.Option(help="Hours until the token expires unused.")] = 24.0,
     device_id: Annotated[
         str | None, typer.Option(help="Only this device id may use the token.")
@@ -370,9 +376,7 @@ class ApiRole(StrEnum):
 DataDirOption = Annotated[
     Path, typer.Option(help="The controller's data directory, which contains edgefleet.db.")
 ]
-DatabaseOption = Annotated[
-    str | None, typer.Option(help="Database URL; default: DATA_DIR/edgefleet.db.")
-]
+DatabaseOption = Annotated[str | None, typer.Option(envvar=DATABASE_URL_ENV, help=DATABASE_HELP)]
 
 
 @api_token_app.command("create")
@@ -497,9 +501,7 @@ def revoke(
     data_dir: Annotated[Path, typer.Option(help="The controller's data directory.")] = Path(
         "edgefleet-data"
     ),
-    db: Annotated[
-        str | None, typer.Option(help="Database URL; default: DATA_DIR/edgefleet.db.")
-    ] = None,
+    db: Annotated[str | None, typer.Option(envvar=DATABASE_URL_ENV, help=DATABASE_HELP)] = None,
     reason: Annotated[str, typer.Option(help="Reason recorded with the revocation.")] = (
         "revoked by an operator"
     ),

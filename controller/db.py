@@ -9,6 +9,7 @@ foreign keys enforced; PostgreSQL works by URL (``postgresql+psycopg://...``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 # Seconds a SQLite writer waits for another writer's lock before failing with
 # "database is locked". Telemetry ingest, the planner and retention write concurrently.
 SQLITE_BUSY_TIMEOUT_S = 30
+# Query parameters of a database URL that carry secrets (libpq's names).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
 # Key of the PostgreSQL advisory lock held while the schema is migrated; any constant that
 # other applications sharing the database do not use.
@@ -44,7 +47,7 @@ class Database:
 
     @property
     def url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        return redact_url(self.engine.url)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -54,6 +57,20 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def redact_url(url: sa.URL) -> str:
+    """Render ``url`` for logs and messages, with its password and password parameters masked."""
+    query = {
+        key: ("REDACTED" if key.lower() in _SECRET_PARAMETERS else value)
+        for key, value in url.query.items()
+    }
+    return url.set(query=query).render_as_string(hide_password=True)
+
+
+def _mask_password(url: str) -> str:
+    """Mask the password of a URL string that SQLAlchemy could not parse."""
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url)
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -88,8 +105,7 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             engine.dispose()
             raise DatabaseError(
-                f"cannot migrate database {engine.url.render_as_string(hide_password=True)} "
-                f"to the newest schema: {exc}"
+                f"cannot migrate database {redact_url(engine.url)} to the newest schema: {exc}"
             ) from exc
     return Database(engine)
 
@@ -109,23 +125,31 @@ def upgrade_to_head(engine: sa.Engine) -> None:
             )
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-    logger.info("database %s is at the newest schema", engine.url.render_as_string(True))
+    logger.info("database %s is at the newest schema", redact_url(engine.url))
 
 
 def _create_engine(url: str) -> sa.Engine:
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
+        parsed.port  # noqa: B018 - make_url parses the port lazily, and may raise here
+    except (sa.exc.ArgumentError, ValueError) as exc:
         raise DatabaseError(
-            f"invalid database URL {url!r}; use for example sqlite:///path/to/controller.db "
-            "or postgresql+psycopg://user:password@host/dbname"
+            f"invalid database URL {_mask_password(url)!r} ({exc}); use for example "
+            "sqlite:///path/to/controller.db or postgresql+psycopg://user:password@host/dbname, "
+            "with special characters of the password percent-encoded (@ as %40)"
         ) from None
+    if parsed.host and "@" in parsed.host:
+        # An unencoded @ in the password splits it, and its second part reads as the host.
+        raise DatabaseError(
+            f"invalid database URL {_mask_password(url)!r}: its host contains '@'; "
+            "percent-encode special characters of the password (@ as %40)"
+        )
     if parsed.get_backend_name() != "sqlite":
         try:
             return sa.create_engine(parsed, pool_pre_ping=True)
         except (ImportError, sa.exc.NoSuchModuleError) as exc:
             raise DatabaseError(
-                f"no driver for database URL {parsed.render_as_string(hide_password=True)}: "
+                f"no driver for database URL {redact_url(parsed)}: "
                 f"{exc}; for PostgreSQL install edgefleet[postgresql]"
             ) from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -289,3 +290,20 @@ def test_api_token_rejects_bad_name_and_role(tmp_path: Path) -> None:
     assert "invalid API token name 'two words'" in bad_name.stderr
     assert bad_role.returncode == 2
     assert "admin" in bad_role.stderr
+
+
+def test_database_url_read_from_environment(tmp_path: Path) -> None:
+    database = tmp_path / "elsewhere" / "fleet.db"
+    environment = {**os.environ, "EDGEFLEET_DATABASE_URL": f"sqlite:///{database}"}
+
+    created = subprocess.run(
+        [*_API_TOKEN, "create", "env-token", "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=60, check=False, env=environment,
+    )  # fmt: skip
+
+    assert created.returncode == 0, created.stderr
+    assert database.is_file()
+    assert not (tmp_path / "data" / "edgefleet.db").exists()
+    listed = api_token("list", "--db", f"sqlite:///{database}", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "env-token" in listed.stdout

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from controller_support import BACKENDS
 from mosquitto_support import free_port
 
-from edgefleet.controller.db import alembic_config, open_database
+from edgefleet.controller.db import alembic_config, open_database, redact_url
 from edgefleet.controller.errors import DatabaseError
 from edgefleet.controller.models import Base
 
@@ -120,6 +120,36 @@ def test_sqlite_uses_wal_and_foreign_keys(tmp_path: Path) -> None:
 def test_database_url_errors_are_clear(bad_url: str, message: str) -> None:
     with pytest.raises(DatabaseError, match=message):
         open_database(bad_url)
+
+
+@pytest.mark.parametrize(
+    ("bad_url", "message"),
+    [
+        ("postgresql+psycopg://fleet:secretpw@127.0.0.1:notaport/db", "invalid literal for int"),
+        ("postgresql+psycopg://fleet:secret@pw@127.0.0.1:5432/db", "percent-encode"),
+    ],
+)
+def test_invalid_url_hides_password(bad_url: str, message: str) -> None:
+    with pytest.raises(DatabaseError, match=message) as failure:
+        open_database(bad_url)
+
+    text = str(failure.value)
+    assert "invalid database URL" in text
+    assert "fleet:***@127.0.0.1" in text
+    assert "secret" not in text
+    assert "pw@" not in text
+
+
+def test_redacted_url_masks_password_parameters() -> None:
+    url = sa.make_url(
+        "postgresql+psycopg:///fleet?host=127.0.0.1&user=fleet&password=secretpw&sslpassword=k"
+    )
+
+    text = redact_url(url)
+
+    assert "secretpw" not in text
+    assert "sslpassword=REDACTED" in text
+    assert "user=fleet" in text
 
 
 def test_unreachable_postgresql_hides_password() -> None:
