@@ -266,15 +266,46 @@ class Registry:
             )
         return changed
 
-    def mark_all_devices_offline(self) -> int:
-        """Set every device offline (at startup and shutdown); returns how many changed."""
+    def mark_all_devices_offline(self, *, unseen_since: datetime | None = None) -> int:
+        """Set devices offline without events (at startup); returns how many changed.
+
+        With ``unseen_since``, only devices whose ``last_seen`` is older change, so those
+        that other controller processes serve stay online.
+        """
         statement = (
             sa.update(DeviceRow)
             .where(DeviceRow.state != DeviceState.OFFLINE)
             .values(state=DeviceState.OFFLINE)
         )
+        if unseen_since is not None:
+            statement = statement.where(
+                sa.or_(DeviceRow.last_seen.is_(None), DeviceRow.last_seen < unseen_since)
+            )
         with self._database.session() as session:
             return session.execute(statement).rowcount
+
+    def mark_devices_offline(self, device_ids: Collection[str]) -> int:
+        """Set ``device_ids`` offline without events (at shutdown); returns how many changed."""
+        if not device_ids:
+            return 0
+        statement = (
+            sa.update(DeviceRow)
+            .where(
+                DeviceRow.device_id.in_(list(device_ids)), DeviceRow.state != DeviceState.OFFLINE
+            )
+            .values(state=DeviceState.OFFLINE)
+        )
+        with self._database.session() as session:
+            return session.execute(statement).rowcount
+
+    def online_devices_unseen_since(self, unseen_since: datetime) -> list[str]:
+        """Return the devices shown online whose ``last_seen`` is older than ``unseen_since``."""
+        query = sa.select(DeviceRow.device_id).where(
+            DeviceRow.state != DeviceState.OFFLINE,
+            sa.or_(DeviceRow.last_seen.is_(None), DeviceRow.last_seen < unseen_since),
+        )
+        with self._database.session() as session:
+            return list(session.scalars(query))
 
     def delete_device(self, device_id: str) -> None:
         """Delete a device with its deployments and telemetry; its events remain."""

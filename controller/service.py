@@ -254,8 +254,14 @@ class Controller:
             self._ingest.start()
             self._state = ControllerState.RUNNING
 
-        # A previous process may have died with devices online and plans running.
-        self._registry.mark_all_devices_offline()
+        # A previous process may have died with devices online and plans running. Other
+        # controller processes on the same database keep hearing from their devices, so
+        # with a presence timeout only devices unheard for that long are set offline, and
+        # the presence check sets the rest offline once they are.
+        timeout_s = self.config.presence_timeout_s
+        self._registry.mark_all_devices_offline(
+            unseen_since=utc_now() - timedelta(seconds=timeout_s) if timeout_s > 0 else None
+        )
         self._resume_interrupted_plans()
         self._rollouts.start_engine()
         self._retention_thread = threading.Thread(
@@ -432,6 +438,9 @@ class Controller:
             self._state = ControllerState.STOPPING
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         logger.info("controller shutting down (grace period %.1f s)", grace)
+        # Only this process's devices go offline at the end; other processes on the same
+        # database may serve the rest. Read before the endpoints close their sessions.
+        served = self.sessions.connected()
 
         stopped = None
         if self._enroll_server is not None:
@@ -474,7 +483,7 @@ class Controller:
             self._redeploy_thread.join(timeout=grace + 1)
         if self._presence_thread is not None:
             self._presence_thread.join(timeout=grace + 1)
-        self._registry.mark_all_devices_offline()
+        self._registry.mark_devices_offline(served)
         assert self._database is not None
         self._database.close()
         self._lock.release()
@@ -788,6 +797,28 @@ class Controller:
             )
         for device_id in back:
             logger.info("device %s is heard from again", device_id, extra={"device_id": device_id})
+        # Devices shown online that no controller process has heard from, such as those of
+        # a process that died. Devices with a session here are the watch's to judge.
+        unseen_since = utc_now() - timedelta(seconds=timeout)
+        orphaned = [
+            device_id
+            for device_id in self.registry.online_devices_unseen_since(unseen_since)
+            if not self.sessions.is_connected(device_id)
+        ]
+        for device_id in self.registry.set_presence(
+            orphaned,
+            DeviceState.OFFLINE,
+            reason=f"no controller process heard from it for {timeout:g} s",
+            unseen_since=unseen_since,
+        ):
+            quiet.append(device_id)
+            logger.warning(
+                "device %s is shown online but no controller process heard from it for %g s; "
+                "shown offline",
+                device_id,
+                timeout,
+                extra={"device_id": device_id},
+            )
         return PresenceChanges(quiet=quiet, back=back)
 
     def _presence_loop(self) -> None:

@@ -7,12 +7,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from controller_support import make_sample, wait_for
+from controller_support import BACKENDS, make_sample, wait_for
 from mosquitto_support import MqttProbe, wait_until
 
 from edgefleet.controller.config import ConfigError, ControllerConfig
+from edgefleet.controller.db import open_database
 from edgefleet.controller.models import DeviceState, EventKind, utc_now
 from edgefleet.controller.presence import PresenceWatch
+from edgefleet.controller.registry import Registry
 from edgefleet.controller.service import Controller
 from edgefleet.controller.sessions import StreamSession
 from edgefleet.protos.mqtt import BrokerSettings, DeviceTopics, TopicKind
@@ -206,3 +208,53 @@ def test_broker_restart_without_will_shows_device_offline(controller, broker, pr
         wait_for(lambda: state(controller, "dev-1") is DeviceState.ONLINE, timeout_s=15)
     finally:
         probe.close()
+
+
+@pytest.mark.parametrize("database_url", BACKENDS, indirect=True)
+def test_replica_start_and_stop_keep_other_devices_online(
+    tmp_path: Path, controller_config: ControllerConfig, profile, database_url
+) -> None:
+    url = database_url or f"sqlite:///{tmp_path / 'shared.db'}"
+    first = Controller(controller_config, data_dir=tmp_path / "first", database_url=url)
+    first.start()
+    try:
+        connect(first, profile, "dev-1")
+        second = Controller(controller_config, data_dir=tmp_path / "second", database_url=url)
+        second.start()
+        assert state(first, "dev-1") is DeviceState.ONLINE, "a replica's start"
+        connect(second, profile, "dev-2")
+        second.shutdown(grace_s=0.5)
+
+        assert state(first, "dev-1") is DeviceState.ONLINE, "a replica's shutdown"
+        assert state(first, "dev-2") is DeviceState.OFFLINE
+    finally:
+        first.shutdown(grace_s=0.5)
+    assert state_in(url, "dev-1") is DeviceState.OFFLINE
+
+
+def test_device_of_a_dead_process_goes_offline(
+    tmp_path: Path, controller_config: ControllerConfig, profile
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = Controller(controller_config, data_dir=tmp_path / "first", database_url=url)
+    first.start()
+    try:
+        # Shown online with no session in this process, as after a controller crash.
+        first.registry.register_device("dev-9", profile)
+        first.registry.update_device("dev-9", state=DeviceState.ONLINE, last_seen=utc_now())
+
+        wait_for(lambda: state(first, "dev-9") is DeviceState.OFFLINE, timeout_s=10)
+        assert presence_events(first, "dev-9")[-1] == (
+            EventKind.DISCONNECTED,
+            f"no controller process heard from it for {TIMEOUT_S:g} s",
+        )
+    finally:
+        first.shutdown(grace_s=0.5)
+
+
+def state_in(url: str, device_id: str) -> DeviceState:
+    database = open_database(url, migrate=False)
+    try:
+        return Registry(database).get_device(device_id).state
+    finally:
+        database.close()
