@@ -18,10 +18,13 @@ iterations and a 12-byte salt, base64-encoded. These are the values ``mosquitto_
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +32,8 @@ from edgefleet.ids import validate_device_id
 from edgefleet.protos.mqtt import DeviceTopics, TopicKind
 
 __all__ = ["DEVICE_READ_TOPICS", "DEVICE_WRITE_TOPICS", "MosquittoCredentials", "hash_password"]
+
+logger = logging.getLogger(__name__)
 
 # Topics a device publishes to, and topics it subscribes to (see edgefleet.protos.mqtt).
 DEVICE_WRITE_TOPICS = (
@@ -88,11 +93,39 @@ class MosquittoCredentials:
             text = "\n".join(change(lines)) + "\n"
             temporary = path.with_name(f".{path.name}.tmp")
             # The password file contains hashes only, but Mosquitto warns when others can
-            # read it, so it is kept at 0600 like a secret.
+            # read it, so a new file is kept at 0600 like a secret.
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
                 handle.write(text)
+                if path.exists():
+                    _copy_ownership(path, handle.fileno())
             os.replace(temporary, path)
+
+
+def _copy_ownership(source: Path, descriptor: int) -> None:
+    """Give the open file ``descriptor`` the mode, owner and group of ``source``.
+
+    The broker reads these files as its own user, often through a shared group, so an
+    edit must not leave them readable by the controller's user only. Changing the owner
+    needs root; without it the file keeps the controller's user and ``source``'s group
+    where the user belongs to it, and a warning names the file.
+    """
+    status = source.stat()
+    os.fchmod(descriptor, stat.S_IMODE(status.st_mode))
+    try:
+        os.fchown(descriptor, status.st_uid, status.st_gid)
+    except PermissionError:
+        # Keeping the group works where the controller's user belongs to it.
+        with contextlib.suppress(PermissionError):
+            os.fchown(descriptor, -1, status.st_gid)
+        if status.st_uid != os.geteuid():
+            logger.warning(
+                "%s now belongs to the controller's user (uid %d), not uid %d as before; "
+                "make sure the broker can still read it (a group both share, mode 0640)",
+                source,
+                os.geteuid(),
+                status.st_uid,
+            )
 
 
 def _without_user(lines: list[str], device_id: str) -> list[str]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +17,7 @@ from mosquitto_support import MosquittoBroker, MqttProbe, wait_until
 from security_support import enroll_device
 
 from edgefleet.controller.models import EventKind
-from edgefleet.controller.mosquitto import hash_password
+from edgefleet.controller.mosquitto import MosquittoCredentials, hash_password
 from edgefleet.controller.service import Controller
 from edgefleet.profiles import DeviceProfile, parse_profile
 from edgefleet.protos.mqtt import (
@@ -39,6 +41,8 @@ def broker_files(tmp_path: Path) -> tuple[Path, Path]:
     password_file.parent.mkdir()
     password_file.write_text(f"{CONTROLLER_USER}:{hash_password(CONTROLLER_PASSWORD)}\n")
     acl_file.write_text(f"user {CONTROLLER_USER}\ntopic readwrite edgefleet/v1/#\n")
+    for path in (password_file, acl_file):
+        path.chmod(0o600)
     return password_file, acl_file
 
 
@@ -57,19 +61,26 @@ def enrolled(
     return passwords
 
 
-@pytest.fixture
-def broker(tmp_path: Path, broker_files: tuple[Path, Path], enrolled: dict[str, str]):
+def start_broker(directory: Path, broker_files: tuple[Path, Path], extra: str = ""):
+    """Start a broker that reads the controller's password and ACL files."""
     password_file, acl_file = broker_files
     broker = MosquittoBroker(
-        tmp_path / "mosquitto",
+        directory,
         settings=(
             "allow_anonymous false\n"
             f"password_file {password_file}\n"
             f"acl_file {acl_file}\n"
             "log_type debug\n"
+            f"{extra}"
         ),
     )
     broker.start()
+    return broker
+
+
+@pytest.fixture
+def broker(tmp_path: Path, broker_files: tuple[Path, Path], enrolled: dict[str, str]):
+    broker = start_broker(tmp_path / "mosquitto", broker_files)
     yield broker
     broker.stop()
 
@@ -86,6 +97,38 @@ def test_password_file_entries_private(broker_files: tuple[Path, Path], enrolled
     assert all(line.split(":", 1)[1].startswith("$7$101$") for line in lines)
     assert os.stat(password_file).st_mode & 0o077 == 0
     assert "user dev-a" in acl_file.read_text()
+
+
+def test_new_broker_files_private(tmp_path: Path) -> None:
+    credentials = MosquittoCredentials(tmp_path / "new" / "passwd", tmp_path / "new" / "acl")
+
+    credentials.add_device("dev-a")
+
+    for path in (credentials.password_file, credentials.acl_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_edits_keep_broker_file_owner_and_mode(tmp_path: Path) -> None:
+    """The broker reads these files as its own user, so an edit must keep them readable."""
+    credentials = MosquittoCredentials(tmp_path / "passwd", tmp_path / "acl")
+    # Only root can give a file to another user; others check that mode and owner stay.
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        owner = (nobody.pw_uid, nobody.pw_gid)
+    else:
+        owner = (os.geteuid(), os.getegid())
+    for path in (credentials.password_file, credentials.acl_file):
+        path.write_text("")
+        path.chmod(0o640)
+        os.chown(path, *owner)
+
+    credentials.add_device("dev-a")
+    credentials.remove_device("dev-a")
+
+    for path in (credentials.password_file, credentials.acl_file):
+        status = path.stat()
+        assert stat.S_IMODE(status.st_mode) == 0o640, path
+        assert (status.st_uid, status.st_gid) == owner, path
 
 
 def test_device_confined_to_own_topics(
@@ -129,6 +172,29 @@ def test_device_confined_to_own_topics(
     )
     assert f"'{other.topic(TopicKind.TELEMETRY)}'" in broker.log()
     assert controller.registry.count_telemetry("dev-b") == 0
+
+
+def test_device_cannot_take_another_client_id(
+    tmp_path: Path, broker_files: tuple[Path, Path], enrolled: dict[str, str]
+) -> None:
+    # As in deploy/mosquitto/mosquitto.conf, which binds each client id to its user name.
+    broker = start_broker(
+        tmp_path / "bound-ids", broker_files, extra="use_username_as_clientid true\n"
+    )
+    try:
+        victim = MqttProbe(broker, "dev-a", username="dev-a", password=enrolled["dev-a"])
+        intruder = MqttProbe(broker, "dev-a", username="dev-b", password=enrolled["dev-b"])
+        try:
+            assert intruder.connack == 0
+            time.sleep(0.5)
+
+            assert "Client dev-a already connected, closing old connection" not in broker.log()
+            assert victim.client.is_connected()
+        finally:
+            intruder.close()
+            victim.close()
+    finally:
+        broker.stop()
 
 
 def test_wrong_password_rejected(broker: MosquittoBroker, enrolled: dict[str, str]) -> None:
