@@ -3,7 +3,7 @@
 ::
 
     [controller]
-    telemetry_interval_s = 1.0          # interval agents send samples at
+    telemetry_interval_s = 1.0          # interval agents send samples at (0.01 to 86400)
     telemetry_retention_s = 604800      # samples older than this are deleted (7 days)
     retention_check_interval_s = 300    # how often the deletion runs
     grpc_max_workers = 64               # threads running controller calls for gRPC requests
@@ -11,11 +11,11 @@
     connect_burst = 100                 # registrations admitted at once before the rate applies
     telemetry_queue_max = 20000         # samples waiting for storage before senders are slowed
     mqtt_session_expiry_s = 600         # broker keeps a stopped controller's MQTT session this long
-    shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown
-    host_calibration_duration_s = 2.0   # how long the host runs the reference model
+    shutdown_grace_s = 5.0              # time open RPCs get to finish on shutdown (0 to 3600)
+    host_calibration_duration_s = 2.0   # how long the host runs the reference model (0.01 to 600)
     rollout_check_interval_s = 1.0      # how often rollouts check deployments and gates
-    manifest_ttl_s = 604800             # a signed manifest expires this long after sending (7 days)
-    certificate_validity_days = 365     # lifetime of a device certificate issued at enrollment
+    manifest_ttl_s = 604800             # manifests expire this long after sending (60 s to 365 d)
+    certificate_validity_days = 365     # lifetime of an enrolled device's certificate (1 to 3650)
     revocation_check_interval_s = 2.0   # how often open sessions are checked for revocation
     presence_timeout_s = 30.0           # a connected device silent this long shows offline (0: off)
     redeploy_initial_s = 30.0           # wait before a failed deployment is sent again
@@ -51,6 +51,16 @@ from edgefleet.controller.policy import PolicyConfig
 MAX_SESSION_EXPIRY_S = 0xFFFFFFFF
 # A week: a device silent for longer is offline by any reading.
 MAX_PRESENCE_TIMEOUT_S = 7 * 24 * 3600.0
+# Ranges of settings whose extremes break the controller or the fleet: samples faster than
+# 100 a second, a certificate that ends after the year 9999 (x509 and datetime stop there),
+# a manifest that expires before a device can fetch it. Checked after the type checks.
+_RANGES: dict[str, tuple[float, float]] = {
+    "telemetry_interval_s": (0.01, 86400.0),
+    "host_calibration_duration_s": (0.01, 600.0),
+    "manifest_ttl_s": (60.0, 365 * 24 * 3600.0),
+    "certificate_validity_days": (1.0, 3650.0),
+    "shutdown_grace_s": (0.0, 3600.0),
+}
 
 # Values of ``http_auth``, as in ``edgefleet.controller.api.auth.HttpAuth``, which this
 # module does not import so that loading a config needs no FastAPI.
@@ -160,6 +170,12 @@ class ControllerConfig:
                 f"telemetry_interval_s = {self.telemetry_interval_s!r}); raise it, or set 0 "
                 "to turn the check off"
             )
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(
+                    f"controller.{name} must be from {low:g} to {high:g}, got {value!r}"
+                )
         if self.http_auth not in _HTTP_AUTH_MODES:
             raise ConfigError(
                 f"controller.http_auth must be one of {', '.join(map(repr, _HTTP_AUTH_MODES))}, "
