@@ -194,8 +194,18 @@ class Deployer:
             )
             return False
         if deployment.state.is_terminal and not self._rolls_back_latest(deployment, state):
-            # A late duplicate of the agent's own report, or a report that would rewrite
-            # the deployment's history.
+            if state is deployment.state:
+                # A redelivered report (MQTT QoS 1, or sent again after a reconnect) is
+                # normal and changes nothing.
+                logger.debug(
+                    "device %s reported %s again for deployment %s; ignoring it",
+                    device_id,
+                    state.value,
+                    deployment.id,
+                    extra=ids,
+                )
+                return False
+            # A report that would rewrite the deployment's history.
             self._rejections.log(
                 (device_id, "ended"),
                 "device %s reported %s for deployment %s, which already ended %s; ignoring it",
