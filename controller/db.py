@@ -104,6 +104,15 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
             upgrade_to_head(engine)
         except (sa.exc.SQLAlchemyError, OSError) as exc:
             engine.dispose()
+            if isinstance(exc, sa.exc.SQLAlchemyError) and database_unavailable(exc):
+                check = (
+                    "that the file's folder exists and is writable"
+                    if engine.dialect.name == "sqlite"
+                    else "that the server runs, and the URL's host, port, user and password"
+                )
+                raise DatabaseError(
+                    f"cannot connect to database {redact_url(engine.url)}: {exc}; check {check}"
+                ) from exc
             raise DatabaseError(
                 f"cannot migrate database {redact_url(engine.url)} to the newest schema: {exc}"
             ) from exc

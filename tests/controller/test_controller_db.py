@@ -159,7 +159,7 @@ def test_unreachable_postgresql_hides_password() -> None:
         open_database(url)
 
     message = str(failure.value)
-    assert "cannot migrate database postgresql+psycopg://edgefleet:***@127.0.0.1" in message
+    assert "cannot connect to database postgresql+psycopg://edgefleet:***@127.0.0.1" in message
     assert "secret" not in message
 
 
