@@ -18,7 +18,8 @@ Metric names follow the Prometheus conventions (base units: bytes, seconds, Cels
     edgefleet_device_agent_resident_memory_bytes{device_id}     gauge
     edgefleet_device_load1{device_id}                           gauge
     edgefleet_device_temperature_celsius{device_id}             gauge (absent: no sensor)
-    edgefleet_device_inference_latency_seconds{device_id,quantile}   gauge: 0.5, 0.95, 0.99
+    edgefleet_device_inference_latency_seconds{device_id,quantile}   gauge: 0.5, 0.95, 0.99,
+                                                                only for samples with requests
     edgefleet_device_latency_budget_seconds{device_id}          gauge
     edgefleet_device_throughput_requests_per_second{device_id}  gauge
     edgefleet_device_last_telemetry_timestamp_seconds{device_id}     gauge
@@ -193,12 +194,15 @@ class FleetCollector(Collector):
             load.add_metric(labels, sample.load_1m)
             if sample.temperature_c is not None:
                 temperature.add_metric(labels, sample.temperature_c)
-            for quantile, value_ms in (
-                ("0.5", sample.latency_p50_ms),
-                ("0.95", sample.latency_p95_ms),
-                ("0.99", sample.latency_p99_ms),
-            ):
-                latency.add_metric([device.device_id, quantile], value_ms / 1000)
+            # A window without requests has no latency: the series is left out, so an
+            # alert on p95 does not read an idle device as a perfect one.
+            if sample.requests > 0:
+                for quantile, value_ms in (
+                    ("0.5", sample.latency_p50_ms),
+                    ("0.95", sample.latency_p95_ms),
+                    ("0.99", sample.latency_p99_ms),
+                ):
+                    latency.add_metric([device.device_id, quantile], value_ms / 1000)
             throughput.add_metric(labels, sample.throughput_rps)
             seen.add_metric(labels, sample.received_at.timestamp())
             backlog_dropped.add_metric(labels, float(sample.dropped_samples))

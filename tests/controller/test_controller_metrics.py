@@ -87,6 +87,18 @@ def test_metrics_gauges_follow_telemetry(api: ApiFleet) -> None:
     assert value(samples, "edgefleet_device_pinned", device_id="dev-2") == 0
 
 
+def test_idle_device_has_no_latency_series(api: ApiFleet) -> None:
+    api.controller.ingest_telemetry(
+        "dev-2", make_sample("dev-2", requests=0, latency_p50_ms=0.0, latency_p95_ms=0.0)
+    )
+
+    samples = scrape(api.client)
+
+    latency = samples.get("edgefleet_device_inference_latency_seconds", {})
+    assert not [labels for labels in latency if ("device_id", "dev-2") in labels]
+    assert value(samples, "edgefleet_device_cpu_percent", device_id="dev-2") == 12.5
+
+
 def test_metrics_variant_info_labels(api: ApiFleet) -> None:
     samples = scrape(api.client)
 
