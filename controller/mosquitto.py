@@ -107,7 +107,7 @@ def _copy_ownership(source: Path, descriptor: int) -> None:
 
     The broker reads these files as its own user, often through a shared group, so an
     edit must not leave them readable by the controller's user only. Changing the owner
-    needs root; without it the file keeps the controller's user and ``source``'s group
+    needs root. Without it, the file keeps the controller's user, takes ``source``'s group
     where the user belongs to it, and a warning names the file.
     """
     status = source.stat()

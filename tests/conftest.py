@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from mosquitto_support import MosquittoBroker
-from postgres_support import PostgresServer
+from postgres_support import PostgresServer, running_postgres
 
 
 @pytest.fixture
@@ -35,12 +35,8 @@ def broker(start_broker: Callable[..., MosquittoBroker]) -> MosquittoBroker:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session, started by the first test that needs it."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
