@@ -253,9 +253,7 @@ class Registry:
             .returning(DeviceRow.device_id)
         )
         if unseen_since is not None:
-            statement = statement.where(
-                sa.or_(DeviceRow.last_seen.is_(None), DeviceRow.last_seen < unseen_since)
-            )
+            statement = statement.where(_unseen_since(unseen_since))
         kind = EventKind.CONNECTED if state is DeviceState.ONLINE else EventKind.DISCONNECTED
         with self._database.session() as session:
             changed = sorted(session.scalars(statement))
@@ -266,43 +264,33 @@ class Registry:
             )
         return changed
 
-    def mark_all_devices_offline(self, *, unseen_since: datetime | None = None) -> int:
-        """Set devices offline without events (at startup); returns how many changed.
+    def mark_devices_offline(
+        self, device_ids: Collection[str] | None = None, *, unseen_since: datetime | None = None
+    ) -> int:
+        """Set devices offline without events (at start and shutdown); returns how many changed.
 
-        With ``unseen_since``, only devices whose ``last_seen`` is older change, so those
-        that other controller processes serve stay online.
+        ``device_ids`` None means every device. With ``unseen_since``, only devices whose
+        ``last_seen`` is older change, so those that other controller processes serve stay
+        online.
         """
         statement = (
             sa.update(DeviceRow)
             .where(DeviceRow.state != DeviceState.OFFLINE)
             .values(state=DeviceState.OFFLINE)
         )
+        if device_ids is not None:
+            if not device_ids:
+                return 0
+            statement = statement.where(DeviceRow.device_id.in_(list(device_ids)))
         if unseen_since is not None:
-            statement = statement.where(
-                sa.or_(DeviceRow.last_seen.is_(None), DeviceRow.last_seen < unseen_since)
-            )
-        with self._database.session() as session:
-            return session.execute(statement).rowcount
-
-    def mark_devices_offline(self, device_ids: Collection[str]) -> int:
-        """Set ``device_ids`` offline without events (at shutdown); returns how many changed."""
-        if not device_ids:
-            return 0
-        statement = (
-            sa.update(DeviceRow)
-            .where(
-                DeviceRow.device_id.in_(list(device_ids)), DeviceRow.state != DeviceState.OFFLINE
-            )
-            .values(state=DeviceState.OFFLINE)
-        )
+            statement = statement.where(_unseen_since(unseen_since))
         with self._database.session() as session:
             return session.execute(statement).rowcount
 
     def online_devices_unseen_since(self, unseen_since: datetime) -> list[str]:
         """Return the devices shown online whose ``last_seen`` is older than ``unseen_since``."""
         query = sa.select(DeviceRow.device_id).where(
-            DeviceRow.state != DeviceState.OFFLINE,
-            sa.or_(DeviceRow.last_seen.is_(None), DeviceRow.last_seen < unseen_since),
+            DeviceRow.state != DeviceState.OFFLINE, _unseen_since(unseen_since)
         )
         with self._database.session() as session:
             return list(session.scalars(query))
@@ -710,6 +698,11 @@ class Registry:
             query = query.limit(limit)
         with self._database.session() as session:
             return list(session.scalars(query))
+
+
+def _unseen_since(when: datetime) -> sa.ColumnElement[bool]:
+    """Select devices not heard from since ``when``, including those never heard from."""
+    return sa.or_(DeviceRow.last_seen.is_(None), DeviceRow.last_seen < when)
 
 
 def _refresh_device(device: DeviceRow, registration: DeviceRegistration) -> None:

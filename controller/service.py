@@ -259,7 +259,7 @@ class Controller:
         # with a presence timeout only devices unheard for that long are set offline, and
         # the presence check sets the rest offline once they are.
         timeout_s = self.config.presence_timeout_s
-        self._registry.mark_all_devices_offline(
+        self._registry.mark_devices_offline(
             unseen_since=utc_now() - timedelta(seconds=timeout_s) if timeout_s > 0 else None
         )
         self._resume_interrupted_plans()
