@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.errors import DatabaseError
 
-__all__ = ["Database", "alembic_config", "database_unavailable", "open_database"]
+__all__ = ["Database", "alembic_config", "database_unavailable", "error_summary", "open_database"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,12 @@ def database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa.exc.OperationalError | sa.exc.DisconnectionError):
         return True
     return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
+def error_summary(exc: BaseException) -> str:
+    """Return the first line of ``exc``'s message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def alembic_config(url: str | None = None):  # -> alembic.config.Config

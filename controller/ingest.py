@@ -15,8 +15,8 @@ rejects it. Every drop is counted in ``IngestStats``.
 
 Database outages: a batch that fails because the database is unreachable or busy
 (SQLAlchemy's ``OperationalError``, or a dropped connection) is kept and stored again
-with a growing delay until it succeeds. Meanwhile the queue fills and backpressure holds
-the senders, so an outage delays telemetry instead of losing it.
+with a growing delay until it succeeds. Meanwhile the queue fills and backpressure slows
+the senders down, so an outage delays telemetry instead of losing it.
 
 Receipts: a sample may come with an ``on_stored`` callback. After its batch is stored,
 the ingest thread calls each callback once with the highest ``seq`` among that
@@ -43,7 +43,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from edgefleet.controller.db import database_unavailable
+from edgefleet.controller.db import database_unavailable, error_summary
 from edgefleet.protos.v1 import fleet_pb2
 
 __all__ = ["IngestStats", "RecentSamples", "TelemetryIngest"]
@@ -292,7 +292,7 @@ class TelemetryIngest:
                         "is unavailable (%s); holding them and retrying, so senders wait",
                         len(samples),
                         now - outage_started,
-                        _first_line(exc),
+                        error_summary(exc),
                     )
                 if self._stopping.is_set():
                     logger.error(
@@ -305,7 +305,7 @@ class TelemetryIngest:
                 delay_s = min(delay_s * 2, RETRY_MAX_S)
                 continue
             if outage_started is not None:
-                logger.warning(
+                logger.info(
                     "stored %d held telemetry samples; the database was unavailable for %.1f s",
                     len(samples),
                     time.monotonic() - outage_started,
@@ -319,11 +319,6 @@ class TelemetryIngest:
 
 class _StoppedDuringOutage(Exception):
     """Ingest stopped while a batch waited for the database to come back."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class RecentSamples:

@@ -33,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.controller.db import database_unavailable
+from edgefleet.controller.db import database_unavailable, error_summary
 from edgefleet.controller.errors import (
     ControllerStateError,
     RolloutConflictError,
@@ -92,7 +92,7 @@ def error_response(
 def database_error(request: Request, exc: sa.exc.SQLAlchemyError) -> JSONResponse:
     """Build the response to a request that failed in the database: 503 if unreachable, else 500."""
     if database_unavailable(exc):
-        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        summary = error_summary(exc)
         _outage_log.log(
             "database",
             "HTTP API requests fail because the database is unavailable: %s",
