@@ -40,7 +40,7 @@ def assert_fleet_deployed(controller: Controller, report: dict, variant_id: str)
         f"sim-{index:05d}": controller.registry.latest_deployment(f"sim-{index:05d}")
         for index in range(AGENTS)
     }
-    # On failure, the message holds the report's error examples and each device's
+    # On failure, the message contains the report's error examples and each device's
     # deployment state.
     states = {
         device: deployment and deployment.state.value for device, deployment in latest.items()
@@ -143,8 +143,8 @@ def test_simulate_reports_error_causes():
     assert f"registration at 127.0.0.1:{port} failed: UNAVAILABLE: " in report.error_examples[0]
 
 
-def test_simulate_names_what_an_overrunning_agent_waits_on(monkeypatch):
-    """A socket that accepts connections and sends nothing holds Register past the end."""
+def test_simulate_names_overrunning_agent_step(monkeypatch):
+    """A socket that accepts connections and sends nothing keeps Register waiting past the end."""
     monkeypatch.setattr(simulate, "_STOP_GRACE_S", 0.5)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
